@@ -1,0 +1,210 @@
+"""Reading raw tables into the pipeline's normalised form, and the checks that guard it.
+
+The normalised table has three columns: `text` (str), `label` (a pandas Categorical whose category order
+is the label-id order) and `source_row` (where the record sits in the raw file, for error messages and
+traceability). Every check stops with one line naming the file and the row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stages.errors import PipelineError
+from stages.params import IngestParams
+
+TEXT, LABEL, SOURCE_ROW = "text", "label", "source_row"
+
+
+def decode_text_file(path: Path, encoding: str) -> str:
+    """Decode strictly: a byte that does not decode is an error naming the line, never a replacement."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise PipelineError(f"{path}: line {line}: bytes do not decode as {encoding} ({exc.reason})") from None
+    except LookupError:
+        raise PipelineError(f"ingest.encoding: unknown encoding '{encoding}'") from None
+
+
+def read_raw_table(path: Path, params: IngestParams) -> tuple[pd.DataFrame, str]:
+    """Read the raw file as strings. Returns the frame (one row per record, `source_row` set) and the
+    word used for positions in error messages ("line" for text formats, "row" for Parquet)."""
+    if path.is_dir():
+        raise PipelineError(f"{path}: is a folder, expected a {params.format} file")
+    header = 0 if params.header else None
+    try:
+        if params.format in ("tsv", "csv"):
+            text = decode_text_file(path, params.encoding)
+            frame = pd.read_csv(
+                io.StringIO(text),
+                sep="\t" if params.format == "tsv" else ",",
+                header=header,
+                names=params.column_names,
+                dtype=str,
+                keep_default_na=False,
+                # Quote characters are ordinary text in TSV (movie snippets contain '' and ").
+                quoting=csv.QUOTE_NONE if params.format == "tsv" else csv.QUOTE_MINIMAL,
+            )
+            first_line = 2 if params.header else 1
+            frame[SOURCE_ROW] = np.arange(first_line, first_line + len(frame))
+            return frame, "line"
+        if params.format == "jsonl":
+            text = decode_text_file(path, params.encoding)
+            records = []
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise PipelineError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
+                if not isinstance(record, dict):
+                    raise PipelineError(f"{path}: line {number}: expected a JSON object")
+                records.append({**record, SOURCE_ROW: number})
+            return pd.DataFrame.from_records(records), "line"
+        frame = pd.read_parquet(path)
+        frame[SOURCE_ROW] = np.arange(1, len(frame) + 1)
+        return frame, "row"
+    except pd.errors.ParserError as exc:
+        raise PipelineError(f"{path}: cannot parse as {params.format}: {str(exc).strip().splitlines()[-1]}") from None
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, PipelineError):
+            raise
+        raise PipelineError(f"{path}: cannot read as {params.format}: {exc}") from None
+
+
+def normalise(frame: pd.DataFrame, path: Path, where: str, params: IngestParams) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Select and check text and label, map scores to classes, drop duplicates.
+
+    Returns the normalised table and the counts of what was dropped, for the data card."""
+    for column in (params.text_column, params.label_column):
+        if column not in frame.columns:
+            raise PipelineError(f"{path}: no column '{column}' (columns: {', '.join(map(str, frame.columns))})")
+    table = pd.DataFrame({
+        TEXT: frame[params.text_column],
+        LABEL: frame[params.label_column],
+        SOURCE_ROW: frame[SOURCE_ROW],
+    })
+    dropped: dict[str, int] = {}
+
+    bad_text = table[TEXT].map(lambda v: not isinstance(v, str) or not v.strip())
+    if bad_text.any():
+        row = table.loc[bad_text, SOURCE_ROW].iloc[0]
+        raise PipelineError(f"{path}: {where} {row}: empty text in column '{params.text_column}'")
+    table[TEXT] = table[TEXT].str.strip()
+
+    missing_label = table[LABEL].map(lambda v: v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "")
+    if missing_label.any():
+        row = table.loc[missing_label, SOURCE_ROW].iloc[0]
+        raise PipelineError(f"{path}: {where} {row}: missing label in column '{params.label_column}'")
+
+    if params.score_to_label is not None:
+        table, dropped_values = _scores_to_classes(table, path, where, params)
+        dropped["label_value_dropped"] = dropped_values
+        order = list(params.score_to_label.names)
+    else:
+        table[LABEL] = table[LABEL].map(lambda v: str(v).strip())
+        order = sorted(table[LABEL].unique())
+    if params.labels is not None:
+        unknown = ~table[LABEL].isin(params.labels)
+        if unknown.any():
+            row, value = table.loc[unknown, [SOURCE_ROW, LABEL]].iloc[0]
+            raise PipelineError(f"{path}: {where} {row}: label '{value}' is not in ingest.labels {params.labels}")
+        order = list(params.labels)
+
+    table, dropped["duplicate"], dropped["conflicting_duplicate"] = _drop_duplicates(table)
+
+    present = table[LABEL].unique()
+    if len(present) < 2:
+        only = present[0] if len(present) else "none"
+        raise PipelineError(f"{path}: only one class ({only}) after ingest; classification needs at least two")
+    # Declared labels absent from the data keep their id, so label ids do not shift between datasets.
+    table[LABEL] = pd.Categorical(table[LABEL], categories=order)
+    return table.reset_index(drop=True), dropped
+
+
+def _scores_to_classes(table: pd.DataFrame, path: Path, where: str, params: IngestParams) -> tuple[pd.DataFrame, int]:
+    rule = params.score_to_label
+    assert rule is not None
+    scores = pd.to_numeric(table[LABEL], errors="coerce")
+    if scores.isna().any():
+        row, value = table.loc[scores.isna(), [SOURCE_ROW, LABEL]].iloc[0]
+        raise PipelineError(f"{path}: {where} {row}: label '{value}' is not a number (ingest.score_to_label)")
+    keep = ~scores.isin(rule.drop_values)
+    table, scores = table[keep].copy(), scores[keep]
+    # searchsorted(side="left") puts a value equal to thresholds[i] in class i: class i covers (t[i-1], t[i]].
+    table[LABEL] = np.asarray(rule.names, dtype=object)[np.searchsorted(rule.thresholds, scores.to_numpy(), side="left")]
+    return table, int((~keep).sum())
+
+
+def _dedup_key(text: str) -> str:
+    # Texts that differ only in case or spacing are the same example for leakage purposes.
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def _drop_duplicates(table: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """Keep the first of identical texts with one label; drop every copy of a text with conflicting labels."""
+    keys = table[TEXT].map(_dedup_key)
+    labels_per_key = table.groupby(keys)[LABEL].nunique()
+    conflicting = keys.isin(labels_per_key[labels_per_key > 1].index)
+    repeated = keys.duplicated() & ~conflicting
+    kept = table[~conflicting & ~repeated]
+    return kept, int(repeated.sum()), int(conflicting.sum())
+
+
+def dedup_keys(texts: pd.Series) -> pd.Series:
+    return texts.map(_dedup_key)
+
+
+def describe(table: pd.DataFrame) -> dict[str, Any]:
+    """Row count, label distribution and text-length statistics, for the data card."""
+    chars = table[TEXT].str.len()
+    words = table[TEXT].str.split().map(len)
+
+    def stats(values: pd.Series) -> dict[str, float]:
+        return {
+            "mean": round(float(values.mean()), 2),
+            "median": round(float(values.median()), 2),
+            "p95": round(float(values.quantile(0.95)), 2),
+            "max": int(values.max()),
+        }
+
+    counts = table[LABEL].value_counts(sort=False)
+    return {
+        "rows": int(len(table)),
+        "labels": {str(label): int(count) for label, count in counts.items()},
+        "text_chars": stats(chars),
+        "text_words": stats(words),
+    }
+
+
+def write_table(table: pd.DataFrame, path: Path) -> None:
+    table.to_parquet(path, index=False)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise PipelineError(f"{path}: file not found (run the stage that writes it: dvc repro)")
+    return pd.read_parquet(path)
+
+
+def write_json(data: Any, path: Path) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path) -> Any:
+    if not path.exists():
+        raise PipelineError(f"{path}: file not found (run the stage that writes it: dvc repro)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path}: invalid JSON at line {exc.lineno}") from None

@@ -1,0 +1,87 @@
+"""Stage 4: fine-tune the pretrained model on the tokenized train split.
+
+Evaluates on the validation split every epoch, stops early when the validation metric stops improving,
+and keeps the best epoch's weights. Writes the model folder (safetensors, tokenizer, label map,
+training.json), per-step train loss and per-epoch validation metrics as DVC plots (dvclive), and logs the
+run to MLflow with its params, per-step metrics, git commit and the hash of the data it trained on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import mlflow
+from datasets import load_from_disk
+from dvclive import Live
+from transformers import EarlyStoppingCallback, set_seed
+from transformers.integrations import MLflowCallback
+
+from stages import data, paths, tracking
+from stages.errors import atomic_dir, stage_main
+from stages.modeling import load_for_training, load_tokenizer, resolve_model
+from stages.params import flat_params, load_params
+from stages.training import DvcLiveMetrics, build_trainer, training_arguments
+
+# The sections whose values shape the trained model; they are the run's MLflow params.
+TRAINING_SECTIONS = ("seed", "task", "ingest", "split", "model", "tokenize", "finetune")
+
+
+@stage_main
+def main() -> None:
+    params = load_params()
+    labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
+    data_files = [paths.SPLIT / name for name in ("train.parquet", "validation.parquet", "labels.json")]
+    data_sha256 = tracking.hash_files(data_files)
+    datasets = load_from_disk(str(paths.TOKENIZED))
+    model_dir = resolve_model(params.model)
+    tokenizer = load_tokenizer(model_dir)
+    set_seed(params.seed)  # before the head is initialised, so the same seed gives the same model
+    model = load_for_training(model_dir, params.task, labels)
+
+    tracking.configure(params.mlflow.experiment_name)
+    shutil.rmtree(paths.CHECKPOINTS, ignore_errors=True)
+    with atomic_dir(paths.MODEL) as model_out, atomic_dir(paths.TRAIN_LOGS) as logs_out:
+        with mlflow.start_run() as run:
+            mlflow.log_params(flat_params(params, TRAINING_SECTIONS))
+            mlflow.set_tags({**tracking.git_state(), "data_sha256": data_sha256, "task": params.task, "stage": "finetune"})
+            live = Live(dir=str(logs_out), dvcyaml=False, save_dvc_exp=False, report=None)
+            args = training_arguments(params.finetune, params.seed, paths.CHECKPOINTS)
+            callbacks = [
+                EarlyStoppingCallback(params.finetune.early_stopping_patience, params.finetune.early_stopping_threshold),
+                DvcLiveMetrics(live),
+                MLflowCallback(),  # per-step metrics into the active run
+            ]
+            trainer = build_trainer(model, tokenizer, params.task, args, datasets["train"], datasets["validation"], callbacks)
+            started = time.perf_counter()
+            result = trainer.train()
+            train_seconds = time.perf_counter() - started
+            live.end()
+
+            trainer.save_model(str(model_out))  # the best epoch's weights (load_best_model_at_end)
+            best_metric = trainer.state.best_metric
+            summary = {
+                "mlflow_run_id": run.info.run_id,
+                "data_sha256": data_sha256,
+                "labels": labels,
+                "task": params.task,
+                "max_length": params.tokenize.max_length,
+                "global_step": trainer.state.global_step,
+                "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),
+                f"best_validation_{params.finetune.metric_for_best_model}": best_metric,
+                "train_seconds": round(train_seconds, 1),
+                "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+            }
+            data.write_json(summary, model_out / "training.json")
+            mlflow.log_metrics({"train_seconds": train_seconds, f"best_validation_{params.finetune.metric_for_best_model}": best_metric})
+    shutil.rmtree(paths.CHECKPOINTS, ignore_errors=True)
+    print(f"finetune: {summary['global_step']} steps in {train_seconds:.0f}s, best validation "
+          f"{params.finetune.metric_for_best_model} {best_metric:.4f} (run {run.info.run_id})")
+
+
+def _step_of(checkpoint: str | None) -> int | None:
+    return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None
+
+
+if __name__ == "__main__":
+    main()

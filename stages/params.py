@@ -1,0 +1,203 @@
+"""The one place where params.yaml is read and validated.
+
+Every stage calls `load_params()` before doing any work, so a bad param stops the pipeline at its first
+stage with one line naming the key. Each section mirrors a block of params.yaml; the comments there
+document every option.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stages.errors import PipelineError, stage_main
+
+PARAMS_FILE = Path(os.environ.get("PIPELINE_PARAMS", "params.yaml"))
+
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Section(BaseModel):
+    # extra="forbid" turns a misspelt key into an error instead of a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScoreToLabel(Section):
+    """Map a numeric label column to classes: value <= thresholds[i] goes to names[i], above all to names[-1]."""
+
+    thresholds: list[float] = Field(min_length=1)
+    names: list[str]
+    drop_values: list[float] = []
+
+    @model_validator(mode="after")
+    def _names_match_thresholds(self) -> ScoreToLabel:
+        if len(self.names) != len(self.thresholds) + 1:
+            raise ValueError(f"needs {len(self.thresholds) + 1} names for {len(self.thresholds)} thresholds")
+        if self.thresholds != sorted(self.thresholds):
+            raise ValueError("thresholds must be in increasing order")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("names must be distinct")
+        return self
+
+
+class IngestParams(Section):
+    source: str = Field(min_length=1)
+    sha256: Sha256 | None = None
+    format: Literal["tsv", "csv", "jsonl", "parquet"]
+    header: bool = True
+    column_names: list[str] | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    encoding: str = "utf-8"
+    score_to_label: ScoreToLabel | None = None
+    labels: list[str] | None = None
+
+
+class SplitParams(Section):
+    train: Fraction
+    validation: Fraction
+    test: Fraction
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> SplitParams:
+        total = self.train + self.validation + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"train + validation + test must sum to 1 (got {total:g})")
+        return self
+
+
+class ModelParams(Section):
+    source: str = Field(min_length=1)
+    sha256: Sha256 | None = None
+
+
+class TokenizeParams(Section):
+    max_length: int = Field(ge=8, le=8192)
+
+
+class FinetuneParams(Section):
+    learning_rate: float = Field(gt=0, le=1)
+    num_train_epochs: float = Field(gt=0)
+    max_steps: int = Field(default=-1, ge=-1)
+    per_device_train_batch_size: int = Field(ge=1)
+    per_device_eval_batch_size: int = Field(ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    metric_for_best_model: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
+    early_stopping_patience: int = Field(ge=1)
+    early_stopping_threshold: float = Field(default=0.0, ge=0)
+    logging_steps: int = Field(ge=1)
+    group_by_length: bool = True
+
+
+class EvaluateParams(Section):
+    registered_model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    alias: str = Field(default="challenger", pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
+
+
+class BaselineParams(Section):
+    max_features: int = Field(ge=1)
+    ngram_max: int = Field(ge=1, le=5)
+    C: float = Field(gt=0)
+
+
+class ReportParams(Section):
+    title: str
+    baseline: BaselineParams
+
+
+class MlflowParams(Section):
+    experiment_name: str = Field(min_length=1)
+
+
+class Params(Section):
+    seed: int = Field(ge=0)
+    task: Literal["single_label_classification"]
+    mlflow: MlflowParams
+    ingest: IngestParams
+    split: SplitParams
+    model: ModelParams
+    tokenize: TokenizeParams
+    finetune: FinetuneParams
+    evaluate: EvaluateParams
+    report: ReportParams
+
+
+def _format_error(path: Path, error: ValidationError) -> str:
+    """Render pydantic's errors as one line: `params.yaml: key.sub: message (got value)`."""
+    parts = []
+    for err in error.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{key}: unknown key")
+        elif err["type"] == "missing":
+            parts.append(f"{key}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            parts.append(f"{key}: {msg}{shown}")
+    return f"{path}: " + "; ".join(parts)
+
+
+def load_params(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate the params file; raise PipelineError with one line naming the bad key."""
+    path = Path(path) if path is not None else PARAMS_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise PipelineError(f"{path}:{where}: not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: expected a mapping of sections at the top level")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise PipelineError(_format_error(path, exc)) from None
+
+
+def flat_params(params: Params, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Flatten params to dotted keys (`finetune.learning_rate`), for logging to MLflow."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, sub)
+        else:
+            out[prefix] = value
+
+    dumped = params.model_dump()
+    for name, value in dumped.items():
+        if sections is None or name in sections:
+            walk(name, value)
+    return out
+
+
+@stage_main
+def main() -> None:
+    """`python -m stages.params` checks params.yaml without running anything."""
+    load_params()
+    print(f"{PARAMS_FILE}: ok")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Where each stage reads and writes, relative to the repository root (mirrored by dvc.yaml)."""
+
+from pathlib import Path
+
+INGESTED = Path("data/ingested")  # data.parquet, card.json
+SPLIT = Path("data/split")  # train/validation/test.parquet, labels.json, card.json
+TOKENIZED = Path("data/tokenized")  # datasets.DatasetDict.save_to_disk
+MODEL = Path("models/model")  # weights, tokenizer, label map, training.json
+CHECKPOINTS = Path("checkpoints")  # Trainer checkpoints, outside every stage's outs
+TRAIN_LOGS = Path("reports/train")  # dvclive: metrics.json and plots/metrics/*.tsv
+EVAL = Path("reports/eval")  # metrics.json, confusion.csv, registry.json
+REPORT = Path("reports/report.md")
+FIGURES = Path("reports/figures")  # PNGs the report shows
+BASELINE_METRICS = Path("reports/baseline.json")
+
+SPLITS = ("train", "validation", "test")

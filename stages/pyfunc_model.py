@@ -1,0 +1,7 @@
+"""MLflow "model from code" entry point: MLflow runs this file to build the served model."""
+
+import mlflow
+
+from stages.serving import TextModel
+
+mlflow.models.set_model(TextModel())

@@ -1,0 +1,163 @@
+"""Stage 6: a human-readable Markdown report with figures.
+
+Shows the data card, the fine-tuned model's test metrics beside a TF-IDF + logistic-regression baseline
+trained on the same split (so the gain of fine-tuning is visible), per-class scores, learning curves and
+the confusion matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from stages import data, paths
+from stages.errors import atomic_dir, atomic_file, stage_main
+from stages.params import BaselineParams, load_params
+from stages.tasks import get_task
+
+
+def train_baseline(train: pd.DataFrame, test: pd.DataFrame, labels: list[str], params: BaselineParams, task_name: str) -> dict[str, Any]:
+    """Fit TF-IDF + logistic regression on the train split and score it on the test split."""
+    pipeline = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, params.ngram_max), max_features=params.max_features, sublinear_tf=True),
+        LogisticRegression(C=params.C, max_iter=2000),
+    )
+    ids = {label: i for i, label in enumerate(labels)}
+    pipeline.fit(train[data.TEXT], train[data.LABEL].astype(str).map(ids))
+    predicted = pipeline.predict(test[data.TEXT])
+    return get_task(task_name).test_metrics(test[data.LABEL].astype(str).map(ids).to_numpy(), predicted, labels)
+
+
+def _read_curve(folder: Path, name: str) -> pd.DataFrame | None:
+    path = folder / "plots" / "metrics" / f"{name}.tsv"
+    return pd.read_csv(path, sep="\t") if path.exists() else None
+
+
+def plot_learning_curves(logs: Path, metric: str, target: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, label in (("train/loss", "train loss"), ("eval/loss", "validation loss")):
+        curve = _read_curve(logs, name)
+        if curve is not None:
+            left.plot(curve["step"], curve.iloc[:, -1], marker="o" if name.startswith("eval") else None, label=label)
+    left.set(xlabel="optimizer step", ylabel="loss", title="Loss")
+    left.legend()
+    for name in ("accuracy", "macro_f1"):
+        curve = _read_curve(logs, f"eval/{name}")
+        if curve is not None:
+            right.plot(curve["step"], curve.iloc[:, -1], marker="o", label=f"validation {name}")
+    right.set(xlabel="optimizer step", title=f"Validation metrics (early stopping on {metric})")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: list[list[int]], labels: list[str], title: str, target: Path) -> None:
+    values = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 1.2 * len(labels) + 2))
+    ax.imshow(values, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for (row, col), count in np.ndenumerate(values):
+        ax.text(col, row, str(count), ha="center", va="center", color="white" if count > values.max() / 2 else "black")
+    ax.set(xlabel="predicted", ylabel="actual", title=title)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+
+
+def plot_per_class(model: dict, baseline: dict, labels: list[str], target: Path) -> None:
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(labels) + 2), 3.4))
+    ax.bar(x - 0.2, [model["per_class"][l]["f1"] for l in labels], 0.4, label="fine-tuned")
+    ax.bar(x + 0.2, [baseline["per_class"][l]["f1"] for l in labels], 0.4, label="TF-IDF baseline")
+    ax.set_xticks(x, labels)
+    ax.set(ylabel="F1", ylim=(0, 1), title="Per-class F1 on the test split")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(title: str, card: dict, split_card: dict, training: dict, model: dict, baseline: dict,
+           registry: dict, labels: list[str], metric: str) -> str:
+    dropped = ", ".join(f"{reason.replace('_', ' ')}: {count}" for reason, count in card["dropped"].items()) or "none"
+    averages = ["accuracy", "macro_f1", "micro_f1", "weighted_f1"]
+    sections = [
+        f"# {title}",
+        f"Model `{registry['name']}` version {registry['version']} (alias `@{registry['alias']}`), "
+        f"MLflow run `{training['mlflow_run_id']}`, data sha256 `{training['data_sha256'][:12]}`.",
+        "## Data",
+        f"Source: `{card['source']}`  \nRows read: {card['rows_read']}; kept: {card['rows']}; dropped: {dropped}.",
+        _table(["split", "examples"] + labels, [[name, part["rows"]] + [part["labels"].get(l, 0) for l in labels]
+                                                for name, part in split_card.items()]),
+        f"Text length (words): mean {card['text_words']['mean']}, median {card['text_words']['median']}, "
+        f"95th percentile {card['text_words']['p95']}, max {card['text_words']['max']}.",
+        "## Test metrics",
+        _table(["model"] + averages, [
+            ["fine-tuned"] + [model[k] for k in averages],
+            ["TF-IDF + logistic regression"] + [baseline[k] for k in averages],
+            ["gain"] + [f"{model[k] - baseline[k]:+.4f}" for k in averages],
+        ]),
+        "### Per class",
+        _table(["class", "precision", "recall", "F1", "F1 (baseline)", "support"], [
+            [l, model["per_class"][l]["precision"], model["per_class"][l]["recall"], model["per_class"][l]["f1"],
+             baseline["per_class"][l]["f1"], model["per_class"][l]["support"]] for l in labels
+        ]),
+        "![per-class F1](figures/per_class_f1.png)",
+        "![confusion matrix](figures/confusion_matrix.png)",
+        "## Training",
+        f"{training['global_step']} optimizer steps in {training['train_seconds']} s "
+        f"({training['train_samples_per_second']} samples/s); best validation {metric} "
+        f"{training[f'best_validation_{metric}']:.4f} at step {training['best_checkpoint_step']}.",
+        "![learning curves](figures/learning_curves.png)",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+@stage_main
+def main() -> None:
+    params = load_params()
+    card = data.read_json(paths.INGESTED / "card.json")
+    split_card = data.read_json(paths.SPLIT / "card.json")
+    training = data.read_json(paths.MODEL / "training.json")
+    model = data.read_json(paths.EVAL / "metrics.json")
+    registry = data.read_json(paths.EVAL / "registry.json")
+    labels = training["labels"]
+    baseline = train_baseline(data.read_table(paths.SPLIT / "train.parquet"), data.read_table(paths.SPLIT / "test.parquet"),
+                              labels, params.report.baseline, params.task)
+    metric = params.finetune.metric_for_best_model
+    with atomic_dir(paths.FIGURES) as figures, atomic_file(paths.REPORT) as report, atomic_file(paths.BASELINE_METRICS) as base:
+        plot_learning_curves(paths.TRAIN_LOGS, metric, figures / "learning_curves.png")
+        confusion = pd.read_csv(paths.EVAL / "confusion.csv")
+        ids = {label: i for i, label in enumerate(labels)}
+        matrix = np.zeros((len(labels), len(labels)), dtype=int)
+        np.add.at(matrix, (confusion["actual"].map(ids), confusion["predicted"].map(ids)), 1)
+        plot_confusion(matrix.tolist(), labels, "Fine-tuned model, test split", figures / "confusion_matrix.png")
+        plot_per_class(model, baseline, labels, figures / "per_class_f1.png")
+        report.write_text(render(params.report.title, card, split_card, training, model, baseline, registry, labels, metric), encoding="utf-8")
+        data.write_json({k: v for k, v in baseline.items() if k != "confusion_matrix"}, base)
+    print(f"report: {paths.REPORT} (fine-tuned accuracy {model['accuracy']:.4f} vs baseline {baseline['accuracy']:.4f})")
+
+
+if __name__ == "__main__":
+    main()
