@@ -197,6 +197,15 @@ def read_table(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
+def load_tokenized(path: Path) -> Any:
+    """The DatasetDict written by the tokenize stage."""
+    from datasets import load_from_disk
+
+    if not (path / "dataset_dict.json").is_file():
+        raise PipelineError(f"{path}: tokenized data not found (run the stage that writes it: dvc repro)")
+    return load_from_disk(str(path))
+
+
 def write_json(data: Any, path: Path) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 

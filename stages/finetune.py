@@ -12,7 +12,6 @@ import shutil
 import time
 
 import mlflow
-from datasets import load_from_disk
 from dvclive import Live
 from transformers import EarlyStoppingCallback, set_seed
 from transformers.integrations import MLflowCallback
@@ -33,7 +32,7 @@ def main() -> None:
     labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
     data_files = [paths.SPLIT / name for name in ("train.parquet", "validation.parquet", "labels.json")]
     data_sha256 = tracking.hash_files(data_files)
-    datasets = load_from_disk(str(paths.TOKENIZED))
+    datasets = data.load_tokenized(paths.TOKENIZED)
     model_dir = resolve_model(params.model)
     tokenizer = load_tokenizer(model_dir)
     set_seed(params.seed)  # before the head is initialised, so the same seed gives the same model

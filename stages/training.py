@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
 from stages.params import FinetuneParams
@@ -45,6 +46,7 @@ def training_arguments(params: FinetuneParams, seed: int, output_dir: Path, **ov
         disable_tqdm=True,
         use_cpu=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     settings.update(overrides)
     return TrainingArguments(**settings)
@@ -93,7 +95,8 @@ class DvcLiveMetrics(TrainerCallback):
             return
         self.live.step = state.global_step
         for key, value in logs.items():
-            if isinstance(value, (int, float)) and key not in ("epoch", "total_flos") and not key.endswith(("_runtime", "_per_second")):
+            # Skip bookkeeping and the end-of-training summary (train_loss, train_runtime, ...).
+            if isinstance(value, (int, float)) and key not in ("epoch", "total_flos", "train_loss") and not key.endswith(("_runtime", "_per_second")):
                 name = f"eval/{key.removeprefix('eval_')}" if key.startswith("eval_") else f"train/{key}"
                 self.live.log_metric(name, value)
         self.live.make_summary()

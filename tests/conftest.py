@@ -80,19 +80,22 @@ def tiny_params(data_file: Path, model_dir: Path) -> dict:
     return params
 
 
-def make_project(root: Path, data_file: Path, model_dir: Path) -> Path:
-    """A copy of the project (code, dvc.yaml, params) in its own git + DVC repo, with tiny params."""
+def make_project(root: Path, data_file: Path, model_dir: Path, *, repo: bool = False) -> Path:
+    """A copy of the project (code, dvc.yaml, params) with tiny params; with `repo`, also a git + DVC repo."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(data_file, model_dir), sort_keys=False))
+    if not repo:
+        return root
     env_bin = str(Path(sys.executable).parent)
     run = lambda *cmd: subprocess.run(cmd, cwd=root, check=True, capture_output=True)  # noqa: E731
     run("git", "init", "-q", "-b", "main")
-    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init")
     run(f"{env_bin}/dvc", "init", "-q")
     run(f"{env_bin}/dvc", "config", "core.analytics", "false")
+    run("git", "add", "-A")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "tiny project")
     return root
 
 

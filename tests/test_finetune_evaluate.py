@@ -1,0 +1,99 @@
+"""finetune + evaluate on a tiny random model: outputs, MLflow records, registry alias, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from helpers import expect_user_error, set_params
+from stages import evaluate, finetune, ingest, paths, split, tokenize, tracking
+from stages.inference import Predictor
+
+
+def run_through_evaluate() -> dict:
+    for stage in (ingest, split, tokenize, finetune, evaluate):
+        stage.main()
+    return json.loads((paths.EVAL / "metrics.json").read_text())
+
+
+@pytest.fixture
+def evaluated(project: Path) -> dict:
+    return run_through_evaluate()
+
+
+def test_model_folder_is_complete(evaluated: dict) -> None:
+    files = {p.name for p in paths.MODEL.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "training.json"} <= files
+    info = json.loads((paths.MODEL / "training.json").read_text())
+    config = json.loads((paths.MODEL / "config.json").read_text())
+    assert info["labels"] == ["negative", "positive"]
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert info["global_step"] > 0 and info["best_checkpoint_step"] is not None
+    assert not paths.CHECKPOINTS.exists()  # checkpoints are cleaned once the model is saved
+
+
+def test_dvc_plots_hold_per_step_loss_and_per_epoch_validation(evaluated: dict) -> None:
+    loss = pd.read_csv(paths.TRAIN_LOGS / "plots/metrics/train/loss.tsv", sep="\t")
+    accuracy = pd.read_csv(paths.TRAIN_LOGS / "plots/metrics/eval/accuracy.tsv", sep="\t")
+    info = json.loads((paths.MODEL / "training.json").read_text())
+    assert loss["step"].tolist() == list(range(2, info["global_step"] + 1, 2))  # logging_steps: 2
+    assert len(accuracy) == 2 and accuracy["step"].iloc[-1] == info["global_step"]  # one row per epoch
+    assert json.loads((paths.TRAIN_LOGS / "metrics.json").read_text())["eval"]["accuracy"] == accuracy["accuracy"].iloc[-1]
+
+
+def test_test_metrics_match_the_predictions(evaluated: dict) -> None:
+    confusion = pd.read_csv(paths.EVAL / "confusion.csv")
+    test = pd.read_parquet(paths.SPLIT / "test.parquet")
+    assert confusion["actual"].tolist() == test["label"].astype(str).tolist()
+    assert evaluated["accuracy"] == pytest.approx((confusion["actual"] == confusion["predicted"]).mean())
+    assert set(evaluated["per_class"]) == {"negative", "positive"}
+    assert {"macro_f1", "micro_f1", "weighted_f1"} <= set(evaluated)
+
+
+def test_mlflow_run_has_params_step_metrics_and_provenance(evaluated: dict) -> None:
+    info = json.loads((paths.MODEL / "training.json").read_text())
+    tracking.configure("sentiment-finetune")
+    client = mlflow.MlflowClient()
+    run = client.get_run(info["mlflow_run_id"])
+    assert run.data.params["finetune.learning_rate"] == "0.001"
+    assert run.data.tags["data_sha256"] == info["data_sha256"] == tracking.hash_files(
+        [paths.SPLIT / n for n in ("train.parquet", "validation.parquet", "labels.json")])
+    assert "git_commit" in run.data.tags
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert len(history) == info["global_step"] // 2 and len({m.step for m in history}) == len(history)
+    assert run.data.metrics["test_accuracy"] == pytest.approx(evaluated["accuracy"])
+
+
+def test_registered_challenger_predicts_labels_for_raw_texts(evaluated: dict) -> None:
+    registry = json.loads((paths.EVAL / "registry.json").read_text())
+    tracking.configure("sentiment-finetune")
+    version = mlflow.MlflowClient().get_model_version_by_alias("sentiment-classifier", "challenger")
+    assert str(version.version) == registry["version"] == "1"
+    assert version.tags["test_accuracy"] == f"{evaluated['accuracy']:.6f}"
+    served = mlflow.pyfunc.load_model("models:/sentiment-classifier@challenger")
+    texts = ["a great and wonderful film", "dull boring plot", "the cast"]
+    predicted = served.predict(texts)
+    assert predicted["label"].isin(["negative", "positive"]).all() and len(predicted) == 3
+    local = Predictor(paths.MODEL).predict(texts)
+    pd.testing.assert_frame_equal(predicted, local)
+
+
+def test_same_seed_gives_identical_test_metrics(project: Path) -> None:
+    first = run_through_evaluate()
+    finetune.main()
+    evaluate.main()
+    second = json.loads((paths.EVAL / "metrics.json").read_text())
+    assert second == first
+    assert json.loads((paths.EVAL / "registry.json").read_text())["version"] == "2"  # each evaluate registers
+
+
+def test_missing_tokenized_data_is_a_one_line_error(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ingest.main()
+    split.main()
+    err = expect_user_error(finetune.main, capsys)
+    assert "data/tokenized" in err
+    assert not paths.MODEL.exists()

@@ -1,0 +1,113 @@
+"""ingest: raw file -> normalised table + data card; bad data stops with one line and writes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import write_sentiment_tsv
+from helpers import expect_user_error, set_params
+from stages import ingest, paths
+
+
+def raw_file(project: Path) -> Path:
+    import yaml
+
+    return Path(yaml.safe_load((project / "params.yaml").read_text())["ingest"]["source"])
+
+
+def test_ratings_become_labels_by_sign_and_zero_is_dropped(project: Path, tmp_path: Path) -> None:
+    source = write_sentiment_tsv(tmp_path / "zeros.tsv", n=40, extra=[(900, 0, "a neutral line"), (901, 0.0, "another one")])
+    set_params(project, {"ingest.source": str(source)})
+    ingest.main()
+    table = pd.read_parquet(paths.INGESTED / "data.parquet")
+    card = json.loads((paths.INGESTED / "card.json").read_text())
+    assert list(table.columns) == ["text", "label", "source_row"]
+    assert list(table["label"].cat.categories) == ["negative", "positive"]
+    raw = pd.read_csv(source, sep="\t", header=None, names=["id", "rating", "text"])
+    expected = raw[raw.rating != 0].assign(label=lambda f: f.rating.gt(0).map({True: "positive", False: "negative"}))
+    assert table["label"].astype(str).tolist() == expected["label"].tolist()
+    assert card["rows_read"] == 42 and card["rows"] == 40
+    assert card["dropped"]["label_value_dropped"] == 2
+    assert card["labels"] == {"negative": 20, "positive": 20}
+    assert card["text_words"]["max"] >= card["text_words"]["median"] > 0
+
+
+def test_duplicates_are_dropped_and_conflicts_removed(project: Path, tmp_path: Path) -> None:
+    extra = [(801, 1.0, "Same  TEXT here"), (802, 2.0, "same text here"), (803, 1.0, "torn text"), (804, -1.0, "torn text")]
+    source = write_sentiment_tsv(tmp_path / "dups.tsv", n=20, extra=extra)
+    set_params(project, {"ingest.source": str(source)})
+    ingest.main()
+    table = pd.read_parquet(paths.INGESTED / "data.parquet")
+    card = json.loads((paths.INGESTED / "card.json").read_text())
+    assert card["dropped"]["duplicate"] == 1 and card["dropped"]["conflicting_duplicate"] == 2
+    assert "torn text" not in set(table["text"])
+    assert table["text"].tolist().count("Same  TEXT here") == 1
+
+
+def test_declared_labels_fix_the_label_order(project: Path, tmp_path: Path) -> None:
+    source = tmp_path / "labels.csv"
+    source.write_text("review,sentiment\ngood film,pos\nbad film,neg\nfine film,pos\n")
+    set_params(project, {"ingest.source": str(source), "ingest.format": "csv", "ingest.header": True,
+                         "ingest.column_names": None, "ingest.text_column": "review", "ingest.label_column": "sentiment",
+                         "ingest.score_to_label": None, "ingest.labels": ["pos", "neg"]})
+    ingest.main()
+    table = pd.read_parquet(paths.INGESTED / "data.parquet")
+    assert list(table["label"].cat.categories) == ["pos", "neg"]
+    assert table["source_row"].tolist() == [2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("1\t1.0\tfine\n2\t-1.0\t   \n", r"reviews.tsv: line 2: empty text in column 'text'$"),
+        ("1\t1.0\tgood\n2\tabc\tbad\n", r"reviews.tsv: line 2: label 'abc' is not a number"),
+        ("1\t1.0\tgood\n2\t\tbad\n", r"reviews.tsv: line 2: missing label in column 'rating'"),
+        ("1\t1.0\tgood\n2\t2.0\tnice\n", r"reviews.tsv: only one class \(positive\) after ingest"),
+    ],
+    ids=["empty-text", "non-numeric-rating", "missing-label", "one-class"],
+)
+def test_bad_rows_are_named(project: Path, capsys: pytest.CaptureFixture[str], content: str, message: str) -> None:
+    raw_file(project).write_text(content)
+    err = expect_user_error(ingest.main, capsys)
+    assert re.search(message, err), err
+    assert not paths.INGESTED.exists()
+
+
+def test_undecodable_byte_names_the_line(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw_file(project).write_bytes(b"1\t1.0\tgood\n2\t-1.0\tbad \xff byte\n")
+    err = expect_user_error(ingest.main, capsys)
+    assert "reviews.tsv: line 2: bytes do not decode as utf-8" in err
+
+
+def test_missing_column_is_named(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    set_params(project, {"ingest.text_column": "review"})
+    err = expect_user_error(ingest.main, capsys)
+    assert "reviews.tsv: no column 'review' (columns: id, rating, text" in err
+
+
+def test_missing_file_is_named(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    set_params(project, {"ingest.source": "nowhere/reviews.tsv"})
+    err = expect_user_error(ingest.main, capsys)
+    assert err == "error: nowhere/reviews.tsv: file not found (from ingest.source)"
+
+
+def test_checksum_mismatch_stops_before_reading(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    set_params(project, {"ingest.sha256": "0" * 64})
+    err = expect_user_error(ingest.main, capsys)
+    actual = hashlib.sha256(raw_file(project).read_bytes()).hexdigest()
+    assert f"reviews.tsv: checksum mismatch for ingest.source: expected sha256 {'0' * 64}, got {actual}" in err
+
+
+def test_failed_run_keeps_the_previous_output(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ingest.main()
+    before = (paths.INGESTED / "data.parquet").read_bytes()
+    raw_file(project).write_text("1\t1.0\tgood\n2\t-1.0\t\n")
+    expect_user_error(ingest.main, capsys)
+    assert (paths.INGESTED / "data.parquet").read_bytes() == before
+    assert [p.name for p in paths.INGESTED.parent.iterdir()] == ["ingested"]  # no temporary folder left behind

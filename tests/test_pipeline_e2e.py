@@ -1,0 +1,87 @@
+"""`dvc repro` in a temporary copy of the project, on tiny data and a tiny model: the whole DAG runs,
+a second run skips everything, a param change re-runs exactly its dependents, and DVC's metrics, plots
+and experiments commands work across commits."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_project, write_sentiment_tsv
+from helpers import set_params
+
+ALL_STAGES = ["ingest", "split", "tokenize", "finetune", "evaluate", "report"]
+
+
+def sh(root: Path, *cmd: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def repro(root: Path) -> list[str]:
+    """Run `dvc repro` and return the stages it ran, in order."""
+    return re.findall(r"Running stage '(\w+)'", sh(root, "dvc", "repro"))
+
+
+def commit(root: Path, message: str) -> None:
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    base = tmp_path_factory.mktemp("e2e")
+    os.environ["PIPELINE_CACHE_DIR"] = str(base / "cache")
+    data = write_sentiment_tsv(base / "reviews.tsv")
+    return make_project(base / "project", data, tiny_model, repo=True)
+
+
+def test_repro_runs_every_stage_in_order(repo: Path) -> None:
+    assert repro(repo) == ALL_STAGES
+    assert (repo / "reports" / "report.md").read_text().startswith("# Sentiment fine-tuning report")
+    assert {p.name for p in (repo / "reports" / "figures").iterdir()} == {
+        "learning_curves.png", "confusion_matrix.png", "per_class_f1.png"}
+    assert (repo / "mlflow.db").is_file()
+    commit(repo, "first run")
+
+
+def test_second_repro_does_nothing(repo: Path) -> None:
+    assert repro(repo) == []
+
+
+def test_report_param_reruns_only_report(repo: Path) -> None:
+    set_params(repo, {"report.title": "Another title"})
+    assert repro(repo) == ["report"]
+
+
+def test_learning_rate_reruns_finetune_and_what_follows(repo: Path) -> None:
+    set_params(repo, {"finetune.learning_rate": 0.003})
+    assert repro(repo) == ["finetune", "evaluate", "report"]
+
+
+def test_metrics_and_plots_diff_across_commits(repo: Path) -> None:
+    params_diff = json.loads(sh(repo, "dvc", "params", "diff", "HEAD", "--json"))
+    change = params_diff["params.yaml"]["finetune.learning_rate"]
+    assert (change["old"], change["new"]) == (0.001, 0.003)
+    metrics_diff = json.loads(sh(repo, "dvc", "metrics", "diff", "HEAD", "--json"))
+    assert "reports/train/metrics.json" in metrics_diff  # training curves differ with the learning rate
+    plots = json.loads(sh(repo, "dvc", "plots", "diff", "HEAD", "--json", "--split"))["data"]
+    for name in ("Learning curves", "reports/eval/confusion.csv", "reports/train/plots/metrics/train/loss.tsv"):
+        assert [p["revisions"] for p in plots[name]] == [["workspace", "HEAD"]], name
+    commit(repo, "higher learning rate")
+
+
+def test_experiment_run_with_set_param_is_listed(repo: Path) -> None:
+    sh(repo, "dvc", "exp", "run", "-S", "finetune.learning_rate=0.0005")
+    rows = list(csv.DictReader(io.StringIO(sh(repo, "dvc", "exp", "show", "--csv"))))
+    assert "0.0005" in [row["finetune.learning_rate"] for row in rows]

@@ -1,0 +1,81 @@
+"""split: stratified, seeded, leak-free; tokenize: truncated, unpadded, labelled by the label map."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from datasets import load_from_disk
+
+from conftest import write_sentiment_tsv
+from helpers import expect_user_error, set_params
+from stages import ingest, paths, split, tokenize
+
+
+def read_splits() -> dict[str, pd.DataFrame]:
+    return {name: pd.read_parquet(paths.SPLIT / f"{name}.parquet") for name in paths.SPLITS}
+
+
+def test_split_is_stratified_and_covers_every_row_once(project: Path) -> None:
+    ingest.main()
+    split.main()
+    parts = read_splits()
+    assert {name: len(part) for name, part in parts.items()} == {"train": 96, "validation": 12, "test": 12}
+    for part in parts.values():
+        assert part["label"].astype(str).value_counts().tolist() == [len(part) // 2] * 2
+    all_rows = pd.concat(parts.values())["source_row"]
+    assert sorted(all_rows) == sorted(pd.read_parquet(paths.INGESTED / "data.parquet")["source_row"])
+    assert json.loads((paths.SPLIT / "labels.json").read_text()) == {"labels": ["negative", "positive"]}
+
+
+def test_same_seed_same_split_other_seed_other_split(project: Path) -> None:
+    ingest.main()
+    split.main()
+    first = read_splits()["test"]["source_row"].tolist()
+    split.main()
+    assert read_splits()["test"]["source_row"].tolist() == first
+    set_params(project, {"seed": 7})
+    split.main()
+    assert read_splits()["test"]["source_row"].tolist() != first
+
+
+def test_texts_differing_only_in_case_or_spacing_never_cross_splits(project: Path, tmp_path: Path) -> None:
+    extra = [(900 + i, 1.0, variant) for i, variant in enumerate(["A Twin Text", "a twin  text", "A TWIN TEXT "])]
+    source = write_sentiment_tsv(tmp_path / "twins.tsv", n=120, extra=extra)
+    set_params(project, {"ingest.source": str(source)})
+    ingest.main()
+    split.main()
+    hits = {name: part["text"].str.casefold().str.split().str.join(" ").eq("a twin text").sum() for name, part in read_splits().items()}
+    assert sum(hits.values()) == 1
+
+
+def test_a_class_too_small_to_split_is_named(project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "rare.tsv"
+    source.write_text("1\t1.0\tgood one\n2\t2.0\tgood two\n3\t1.5\tgood three\n4\t-1.0\tbad one\n5\t-2.0\tbad two\n")
+    set_params(project, {"ingest.source": str(source)})
+    ingest.main()
+    err = expect_user_error(split.main, capsys)
+    assert "data/ingested/data.parquet: class 'negative' has 2 example(s); a stratified split needs at least 3" in err
+    assert not paths.SPLIT.exists()
+
+
+def test_tokenize_truncates_but_never_pads(project: Path, tmp_path: Path) -> None:
+    long_text = " ".join(["great"] * 100)
+    source = write_sentiment_tsv(tmp_path / "long.tsv", n=60, extra=[(999, 2.0, long_text)])
+    set_params(project, {"ingest.source": str(source), "tokenize.max_length": 16})
+    ingest.main()
+    split.main()
+    tokenize.main()
+    datasets = load_from_disk(str(paths.TOKENIZED))
+    lengths = [len(ids) for name in paths.SPLITS for ids in datasets[name]["input_ids"]]
+    assert max(lengths) == 16  # the long text is cut at max_length ...
+    assert min(lengths) < 16  # ... and short ones keep their own length: no padding on disk
+    assert all(0 not in ids for name in paths.SPLITS for ids in datasets[name]["input_ids"])  # [PAD] id is 0
+    train = datasets["train"]
+    assert train["length"] == [len(ids) for ids in train["input_ids"]]
+    expected = pd.read_parquet(paths.SPLIT / "train.parquet")["label"].astype(str).map({"negative": 0, "positive": 1})
+    assert train["labels"] == expected.tolist()
+    stats = json.loads((paths.TOKENIZED / "stats.json").read_text())
+    assert sum(s["truncated"] for s in stats.values()) == 1
