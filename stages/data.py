@@ -109,7 +109,7 @@ def normalise(frame: pd.DataFrame, path: Path, where: str, params: IngestParams)
 
     if params.score_to_label is not None:
         table, dropped_values = _scores_to_classes(table, path, where, params)
-        dropped["label_value_dropped"] = dropped_values
+        dropped["label_in_drop_values"] = dropped_values
         order = list(params.score_to_label.names)
     else:
         table[LABEL] = table[LABEL].map(lambda v: str(v).strip())

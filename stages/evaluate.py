@@ -55,6 +55,20 @@ def register(model_dir: Path, params: EvaluateParams, metrics: dict, example: li
             "model_uri": f"models:/{params.registered_model_name}@{params.alias}", "run_id": run.info.run_id}
 
 
+def _training_run(training: dict) -> mlflow.ActiveRun:
+    """Continue the finetune run; if the tracking store no longer has it (a new mlflow.db, another
+    server), open a new run that records the training provenance instead of failing."""
+    try:
+        mlflow.MlflowClient().get_run(training["mlflow_run_id"])
+    except mlflow.exceptions.MlflowException:
+        print(f"evaluate: MLflow run {training['mlflow_run_id']} not found in {tracking.tracking_uri()}; starting a new run")
+        run = mlflow.start_run(run_name="evaluate")
+        mlflow.set_tags({**tracking.git_state(), "data_sha256": training["data_sha256"], "task": training["task"],
+                         "finetune_run_id": training["mlflow_run_id"]})
+        return run
+    return mlflow.start_run(run_id=training["mlflow_run_id"])
+
+
 @stage_main
 def main() -> None:
     params = load_params()
@@ -73,7 +87,7 @@ def main() -> None:
         summary = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
         data.write_json(summary, out / "metrics.json")
         confusion.to_csv(out / "confusion.csv", index=False)
-        with mlflow.start_run(run_id=training["mlflow_run_id"]):
+        with _training_run(training):
             mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)})
             mlflow.log_dict(metrics, "evaluation/test_metrics.json")
             registry = register(paths.MODEL, params.evaluate, metrics, test[data.TEXT].head(3).tolist())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -97,3 +99,17 @@ def test_missing_tokenized_data_is_a_one_line_error(project: Path, capsys: pytes
     err = expect_user_error(finetune.main, capsys)
     assert "data/tokenized" in err
     assert not paths.MODEL.exists()
+
+
+def test_evaluate_after_the_tracking_store_was_lost_opens_a_new_run(evaluated: dict) -> None:
+    Path("mlflow.db").unlink()
+    # A new process, as under `dvc repro`: this one still holds a connection to the deleted database.
+    subprocess.run([sys.executable, "-m", "stages.evaluate"], check=True, capture_output=True)
+    registry = json.loads((paths.EVAL / "registry.json").read_text())
+    info = json.loads((paths.MODEL / "training.json").read_text())
+    read_tags = (f"import json, mlflow; from stages import tracking; tracking.configure('sentiment-finetune'); "
+                 f"print(json.dumps(mlflow.MlflowClient().get_run('{registry['run_id']}').data.tags))")
+    tags = json.loads(subprocess.run([sys.executable, "-c", read_tags], check=True, capture_output=True, text=True).stdout)
+    assert registry["run_id"] != info["mlflow_run_id"] and registry["version"] == "1"
+    assert tags["finetune_run_id"] == info["mlflow_run_id"]
+    assert tags["data_sha256"] == info["data_sha256"]

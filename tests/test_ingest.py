@@ -33,7 +33,7 @@ def test_ratings_become_labels_by_sign_and_zero_is_dropped(project: Path, tmp_pa
     expected = raw[raw.rating != 0].assign(label=lambda f: f.rating.gt(0).map({True: "positive", False: "negative"}))
     assert table["label"].astype(str).tolist() == expected["label"].tolist()
     assert card["rows_read"] == 42 and card["rows"] == 40
-    assert card["dropped"]["label_value_dropped"] == 2
+    assert card["dropped"]["label_in_drop_values"] == 2
     assert card["labels"] == {"negative": 20, "positive": 20}
     assert card["text_words"]["max"] >= card["text_words"]["median"] > 0
 
