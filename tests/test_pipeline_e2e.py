@@ -23,6 +23,8 @@ ALL_STAGES = ["ingest", "split", "tokenize", "finetune", "evaluate", "report"]
 
 def sh(root: Path, *cmd: str) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the default: mlflow.db in the project
+    env["PIPELINE_CACHE_DIR"] = str(root.parent / "cache")
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
@@ -41,7 +43,6 @@ def commit(root: Path, message: str) -> None:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     base = tmp_path_factory.mktemp("e2e")
-    os.environ["PIPELINE_CACHE_DIR"] = str(base / "cache")
     data = write_sentiment_tsv(base / "reviews.tsv")
     return make_project(base / "project", data, tiny_model, repo=True)
 
