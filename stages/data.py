@@ -77,8 +77,6 @@ def read_raw_table(path: Path, params: IngestParams) -> tuple[pd.DataFrame, str]
     except pd.errors.ParserError as exc:
         raise PipelineError(f"{path}: cannot parse as {params.format}: {str(exc).strip().splitlines()[-1]}") from None
     except (OSError, ValueError) as exc:
-        if isinstance(exc, PipelineError):
-            raise
         raise PipelineError(f"{path}: cannot read as {params.format}: {exc}") from None
 
 

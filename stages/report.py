@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import confusion_matrix
 from sklearn.pipeline import make_pipeline
 
 from stages import data, paths
@@ -149,9 +150,7 @@ def main() -> None:
     with atomic_dir(paths.FIGURES) as figures, atomic_file(paths.REPORT) as report, atomic_file(paths.BASELINE_METRICS) as base:
         plot_learning_curves(paths.TRAIN_LOGS, metric, figures / "learning_curves.png")
         confusion = pd.read_csv(paths.EVAL / "confusion.csv")
-        ids = {label: i for i, label in enumerate(labels)}
-        matrix = np.zeros((len(labels), len(labels)), dtype=int)
-        np.add.at(matrix, (confusion["actual"].map(ids), confusion["predicted"].map(ids)), 1)
+        matrix = confusion_matrix(confusion["actual"], confusion["predicted"], labels=labels)
         plot_confusion(matrix.tolist(), labels, "Fine-tuned model, test split", figures / "confusion_matrix.png")
         plot_per_class(model, baseline, labels, figures / "per_class_f1.png")
         report.write_text(render(params.report.title, card, split_card, training, model, baseline, registry, labels, metric), encoding="utf-8")
