@@ -8,6 +8,7 @@ command, because it changes shared state.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -15,7 +16,7 @@ import pandas as pd
 
 from stages import data, paths, pyfunc_model, tracking
 from stages.errors import atomic_dir, stage_main
-from stages.inference import Predictor
+from stages.inference import Predictor, score
 from stages.params import EvaluateParams, load_params
 
 
@@ -33,8 +34,11 @@ def _pip_requirements() -> list[str]:
     ]
 
 
-def register(model_dir: Path, params: EvaluateParams, metrics: dict, example: list[str]) -> dict:
-    """Log the pyfunc model to the active run, register a version and set the alias on it."""
+def register(model_dir: Path, params: EvaluateParams, training: dict, metrics: dict, example: list[str]) -> dict:
+    """Log the pyfunc model to the active run, register it as a new version with its provenance, and
+    point the alias at it."""
+    run = mlflow.active_run()
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, float)}
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(Path(pyfunc_model.__file__)),
@@ -45,14 +49,34 @@ def register(model_dir: Path, params: EvaluateParams, metrics: dict, example: li
         registered_model_name=params.registered_model_name,
     )
     version = str(info.registered_model_version)
+    test_data_sha256 = tracking.hash_files([paths.SPLIT / "test.parquet"])
+    tags = {
+        "git_commit": training["git_commit"],
+        "git_dirty": training["git_dirty"],
+        "data_sha256": training["data_sha256"],
+        "test_data_sha256": test_data_sha256,
+        "params_sha256": training["params_sha256"],
+        **tracking.dvc_lock_hashes("finetune"),
+        "task": training["task"],
+        "method": training["method"],
+        "base_model": training["base_model"],
+        "labels": json.dumps(training["labels"]),
+        "mlflow_run_id": run.info.run_id,
+        **{f"test_{k}": f"{v:.6f}" for k, v in scalars.items()},
+    }
     client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(params.registered_model_name, version, key, value)
+    description = (
+        f"{training['task'].replace('_', ' ')} model, {training['method']} fine-tuning of {training['base_model']} "
+        f"on {training['train_examples']} examples (git {training['git_commit'][:10]}"
+        f"{', dirty' if training['git_dirty'] == 'true' else ''}), test accuracy {metrics['accuracy']:.4f}."
+    )
+    client.update_model_version(params.registered_model_name, version, description=description)
     client.set_registered_model_alias(params.registered_model_name, params.alias, version)
-    for key in ("accuracy", "macro_f1"):
-        client.set_model_version_tag(params.registered_model_name, version, f"test_{key}", f"{metrics[key]:.6f}")
-    run = mlflow.active_run()
-    client.set_model_version_tag(params.registered_model_name, version, "mlflow_run_id", run.info.run_id)
     return {"name": params.registered_model_name, "version": version, "alias": params.alias,
-            "model_uri": f"models:/{params.registered_model_name}@{params.alias}", "run_id": run.info.run_id}
+            "model_uri": f"models:/{params.registered_model_name}@{params.alias}", "run_id": run.info.run_id,
+            "test_data_sha256": test_data_sha256}
 
 
 def _training_run(training: dict) -> mlflow.ActiveRun:
@@ -63,7 +87,8 @@ def _training_run(training: dict) -> mlflow.ActiveRun:
     except mlflow.exceptions.MlflowException:
         print(f"evaluate: MLflow run {training['mlflow_run_id']} not found in {tracking.tracking_uri()}; starting a new run")
         run = mlflow.start_run(run_name="evaluate")
-        mlflow.set_tags({**tracking.git_state(), "data_sha256": training["data_sha256"], "task": training["task"],
+        mlflow.set_tags({"git_commit": training["git_commit"], "git_dirty": training["git_dirty"],
+                         "data_sha256": training["data_sha256"], "task": training["task"],
                          "finetune_run_id": training["mlflow_run_id"]})
         return run
     return mlflow.start_run(run_id=training["mlflow_run_id"])
@@ -73,24 +98,21 @@ def _training_run(training: dict) -> mlflow.ActiveRun:
 def main() -> None:
     params = load_params()
     training = data.read_json(paths.MODEL / "training.json")
-    labels: list[str] = training["labels"]
-    test = data.read_table(paths.SPLIT / "test.parquet")
-    predictor = Predictor(paths.MODEL)
-    logits = predictor.logits(test[data.TEXT].tolist())
-    pred_ids, _ = predictor.task.decode(logits)
-    true_ids = test[data.LABEL].astype(str).map({label: i for i, label in enumerate(labels)}).to_numpy()
-    metrics = predictor.task.test_metrics(true_ids, pred_ids, labels)
-    confusion = pd.DataFrame({"actual": [labels[i] for i in true_ids], "predicted": [labels[i] for i in pred_ids]})
+    test_file = paths.SPLIT / "test.parquet"
+    test = data.read_table(test_file)
+    metrics, pairs = score(Predictor(paths.MODEL), test, source=str(test_file))
 
     tracking.configure(params.mlflow.experiment_name)
     with atomic_dir(paths.EVAL) as out:
         summary = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
         data.write_json(summary, out / "metrics.json")
-        confusion.to_csv(out / "confusion.csv", index=False)
+        pairs.to_csv(out / "confusion.csv", index=False)
         with _training_run(training):
             mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)})
             mlflow.log_dict(metrics, "evaluation/test_metrics.json")
-            registry = register(paths.MODEL, params.evaluate, metrics, test[data.TEXT].head(3).tolist())
+            # The test set travels with the run, so promotion can re-score another model on exactly it.
+            mlflow.log_artifact(str(test_file), "evaluation")
+            registry = register(paths.MODEL, params.evaluate, training, metrics, test[data.TEXT].head(3).tolist())
         data.write_json(registry, out / "registry.json")
     print(f"evaluate: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}; "
           f"registered {registry['name']} version {registry['version']} as @{registry['alias']}")

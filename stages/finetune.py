@@ -42,8 +42,11 @@ def main() -> None:
     shutil.rmtree(paths.CHECKPOINTS, ignore_errors=True)
     with atomic_dir(paths.MODEL) as model_out, atomic_dir(paths.TRAIN_LOGS) as logs_out:
         with mlflow.start_run() as run:
-            mlflow.log_params(flat_params(params, TRAINING_SECTIONS))
-            mlflow.set_tags({**tracking.git_state(), "data_sha256": data_sha256, "task": params.task, "stage": "finetune"})
+            training_params = flat_params(params, TRAINING_SECTIONS)
+            git = tracking.git_state()
+            mlflow.log_params(training_params)
+            mlflow.set_tags({**git, "data_sha256": data_sha256, "task": params.task, "method": params.finetune.method,
+                             "stage": "finetune"})
             live = Live(dir=str(logs_out), dvcyaml=False, save_dvc_exp=False, report=None)
             args = training_arguments(params.finetune, params.seed, paths.CHECKPOINTS)
             callbacks = [
@@ -61,9 +64,14 @@ def main() -> None:
             best_metric = trainer.state.best_metric
             summary = {
                 "mlflow_run_id": run.info.run_id,
+                **git,
                 "data_sha256": data_sha256,
+                "params_sha256": tracking.hash_json(training_params),
+                "base_model": params.model.source,
                 "labels": labels,
                 "task": params.task,
+                "method": params.finetune.method,
+                "train_examples": len(datasets["train"]),
                 "max_length": params.tokenize.max_length,
                 "global_step": trainer.state.global_step,
                 "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),

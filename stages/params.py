@@ -82,6 +82,7 @@ class TokenizeParams(Section):
 
 
 class FinetuneParams(Section):
+    method: Literal["full"] = "full"
     learning_rate: float = Field(gt=0, le=1)
     num_train_epochs: float = Field(gt=0)
     max_steps: int = Field(default=-1, ge=-1)
@@ -102,6 +103,12 @@ class FinetuneParams(Section):
 class EvaluateParams(Section):
     registered_model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     alias: str = Field(default="challenger", pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$")
+
+
+class PromoteParams(Section):
+    metric: str = Field(default="accuracy", pattern=r"^[a-z_0-9]+$")
+    min_improvement: float = 0.0
+    floor: float = Field(default=0.0, ge=0, le=1)
 
 
 class BaselineParams(Section):
@@ -129,6 +136,7 @@ class Params(Section):
     tokenize: TokenizeParams
     finetune: FinetuneParams
     evaluate: EvaluateParams
+    promote: PromoteParams
     report: ReportParams
 
 

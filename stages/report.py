@@ -1,8 +1,11 @@
 """Stage 6: a human-readable Markdown report with figures.
 
 Shows the data card, the fine-tuned model's test metrics beside a TF-IDF + logistic-regression baseline
-trained on the same split (so the gain of fine-tuning is visible), per-class scores, learning curves and
-the confusion matrix.
+trained on the same split (so the gain of fine-tuning is visible) and beside the registry's current
+`@champion`, per-class scores, learning curves and the confusion matrix.
+
+The champion is read from the tracking store when the report is written: it is shared state outside
+DVC's dependencies, so the report says when it looked.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix
 from sklearn.pipeline import make_pipeline
 
-from stages import data, paths
-from stages.errors import atomic_dir, atomic_file, stage_main
-from stages.params import BaselineParams, load_params
+from stages import data, paths, registry
+from stages.errors import PipelineError, atomic_dir, atomic_file, stage_main
+from stages.params import BaselineParams, PromoteParams, load_params
 from stages.tasks import get_task
 
 
@@ -90,6 +93,34 @@ def plot_per_class(model: dict, baseline: dict, labels: list[str], target: Path)
     plt.close(fig)
 
 
+AVERAGES = ["accuracy", "macro_f1", "micro_f1", "weighted_f1"]
+
+
+def champion_section(this: dict, model: dict, gate: PromoteParams) -> str:
+    """This model against the registry's current champion, with the promotion gate's verdict."""
+    when = registry.now()[:16].replace("T", " ") + " UTC"
+    try:
+        champion = registry.version_by_alias(registry.client(), this["name"], registry.CHAMPION)
+    except PipelineError as exc:
+        return f"Registry not available ({exc})."
+    if champion is None:
+        return (f"No `@champion` yet ({when}). `python -m stages.promote` makes this model the first one if its test "
+                f"{gate.metric} reaches the floor {gate.floor}.")
+    if str(champion.version) == str(this["version"]):
+        return f"This version is the current `@champion` ({when})."
+    rows = [[f"champion v{champion.version}"] + [float(champion.tags.get(f"test_{k}", "nan")) for k in AVERAGES],
+            [f"this model v{this['version']}"] + [model[k] for k in AVERAGES]]
+    text = [f"Current `@champion` as of {when}:", _table(["model"] + AVERAGES, rows)]
+    if champion.tags.get("test_data_sha256") != this.get("test_data_sha256"):
+        text.append("The champion was evaluated on another test set; `python -m stages.promote` re-scores it on this one before deciding.")
+    else:
+        gain = model[gate.metric] - float(champion.tags[f"test_{gate.metric}"])
+        verdict = "would be promoted" if gain >= gate.min_improvement else "would not be promoted"
+        text.append(f"Same test set: {gate.metric} {gain:+.4f} against a required {gate.min_improvement:+.4f}; "
+                    f"this model {verdict} by `python -m stages.promote`.")
+    return "\n\n".join(text)
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(value: Any) -> str:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -100,12 +131,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def render(title: str, card: dict, split_card: dict, training: dict, model: dict, baseline: dict,
-           registry: dict, labels: list[str], metric: str) -> str:
+           registered: dict, champion: str, labels: list[str], metric: str) -> str:
     dropped = ", ".join(f"{reason.replace('_', ' ')}: {count}" for reason, count in card["dropped"].items()) or "none"
-    averages = ["accuracy", "macro_f1", "micro_f1", "weighted_f1"]
+    averages = AVERAGES
     sections = [
         f"# {title}",
-        f"Model `{registry['name']}` version {registry['version']} (alias `@{registry['alias']}`), "
+        f"Model `{registered['name']}` version {registered['version']} (alias `@{registered['alias']}`), "
         f"MLflow run `{training['mlflow_run_id']}`, data sha256 `{training['data_sha256'][:12]}`.",
         "## Data",
         f"Source: `{card['source']}`  \nRows read: {card['rows_read']}; kept: {card['rows']}; dropped: {dropped}.",
@@ -119,6 +150,8 @@ def render(title: str, card: dict, split_card: dict, training: dict, model: dict
             ["TF-IDF + logistic regression"] + [baseline[k] for k in averages],
             ["gain"] + [f"{model[k] - baseline[k]:+.4f}" for k in averages],
         ]),
+        "### Against the champion",
+        champion,
         "### Per class",
         _table(["class", "precision", "recall", "F1", "F1 (baseline)", "support"], [
             [l, model["per_class"][l]["precision"], model["per_class"][l]["recall"], model["per_class"][l]["f1"],
@@ -142,7 +175,7 @@ def main() -> None:
     split_card = data.read_json(paths.SPLIT / "card.json")
     training = data.read_json(paths.MODEL / "training.json")
     model = data.read_json(paths.EVAL / "metrics.json")
-    registry = data.read_json(paths.EVAL / "registry.json")
+    registered = data.read_json(paths.EVAL / "registry.json")
     labels = training["labels"]
     baseline = train_baseline(data.read_table(paths.SPLIT / "train.parquet"), data.read_table(paths.SPLIT / "test.parquet"),
                               labels, params.report.baseline, params.task)
@@ -153,7 +186,9 @@ def main() -> None:
         matrix = confusion_matrix(confusion["actual"], confusion["predicted"], labels=labels)
         plot_confusion(matrix.tolist(), labels, "Fine-tuned model, test split", figures / "confusion_matrix.png")
         plot_per_class(model, baseline, labels, figures / "per_class_f1.png")
-        report.write_text(render(params.report.title, card, split_card, training, model, baseline, registry, labels, metric), encoding="utf-8")
+        champion = champion_section(registered, model, params.promote)
+        report.write_text(render(params.report.title, card, split_card, training, model, baseline, registered, champion,
+                                 labels, metric), encoding="utf-8")
         data.write_json({k: v for k, v in baseline.items() if k != "confusion_matrix"}, base)
     print(f"report: {paths.REPORT} (fine-tuned accuracy {model['accuracy']:.4f} vs baseline {baseline['accuracy']:.4f})")
 

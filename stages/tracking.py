@@ -7,6 +7,7 @@ Default tracking is the embedded SQLite store `mlflow.db` at the repository root
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -55,6 +56,42 @@ def hash_files(files: list[Path]) -> str:
     for path in files:
         digest.update(path.name.encode() + b"\0")
         with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+            digest.update(hashlib.file_digest(fh, "sha256").digest())
     return digest.hexdigest()
+
+
+def hash_json(value: object) -> str:
+    """sha256 of a JSON-serialisable value in canonical form (sorted keys): the identity of a params set."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def dvc_lock_hashes(stage: str, lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
+    """What dvc.lock recorded for `stage`: the md5 of each data dependency and an md5 of its params, as
+    tags (`dvc_lock.data.<path>`, `dvc_lock.params_md5`) that tie a registry entry to a commit's dvc.lock.
+
+    Empty when dvc.lock has no entry for the stage or the entry does not describe the files on disk (the
+    stage ran outside `dvc repro`): a stale hash would be worse than none.
+    """
+    import yaml
+
+    try:
+        lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
+    except (FileNotFoundError, yaml.YAMLError):
+        return {}
+    entry = lock.get("stages", {}).get(stage)
+    if not entry:
+        return {}
+    data_deps = {dep["path"]: dep.get("md5", "") for dep in entry.get("deps", []) if dep["path"].startswith("data/")}
+    for path, md5 in data_deps.items():
+        # DVC 3 hashes a file as the plain md5 of its bytes; folders (".dir") are not re-checked here.
+        if not md5.endswith(".dir") and (not Path(path).is_file() or _md5(Path(path)) != md5):
+            return {}
+    tags = {f"dvc_lock.data.{path}": md5 for path, md5 in data_deps.items()}
+    params = entry.get("params", {})
+    tags["dvc_lock.params_md5"] = hashlib.md5(json.dumps(params, sort_keys=True).encode()).hexdigest()
+    return tags
+
+
+def _md5(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "md5").hexdigest()

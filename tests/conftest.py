@@ -3,12 +3,14 @@ temporary copy of the project wired to them. Nothing is downloaded."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,8 +55,8 @@ def build_tiny_model(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(POSITIVE + NEGATIVE + FILLER)) + list("abcdefghijklmnopqrstuvwxyz")
     vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    # transformers 5 takes the vocabulary as `vocab` (a `vocab_file` argument is silently ignored).
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
     tokenizer.save_pretrained(folder)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=37, max_position_embeddings=128)
@@ -120,3 +122,64 @@ def project(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return root
+
+
+@contextlib.contextmanager
+def inside(root: Path, **env: str) -> Iterator[None]:
+    """Run a block with `root` as the working directory and `env` set, as a stage would run there."""
+    saved_cwd, saved_env = Path.cwd(), dict(os.environ)
+    os.chdir(root)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[str, Path]:
+    """Two fine-tuned tiny models — `good` (trained to fit the fixture data) and `bad` (one step at a tiny
+    learning rate) — and two splits of the same data (`split_a`, `split_b`: other seed, other test set)."""
+    from helpers import set_params
+    from stages import finetune, ingest, paths, split, tokenize
+
+    base = tmp_path_factory.mktemp("trained")
+    data_file = write_sentiment_tsv(base / "reviews.tsv", n=300)
+    root = make_project(base / "project", data_file, tiny_model)
+    out = {name: base / name for name in ("good", "bad", "split_a", "split_b")}
+    with inside(root, PIPELINE_CACHE_DIR=str(base / "cache")):
+        for stage in (ingest, split, tokenize):
+            stage.main()
+        shutil.copytree(paths.SPLIT, out["split_a"])
+        set_params(root, {"finetune.num_train_epochs": 4, "finetune.learning_rate": 5e-3, "finetune.early_stopping_patience": 4})
+        finetune.main()
+        shutil.copytree(paths.MODEL, out["good"])
+        set_params(root, {"finetune.max_steps": 1, "finetune.learning_rate": 1e-7})
+        finetune.main()
+        shutil.copytree(paths.MODEL, out["bad"])
+        set_params(root, {"seed": 7})
+        split.main()
+        shutil.copytree(paths.SPLIT, out["split_b"])
+    return out
+
+
+@pytest.fixture
+def register(project: Path, trained: dict[str, Path]) -> Callable[..., str]:
+    """register("good"|"bad", split="split_a"|"split_b") evaluates that model on that split's test set and
+    registers it (new version, @challenger) in the project's mlflow.db; returns the version. The project's
+    promotion gate is set to floor 0.8, minimum improvement 0.05."""
+    from helpers import set_params
+    from stages import evaluate, paths
+
+    def run(model: str, split: str = "split_a") -> str:
+        for source, target in ((trained[model], paths.MODEL), (trained[split], paths.SPLIT)):
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
+        evaluate.main()
+        return json.loads((paths.EVAL / "registry.json").read_text())["version"]
+
+    set_params(project, {"promote.floor": 0.8, "promote.min_improvement": 0.05})
+    return run

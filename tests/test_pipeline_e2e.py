@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import make_project, write_sentiment_tsv
 from helpers import set_params
@@ -54,6 +55,17 @@ def test_repro_runs_every_stage_in_order(repo: Path) -> None:
         "learning_curves.png", "confusion_matrix.png", "per_class_f1.png"}
     assert (repo / "mlflow.db").is_file()
     commit(repo, "first run")
+
+
+def test_registered_version_carries_the_dvc_lock_hashes(repo: Path) -> None:
+    """Under `dvc repro`, evaluate runs after dvc.lock has the finetune entry: the version names its md5s."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["finetune"]
+    train_md5 = next(dep["md5"] for dep in lock["deps"] if dep["path"] == "data/split/train.parquet")
+    script = ("import json, mlflow; from stages import registry; c = registry.client(); "
+              "print(json.dumps(c.get_model_version_by_alias('sentiment-classifier', 'challenger').tags))")
+    tags = json.loads(sh(repo, "python", "-c", script).strip().splitlines()[-1])
+    assert tags["dvc_lock.data.data/split/train.parquet"] == train_md5
+    assert (tags["git_commit"], tags["git_dirty"]) == (sh(repo, "git", "rev-parse", "HEAD~1").strip(), "false")
 
 
 def test_second_repro_does_nothing(repo: Path) -> None:

@@ -1,0 +1,148 @@
+"""Batch prediction: a file of texts in, the same rows with predictions and scores out.
+
+    python -m stages.predict --model models:/sentiment-classifier@champion --input texts.csv --output predictions.parquet
+    python -m stages.predict --model models/model --input texts.jsonl --output predictions.jsonl --text-column review
+
+Input and output may be CSV, TSV, JSON Lines or Parquet (by extension). The input is read and written in
+chunks of `--chunk-size` rows, so memory stays flat however large the file; within a chunk, texts are
+sorted by length and padded per batch (dynamic padding), as in training. The output appears only when
+every row was predicted: a bad row stops the command with its number and leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import transformers
+from tqdm import tqdm
+
+from stages.errors import PipelineError, atomic_file, stage_main
+from stages.inference import Predictor, load_predictor
+
+PREFIX = "predicted_"  # predicted_label, predicted_score, predicted_score_<label>: never clash with input columns
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
+
+
+def file_format(path: Path) -> str:
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise PipelineError(f"{path}: unknown file type '{path.suffix}' (use {', '.join(FORMATS)})") from None
+
+
+def read_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
+    """The input file as DataFrames of at most `chunk_size` rows, never all of it at once."""
+    kind = file_format(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: input file not found")
+    try:
+        if kind == "parquet":
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
+                yield batch.to_pandas()
+        elif kind == "jsonl":
+            yield from pd.read_json(path, lines=True, chunksize=chunk_size, dtype=False)
+        else:
+            with warnings.catch_warnings():
+                # A row with more fields than the header would otherwise lose its tail with only a warning.
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                yield from pd.read_csv(path, sep="\t" if kind == "tsv" else ",", chunksize=chunk_size, index_col=False,
+                                       dtype=str, keep_default_na=False, encoding_errors="strict")
+    except pd.errors.ParserWarning:
+        raise PipelineError(f"{path}: a row has more fields than the header (quote texts that contain the separator)") from None
+    except UnicodeDecodeError as exc:
+        raise PipelineError(f"{path}: bytes do not decode as utf-8 ({exc.reason})") from None
+    except (ValueError, pd.errors.ParserError, pa.ArrowException) as exc:
+        raise PipelineError(f"{path}: cannot read as {kind}: {str(exc).strip().splitlines()[-1]}") from None
+
+
+class ChunkWriter:
+    """Appends DataFrames to a CSV, TSV, JSON Lines or Parquet file."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        self.path, self.kind = path, kind
+        self.parquet: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.kind == "parquet":
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if self.parquet is None:
+                self.parquet = pq.ParquetWriter(self.path, table.schema)
+            self.parquet.write_table(table.cast(self.parquet.schema))
+        elif self.kind == "jsonl":
+            with self.path.open("a", encoding="utf-8") as fh:
+                for record in frame.to_dict(orient="records"):
+                    fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        else:
+            frame.to_csv(self.path, mode="a", header=self.rows == 0, index=False, sep="\t" if self.kind == "tsv" else ",")
+        self.rows += len(frame)
+
+    def close(self) -> None:
+        if self.parquet is not None:
+            self.parquet.close()
+
+
+def predict_file(predictor: Predictor, source: Path, target: Path, text_column: str, chunk_size: int) -> int:
+    """Predict every row of `source` into `target`; returns the number of rows."""
+    kind = file_format(target)
+    total = pq.ParquetFile(source).metadata.num_rows if file_format(source) == "parquet" and source.is_file() else None
+    with atomic_file(target) as tmp:
+        writer = ChunkWriter(tmp, kind)
+        first_row = 1
+        # disable=None: a progress bar on a terminal, none in logs and pipes.
+        with tqdm(total=total, unit="rows", desc="predict", disable=None) as progress:
+            for chunk in read_chunks(source, chunk_size):
+                if text_column not in chunk.columns:
+                    raise PipelineError(f"{source}: no column '{text_column}' (columns: {', '.join(map(str, chunk.columns))})")
+                texts = chunk[text_column]
+                bad = texts.map(lambda v: not isinstance(v, str) or not v.strip()).to_numpy()
+                if bad.any():
+                    raise PipelineError(f"{source}: row {first_row + int(bad.argmax())}: empty or non-text value in column '{text_column}'")
+                predictions = predictor.predict(texts.tolist()).add_prefix(PREFIX)
+                writer.write(pd.concat([chunk.reset_index(drop=True), predictions], axis=1))
+                first_row += len(chunk)
+                progress.update(len(chunk))
+        writer.close()
+    return writer.rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a model folder (models/model) or an MLflow URI (models:/NAME@champion)")
+    parser.add_argument("--input", required=True, type=Path, help="CSV, TSV, JSON Lines or Parquet file")
+    parser.add_argument("--output", required=True, type=Path, help="output file; its extension picks the format")
+    parser.add_argument("--text-column", default="text", help="column holding the texts (default: text)")
+    parser.add_argument("--chunk-size", type=int, default=1024, help="rows read, predicted and written at a time")
+    parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
+    args = parser.parse_args(argv)
+    if args.chunk_size < 1 or args.batch_size < 1:
+        parser.error("--chunk-size and --batch-size must be positive")
+    return args
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    file_format(args.input), file_format(args.output)  # refuse unknown types before loading a model
+    transformers.logging.disable_progress_bar()  # one bar (ours), not one per weight file
+    predictor = load_predictor(args.model)
+    predictor.batch_size = args.batch_size
+    rows = predict_file(predictor, args.input, args.output, args.text_column, args.chunk_size)
+    print(f"predict: {rows} rows from {args.input} -> {args.output}")
+    return {"rows": rows}
+
+
+@stage_main
+def main() -> None:
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Metric-gated promotion of the registered model: a command, not a DVC stage, because it changes shared
+state (the registry's aliases) that other people and servers read.
+
+    python -m stages.promote                      # promote @challenger to @champion if it wins
+    python -m stages.promote --version 7          # the same for a given version
+    python -m stages.promote --dry-run            # print the decision, change nothing
+    python -m stages.promote --force "reason"     # promote even if it loses; the reason is recorded
+    python -m stages.promote --rollback "reason"  # move @champion back to the previous champion
+    python -m stages.promote --history            # every decision so far, oldest first
+
+The challenger wins when its test metric (`promote.metric`) beats the champion's by at least
+`promote.min_improvement`, both measured on the challenger's test set: when the champion was evaluated on
+another test set, it is re-scored on the challenger's first. The first model becomes champion if it
+reaches `promote.floor`. Exit codes: 0 promoted (or would be, with --dry-run), 1 refused, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from stages import data, registry
+from stages.errors import PipelineError, stage_main
+from stages.inference import load_predictor, score
+from stages.params import PromoteParams, load_params
+
+EXIT_REFUSED = 1
+
+
+def _champion_value(mlflow_client: Any, name: str, champion: Any, challenger: Any, metric: str) -> tuple[float, bool]:
+    """The champion's metric on the challenger's test set, and whether it had to be re-scored for that."""
+    if champion.tags.get("test_data_sha256") == challenger.tags.get("test_data_sha256"):
+        return registry.test_metric(champion, metric), False
+    run_id = challenger.tags.get("mlflow_run_id")
+    try:
+        test_file = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/evaluation/test.parquet")
+    except mlflow.exceptions.MlflowException:
+        raise PipelineError(f"version {challenger.version}: its test set (run {run_id}, evaluation/test.parquet) is not in the tracking store") from None
+    print(f"promote: champion v{champion.version} was evaluated on another test set; re-scoring it on v{challenger.version}'s")
+    test = data.read_table(Path(test_file))
+    metrics, _ = score(load_predictor(f"models:/{name}/{champion.version}"), test, source=f"v{challenger.version} test set")
+    if metric not in metrics:
+        raise PipelineError(f"promote.metric: '{metric}' is not a test metric")
+    return float(metrics[metric]), True
+
+
+def decide(mlflow_client: Any, name: str, challenger: Any, params: PromoteParams) -> dict[str, Any]:
+    """Compare a version with the current champion (or the floor) and say whether it should be promoted."""
+    metric = params.metric
+    value = registry.test_metric(challenger, metric)
+    champion = registry.version_by_alias(mlflow_client, name, registry.CHAMPION)
+    decision: dict[str, Any] = {"metric": metric, "candidate": str(challenger.version), "candidate_value": value}
+    if champion is None:
+        decision.update(champion=None, floor=params.floor, wins=value >= params.floor)
+        decision["why"] = f"first champion: {metric} {value:.4f} {'>=' if decision['wins'] else '<'} floor {params.floor:.4f}"
+        return decision
+    champion_value, rescored = _champion_value(mlflow_client, name, champion, challenger, metric)
+    gain = value - champion_value
+    decision.update(champion=str(champion.version), champion_value=champion_value, rescored_champion=rescored,
+                    min_improvement=params.min_improvement, wins=gain >= params.min_improvement)
+    decision["why"] = (f"{metric}: challenger v{challenger.version} {value:.4f} vs champion v{champion.version} "
+                       f"{champion_value:.4f} ({gain:+.4f}, needs {params.min_improvement:+.4f})")
+    return decision
+
+
+def promote(name: str, version: str | None, params: PromoteParams, *, dry_run: bool, force_reason: str | None) -> int:
+    mlflow_client = registry.client()
+    with registry.exclusive(name):  # decide and move the alias as one step (see registry.exclusive)
+        if version is None:
+            challenger = registry.version_by_alias(mlflow_client, name, registry.CHALLENGER)
+            if challenger is None:
+                raise PipelineError(f"registered model '{name}' has no @{registry.CHALLENGER} (run the pipeline first)")
+        else:
+            challenger = registry.get_version(mlflow_client, name, version)
+        champion = registry.version_by_alias(mlflow_client, name, registry.CHAMPION)
+        if champion is not None and str(champion.version) == str(challenger.version):
+            print(f"promote: v{challenger.version} already is @{registry.CHAMPION}; nothing to do")
+            return 0
+        decision = decide(mlflow_client, name, challenger, params)
+        promoted = decision["wins"] or force_reason is not None
+        verdict = "promote" if promoted else "refuse"
+        if dry_run:
+            print(f"promote (dry run): would {verdict} v{challenger.version} — {decision['why']}")
+            return 0 if promoted else EXIT_REFUSED
+        decision.update(action="promote", result="forced" if promoted and not decision["wins"] else
+                        ("promoted" if promoted else "refused"), reason=force_reason)
+        if promoted:
+            mlflow_client.set_registered_model_alias(name, registry.CHAMPION, decision["candidate"])
+            if decision["champion"] is not None:
+                mlflow_client.set_model_version_tag(name, decision["candidate"], registry.PREVIOUS_CHAMPION_TAG, decision["champion"])
+        registry.record_decision(mlflow_client, name, [decision["candidate"]] + ([decision["champion"]] if decision["champion"] else []), decision)
+    if promoted:
+        print(f"promote: {decision['result']} v{challenger.version} to @{registry.CHAMPION} — {decision['why']}"
+              + (f"; reason: {force_reason}" if force_reason else ""))
+        return 0
+    print(f"promote: refused v{challenger.version} — {decision['why']}", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+def rollback(name: str, reason: str) -> int:
+    mlflow_client = registry.client()
+    with registry.exclusive(name):
+        champion = registry.version_by_alias(mlflow_client, name, registry.CHAMPION)
+        if champion is None:
+            raise PipelineError(f"registered model '{name}' has no @{registry.CHAMPION} to roll back")
+        previous = champion.tags.get(registry.PREVIOUS_CHAMPION_TAG)
+        if previous is None:
+            raise PipelineError(f"@{registry.CHAMPION} v{champion.version} of '{name}' has no previous champion to roll back to")
+        registry.get_version(mlflow_client, name, previous)
+        mlflow_client.set_registered_model_alias(name, registry.CHAMPION, previous)
+        registry.record_decision(mlflow_client, name, [str(champion.version), previous],
+                                 {"action": "rollback", "result": "rolled back", "from": str(champion.version),
+                                  "to": previous, "reason": reason})
+    print(f"promote: rolled @{registry.CHAMPION} back from v{champion.version} to v{previous}; reason: {reason}")
+    return 0
+
+
+def history(name: str) -> int:
+    for entry in registry.decisions(registry.client(), name):
+        subject = (f"v{entry['from']} -> v{entry['to']}" if entry["action"] == "rollback"
+                   else f"v{entry['candidate']}" + (f" over v{entry['champion']}" if entry.get("champion") else ""))
+        details = entry.get("why") or ""
+        reason = f" reason: {entry['reason']}" if entry.get("reason") else ""
+        print(f"{entry['time']}  {entry['user']}@{entry['host']}  {entry['action']:<8} {entry['result']:<11} {subject}  {details}{reason}")
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m stages.promote", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", help="model version to promote (default: the @challenger alias)")
+    parser.add_argument("--params", default=None, help="params file (default: params.yaml)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--dry-run", action="store_true", help="print the decision and change nothing")
+    action.add_argument("--force", metavar="REASON", help="promote even if the gate refuses; REASON is recorded")
+    action.add_argument("--rollback", metavar="REASON", help="move @champion back to the previous champion")
+    action.add_argument("--history", action="store_true", help="print every recorded decision")
+    args = parser.parse_args(argv)
+    for flag in ("force", "rollback"):
+        if getattr(args, flag) is not None and not getattr(args, flag).strip():
+            parser.error(f"--{flag} needs a non-empty reason")
+    return args
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    params = load_params(args.params)
+    name = params.evaluate.registered_model_name
+    if args.history:
+        return history(name)
+    if args.rollback is not None:
+        return rollback(name, args.rollback)
+    return promote(name, args.version, params.promote, dry_run=args.dry_run, force_reason=args.force)
+
+
+@stage_main
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Batch prediction: any supported file in, the same rows plus predictions out, equal to in-process
+predictions; streamed in chunks; bad input stops with the row and leaves no output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import sentiment_rows
+from helpers import expect_user_error
+from stages import predict
+from stages.inference import Predictor
+
+
+@pytest.fixture
+def texts() -> pd.DataFrame:
+    return pd.DataFrame({"id": range(50), "review": [text for _, text in sentiment_rows(50, seed=3)]})
+
+
+def write(frame: pd.DataFrame, path: Path) -> Path:
+    kind = predict.file_format(path)
+    if kind == "parquet":
+        frame.to_parquet(path, index=False)
+    elif kind == "jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_csv(path, sep="\t" if kind == "tsv" else ",", index=False)
+    return path
+
+
+def read(path: Path) -> pd.DataFrame:
+    kind = predict.file_format(path)
+    if kind == "parquet":
+        return pd.read_parquet(path)
+    if kind == "jsonl":
+        return pd.read_json(path, lines=True)
+    return pd.read_csv(path, sep="\t" if kind == "tsv" else ",")
+
+
+@pytest.mark.parametrize("source,target", [("csv", "parquet"), ("jsonl", "csv"), ("parquet", "jsonl"), ("tsv", "tsv")])
+def test_predictions_equal_in_process_predictions(trained: dict[str, Path], texts: pd.DataFrame, tmp_path: Path,
+                                                  source: str, target: str) -> None:
+    source_file = write(texts, tmp_path / f"in.{source}")
+    target_file = tmp_path / "out" / f"predictions.{target}"
+    predict.run(["--model", str(trained["good"]), "--input", str(source_file), "--output", str(target_file),
+                 "--text-column", "review", "--chunk-size", "7", "--batch-size", "4"])
+    out = read(target_file)
+    expected = Predictor(trained["good"]).predict(texts["review"].tolist())
+    assert out["id"].astype(str).tolist() == texts["id"].astype(str).tolist() and out["review"].tolist() == texts["review"].tolist()
+    assert out["predicted_label"].tolist() == expected["label"].tolist()
+    for column in ("score", "score_negative", "score_positive"):
+        assert out[f"predicted_{column}"].to_numpy() == pytest.approx(expected[column].to_numpy(), abs=1e-6)
+
+
+def test_predicts_from_a_registry_uri(register, tmp_path: Path, texts: pd.DataFrame) -> None:
+    register("good")
+    source_file = write(texts, tmp_path / "in.csv")
+    predict.run(["--model", "models:/sentiment-classifier@challenger", "--input", str(source_file),
+                 "--output", str(tmp_path / "out.parquet"), "--text-column", "review"])
+    assert len(pd.read_parquet(tmp_path / "out.parquet")) == 50
+
+
+def test_reads_and_writes_in_chunks(trained: dict[str, Path], texts: pd.DataFrame, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    original = Predictor.predict
+    monkeypatch.setattr(Predictor, "predict", lambda self, batch: seen.append(len(batch)) or original(self, batch))
+    source_file = write(texts, tmp_path / "in.parquet")
+    predict.run(["--model", str(trained["good"]), "--input", str(source_file), "--output", str(tmp_path / "o.parquet"),
+                 "--text-column", "review", "--chunk-size", "16"])
+    assert seen == [16, 16, 16, 2]
+
+
+def test_an_empty_text_names_its_row_and_writes_nothing(trained: dict[str, Path], texts: pd.DataFrame, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    texts.loc[37, "review"] = "   "
+    source_file = write(texts, tmp_path / "in.jsonl")
+    target = tmp_path / "out.csv"
+    target.write_text("previous results\n")
+    monkeypatch.setattr("sys.argv", ["predict", "--model", str(trained["good"]), "--input", str(source_file),
+                                     "--output", str(target), "--text-column", "review", "--chunk-size", "10"])
+    err = expect_user_error(predict.main, capsys)
+    assert "row 38" in err and "review" in err
+    assert target.read_text() == "previous results\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_an_unquoted_separator_is_an_error_not_lost_text(trained: dict[str, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "in.csv").write_text("text\na great, moving film\n")
+    monkeypatch.setattr("sys.argv", ["predict", "--model", str(trained["good"]), "--input", str(tmp_path / "in.csv"),
+                                     "--output", str(tmp_path / "out.csv")])
+    assert "more fields than the header" in expect_user_error(predict.main, capsys)
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--text-column", "body"], "no column 'body'"),
+    (["--input", "missing.csv"], "input file not found"),
+    (["--output", "out.xlsx"], "unknown file type '.xlsx'"),
+    (["--model", "no/such/dir"], "no such model folder"),
+])
+def test_bad_arguments_are_one_line_errors(trained: dict[str, Path], texts: pd.DataFrame, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                           args: list[str], message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(texts, tmp_path / "in.csv")
+    base = {"--model": str(trained["good"]), "--input": "in.csv", "--output": "out.csv", "--text-column": "review"}
+    base.update(dict(zip(args[::2], args[1::2])))
+    monkeypatch.setattr("sys.argv", ["predict", *[x for pair in base.items() for x in pair]])
+    assert message in expect_user_error(predict.main, capsys)
+    assert not (tmp_path / "out.csv").exists()

@@ -1,0 +1,278 @@
+"""Registry records and metric-gated promotion: what each version carries, when the champion moves,
+when it does not, and that every decision can be read back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from conftest import REPO
+from helpers import expect_user_error, set_params
+from stages import paths, promote, registry
+from stages.inference import Predictor, score
+
+NAME = "sentiment-classifier"
+
+
+def client() -> mlflow.MlflowClient:
+    return registry.client()
+
+
+def champion() -> str | None:
+    version = registry.version_by_alias(client(), NAME, registry.CHAMPION)
+    return None if version is None else str(version.version)
+
+
+def accuracy(version: str) -> float:
+    return float(client().get_model_version(NAME, version).tags["test_accuracy"])
+
+
+def test_the_fixture_models_differ_enough_to_gate(register: Callable[..., str]) -> None:
+    good, bad = register("good"), register("bad")
+    assert accuracy(good) >= 0.9 and accuracy(bad) <= 0.7, (accuracy(good), accuracy(bad))
+
+
+def test_a_version_records_its_provenance_and_metrics(register: Callable[..., str]) -> None:
+    registered = register("good")
+    version = client().get_model_version(NAME, registered)
+    training = json.loads((paths.MODEL / "training.json").read_text())
+    metrics = json.loads((paths.EVAL / "metrics.json").read_text())
+    tags = version.tags
+    assert tags["git_commit"] == training["git_commit"] and tags["git_dirty"] in ("true", "false")
+    assert tags["data_sha256"] == training["data_sha256"] and tags["params_sha256"] == training["params_sha256"]
+    assert tags["task"] == "single_label_classification" and tags["method"] == "full"
+    assert json.loads(tags["labels"]) == ["negative", "positive"]
+    assert tags["mlflow_run_id"] == version.run_id
+    for key in ("accuracy", "macro_f1", "micro_f1", "weighted_f1"):
+        assert float(tags[f"test_{key}"]) == pytest.approx(metrics[key], abs=1e-6)
+    assert "test accuracy" in version.description and version.description.count(". ") == 0
+
+
+def test_the_logged_model_loads_without_the_repository(register: Callable[..., str], tmp_path: Path) -> None:
+    """In a fresh interpreter outside the repo, the `stages` code comes from the model's own artifact."""
+    register("good")
+    script = (
+        "import json, sys, mlflow\n"
+        "m = mlflow.pyfunc.load_model('models:/sentiment-classifier@challenger')\n"
+        "p = m.predict(['a great wonderful film'])\n"
+        "print(json.dumps({'stages': sys.modules['stages'].__file__, 'label': p['label'][0],\n"
+        "                  'signature': str(m.metadata.signature.inputs)}))\n"
+    )
+    env = {"MLFLOW_TRACKING_URI": registry.tracking.tracking_uri(), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "/artifacts/code/stages/" in out["stages"]  # not the project's stages/, not the editable install
+    assert not out["stages"].startswith((str(Path.cwd() / "stages"), str(REPO)))
+    assert out["label"] in ("negative", "positive") and "string" in out["signature"]
+    model_files = {p.name for p in Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@challenger")).rglob("*")}
+    assert {"model.safetensors", "tokenizer.json", "training.json", "input_example.json", "MLmodel"} <= model_files
+
+
+def test_first_model_becomes_champion_only_above_the_floor(register: Callable[..., str], project: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    bad = register("bad")
+    assert promote.run([]) == promote.EXIT_REFUSED
+    assert f"refused v{bad}" in capsys.readouterr().err and champion() is None
+    good = register("good")
+    assert promote.run([]) == 0
+    assert champion() == good
+
+
+def test_promoting_the_champion_again_changes_nothing(register: Callable[..., str],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    good = register("good")
+    promote.run([])
+    assert promote.run([]) == 0 and "already is @champion" in capsys.readouterr().out
+    assert champion() == good and len(registry.decisions(client(), NAME)) == 1
+
+
+def test_challenger_that_wins_by_the_margin_is_promoted(register: Callable[..., str], project: Path) -> None:
+    set_params(project, {"promote.floor": 0.0})
+    bad = register("bad")
+    assert promote.run([]) == 0 and champion() == bad
+    good = register("good")
+    assert promote.run([]) == 0
+    assert champion() == good
+    assert client().get_model_version(NAME, good).tags[registry.PREVIOUS_CHAMPION_TAG] == bad
+
+
+def test_challenger_that_loses_is_refused_with_both_numbers(register: Callable[..., str],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    good = register("good")
+    assert promote.run([]) == 0
+    bad = register("bad")
+    assert promote.run([]) == promote.EXIT_REFUSED
+    err = capsys.readouterr().err
+    assert f"{accuracy(bad):.4f}" in err and f"{accuracy(good):.4f}" in err
+    assert champion() == good
+
+
+def test_equal_models_need_the_minimum_improvement(register: Callable[..., str], project: Path) -> None:
+    first = register("good")
+    assert promote.run([]) == 0
+    register("good")
+    assert promote.run([]) == promote.EXIT_REFUSED  # +0.0000 < +0.05
+    set_params(project, {"promote.min_improvement": 0.0})
+    second = register("good")
+    assert promote.run([]) == 0 and champion() == second != first
+
+
+def test_dry_run_decides_but_changes_nothing(register: Callable[..., str], capsys: pytest.CaptureFixture[str]) -> None:
+    good = register("good")
+    assert promote.run(["--dry-run"]) == 0
+    assert "would promote" in capsys.readouterr().out
+    assert champion() is None and registry.decisions(client(), NAME) == []
+    assert promote.run([]) == 0
+    register("bad")
+    assert promote.run(["--dry-run"]) == promote.EXIT_REFUSED and champion() == good
+
+
+def test_force_promotes_a_loser_and_records_the_reason(register: Callable[..., str]) -> None:
+    register("good")
+    promote.run([])
+    bad = register("bad")
+    assert promote.run(["--force", "hotfix for label drift"]) == 0
+    assert champion() == bad
+    last = registry.decisions(client(), NAME)[-1]
+    assert last["result"] == "forced" and last["reason"] == "hotfix for label drift" and not last["wins"]
+    assert last["candidate_value"] == accuracy(bad) and last["champion_value"] == accuracy(last["champion"])
+
+
+def test_rollback_returns_to_the_previous_champion(register: Callable[..., str], project: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    set_params(project, {"promote.floor": 0.0})
+    bad = register("bad")
+    promote.run([])
+    good = register("good")
+    promote.run([])
+    assert promote.run(["--rollback", "latency regression"]) == 0
+    assert champion() == bad
+    capsys.readouterr()
+    err = expect_user_error(command(["--rollback", "again"]), capsys)
+    assert f"v{bad}" in err and "no previous champion" in err
+    actions = [(d["action"], d["result"]) for d in registry.decisions(client(), NAME)]
+    assert actions == [("promote", "promoted"), ("promote", "promoted"), ("rollback", "rolled back")]
+    assert registry.decisions(client(), NAME)[-1]["from"] == good
+
+
+def command(argv: list[str]) -> Callable[[], None]:
+    """`python -m stages.promote ARGV` as a callable, for expect_user_error."""
+
+    def main() -> None:
+        saved = sys.argv
+        sys.argv = ["promote", *argv]
+        try:
+            promote.main()
+        finally:
+            sys.argv = saved
+
+    return main
+
+
+def test_history_lists_every_decision_with_who_and_why(register: Callable[..., str],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    good = register("good")
+    promote.run([])
+    bad = register("bad")
+    promote.run([])
+    capsys.readouterr()
+    promote.run(["--history"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert "promoted" in lines[0] and f"v{good}" in lines[0] and "floor" in lines[0]
+    assert "refused" in lines[1] and f"v{bad} over v{good}" in lines[1]
+
+
+def test_champion_from_another_test_set_is_rescored_on_the_challengers(register: Callable[..., str], project: Path,
+                                                                       trained: dict[str, Path],
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    set_params(project, {"promote.min_improvement": 0.0})
+    good = register("good", split="split_a")
+    promote.run([])
+    candidate = register("good", split="split_b")
+    assert promote.run([]) == 0
+    assert "re-scoring" in capsys.readouterr().out
+    decision = registry.decisions(client(), NAME)[-1]
+    expected, _ = score(Predictor(trained["good"]), pd.read_parquet(trained["split_b"] / "test.parquet"))
+    assert decision["rescored_champion"] and decision["champion"] == good and decision["candidate"] == candidate
+    assert decision["champion_value"] == pytest.approx(expected["accuracy"])
+
+
+def test_promotions_wait_for_each_other(register: Callable[..., str], project: Path) -> None:
+    """While one promotion holds the registry lock another cannot move the alias; two started at the same
+    moment therefore decide one after the other: one wins, the other is compared with the winner."""
+    set_params(project, {"promote.floor": 0.0})
+    register("bad")
+    promote.run([])
+    first, second = register("good"), register("good")
+    cmd = [sys.executable, "-m", "stages.promote", "--version"]
+    with registry.exclusive(NAME):
+        procs = [subprocess.Popen([*cmd, v], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in (first, second)]
+        lock = registry.lock_path(NAME).resolve()
+        deadline = time.monotonic() + 90
+        while not all(holds_open(p.pid, lock) for p in procs):  # both reached the lock and wait there
+            assert all(p.poll() is None for p in procs), "a promotion finished while the lock was held"
+            assert time.monotonic() < deadline, "the promotions never reached the lock"
+            time.sleep(0.2)
+        time.sleep(1)
+        assert all(p.poll() is None for p in procs) and champion() not in (first, second)
+    codes = [p.wait(timeout=120) for p in procs]
+    assert sorted(codes) == [0, promote.EXIT_REFUSED], [p.stderr.read() for p in procs]
+    winner = (first, second)[codes.index(0)]
+    loser = (first, second)[codes.index(promote.EXIT_REFUSED)]
+    assert champion() == winner
+    refusal = [d for d in registry.decisions(client(), NAME) if d["result"] == "refused"]
+    assert len(refusal) == 1 and refusal[0]["candidate"] == loser and refusal[0]["champion"] == winner
+
+
+def holds_open(pid: int, path: Path) -> bool:
+    """Whether process `pid` has `path` open (Linux /proc)."""
+    try:
+        return any(Path(fd).resolve() == path for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+
+
+def test_promote_without_a_tracking_store_or_challenger_is_a_one_line_error(
+        register: Callable[..., str], capsys: pytest.CaptureFixture[str]) -> None:
+    err = expect_user_error(command([]), capsys)
+    assert "mlflow.db: no MLflow tracking store" in err and not Path("mlflow.db").exists()
+    register("good")
+    client().delete_registered_model_alias(NAME, registry.CHALLENGER)
+    capsys.readouterr()
+    err = expect_user_error(command([]), capsys)
+    assert "no @challenger" in err
+
+
+def test_force_needs_a_reason(project: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        promote.run(["--force", " "])
+    assert exit_info.value.code == 2
+
+
+def test_report_shows_the_champion_and_the_gates_verdict(register: Callable[..., str]) -> None:
+    from stages import report
+    from stages.params import load_params
+
+    def section() -> str:
+        registered = json.loads((paths.EVAL / "registry.json").read_text())
+        return report.champion_section(registered, json.loads((paths.EVAL / "metrics.json").read_text()), load_params().promote)
+
+    register("good")
+    assert "No `@champion` yet" in section()
+    promote.run([])
+    assert "This version is the current `@champion`" in section()
+    register("bad")
+    text = section()
+    assert f"| champion v1 | {accuracy('1'):.4f}" in text and "would not be promoted" in text
+    register("good", split="split_b")
+    assert "re-scores it" in section()

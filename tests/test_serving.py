@@ -1,0 +1,79 @@
+"""`mlflow models serve` on the registry's champion, over real HTTP on 127.0.0.1: answers for good
+requests, clear 4xx errors for bad ones."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import inside, make_project
+from helpers import free_port, running_server, venv_env
+from stages import evaluate, paths, promote, tracking
+from stages.inference import Predictor
+
+
+@pytest.fixture(scope="module")
+def served(trained: dict[str, Path], tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The good model registered and promoted in a project of its own, served by one server for the module."""
+    base = tmp_path_factory.mktemp("serving")
+    root = make_project(base / "project", base / "unused.tsv", tiny_model)
+    shutil.copytree(trained["good"], root / paths.MODEL)
+    shutil.copytree(trained["split_a"], root / paths.SPLIT)
+    with inside(root, PIPELINE_CACHE_DIR=str(base / "cache")):
+        evaluate.main()
+        assert promote.run([]) == 0
+        uri = tracking.tracking_uri()
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/sentiment-classifier@champion",
+           "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running_server(cmd, f"http://127.0.0.1:{port}/ping", venv_env(MLFLOW_TRACKING_URI=uri), base / "serve.log"):
+        yield f"http://127.0.0.1:{port}/invocations"
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_served_champion_answers_like_the_local_model(served: str, trained: dict[str, Path]) -> None:
+    texts = ["a great and wonderful film", "dull boring plot", "the cast"]
+    status, answer = post(served, json.dumps({"inputs": texts}).encode())
+    assert status == 200
+    expected = Predictor(trained["good"]).predict(texts)
+    predictions = answer["predictions"]
+    assert [p["label"] for p in predictions] == expected["label"].tolist()
+    assert [p["score"] for p in predictions] == pytest.approx(expected["score"].tolist(), abs=1e-6)
+    assert set(predictions[0]) == {"label", "score", "score_negative", "score_positive"}
+
+
+def test_empty_list_gives_no_predictions(served: str) -> None:
+    status, answer = post(served, json.dumps({"inputs": []}).encode())
+    assert (status, answer) == (200, {"predictions": []})
+
+
+def test_a_100_kb_text_is_truncated_not_refused(served: str) -> None:
+    status, answer = post(served, json.dumps({"inputs": ["great " * 17_000]}).encode())
+    assert status == 200 and answer["predictions"][0]["label"] in ("negative", "positive")
+
+
+@pytest.mark.parametrize("body", [
+    json.dumps({"inputs": [1, 2]}).encode(),        # not strings
+    json.dumps({"inputs": ["fine", None]}).encode(),
+    json.dumps({"texts": ["a"]}).encode(),           # unknown key
+    b"{not json",
+])
+def test_bad_requests_get_a_400_with_a_message(served: str, body: bytes) -> None:
+    status, answer = post(served, body)
+    assert status == 400, answer
+    assert answer.get("message")

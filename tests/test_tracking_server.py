@@ -1,0 +1,82 @@
+"""The pipeline's tracking, registration and promotion against a real `mlflow server` (SQL backend store:
+SQLite, and PostgreSQL where one can be started here; proxied artifact root) over HTTP: only
+MLFLOW_TRACKING_URI changes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from helpers import free_port, running_server, set_params, venv_env
+from stages import evaluate, finetune, ingest, paths, promote, registry, split, tokenize
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """A throw-away PostgreSQL server on 127.0.0.1; its SQLAlchemy URI. Skips where none can be started."""
+    pytest.importorskip("psycopg2", reason="psycopg2 is needed for a PostgreSQL backend store")
+    if not shutil.which("initdb") or not shutil.which("pg_ctl"):
+        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
+    # PostgreSQL refuses to run as root; as root, run it as the `postgres` user in a folder it owns.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="pg-"))
+    if as_user:
+        folder.chmod(0o755)
+        shutil.chown(folder, "postgres")
+    port = free_port()
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
+    try:
+        run("initdb", "-D", str(folder / "data"), "-A", "trust", "-U", "mlflow")
+        run("pg_ctl", "-D", str(folder / "data"), "-l", str(folder / "log"), "-w", "-o",
+            f"-p {port} -h 127.0.0.1 -k {folder}", "start")
+        yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, "pg_ctl", "-D", str(folder / "data"), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'backend.db'}"
+    return request.getfixturevalue("postgres")
+
+
+def test_pipeline_tracks_registers_and_promotes_on_a_tracking_server(project: Path, tmp_path: Path, backend_store: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", backend_store,
+           "--artifacts-destination", str(server_dir / "artifacts")]
+    url = f"http://127.0.0.1:{port}"
+    with running_server(cmd, f"{url}/health", venv_env(), server_dir / "server.log"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        set_params(project, {"promote.floor": 0.0})
+        for stage in (ingest, split, tokenize, finetune, evaluate):
+            stage.main()
+        assert promote.run([]) == 0
+
+        info = json.loads((paths.MODEL / "training.json").read_text())
+        client = mlflow.MlflowClient(url)
+        run = client.get_run(info["mlflow_run_id"])
+        assert run.data.params["finetune.learning_rate"] == "0.001" and "test_accuracy" in run.data.metrics
+        assert len(client.get_metric_history(run.info.run_id, "loss")) > 0
+        champion = client.get_model_version_by_alias("sentiment-classifier", registry.CHAMPION)
+        assert champion.tags["mlflow_run_id"] == run.info.run_id
+        assert [d["result"] for d in registry.decisions(client, "sentiment-classifier")] == ["promoted"]
+        served = mlflow.pyfunc.load_model("models:/sentiment-classifier@champion").predict(["a great film"])
+        assert served["label"][0] in ("negative", "positive")
+
+    assert not Path("mlflow.db").exists() and not Path("mlartifacts").exists()  # nothing went to the local store
+    assert any((server_dir / "artifacts").rglob("model.safetensors"))  # the server stored the artifacts
