@@ -41,7 +41,7 @@ from stages.modeling import load_for_training, load_tokenizer, resolve_model  # 
 from stages.params import load_params  # noqa: E402
 from stages.sources import resolve  # noqa: E402
 from stages.split import stratified_split  # noqa: E402
-from stages.tokenize import encode_split  # noqa: E402
+from stages.tasks import get_task  # noqa: E402
 from stages.training import build_trainer, training_arguments  # noqa: E402
 
 GLUE_MAX_SEQ_LENGTH = 128  # run_glue.py's --max_seq_length default, with --pad_to_max_length True
@@ -130,7 +130,7 @@ def main() -> None:
     labels = [str(c) for c in table[data.LABEL].cat.categories]
     model_dir = resolve_model(params.model)
     tokenizer = load_tokenizer(model_dir)
-    dynamic_data = encode_split(train, labels, tokenizer, params.tokenize.max_length)
+    dynamic_data = get_task(params.task).encode(train, labels, tokenizer, params.tokenize.max_length)
     padded_data = dynamic_data.map(
         lambda batch: tokenizer.pad({"input_ids": batch["input_ids"], "token_type_ids": batch["token_type_ids"]},
                                     padding="max_length", max_length=GLUE_MAX_SEQ_LENGTH),
@@ -152,7 +152,7 @@ def main() -> None:
                                            eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
                                            logging_strategy="no")
         contenders = {
-            "pipeline": lambda: build_trainer(fresh_model(), tokenizer, params.task, pipeline_args, dynamic_data, None),
+            "pipeline": lambda: build_trainer(fresh_model(), tokenizer, params.task, labels, pipeline_args, dynamic_data, None),
             "hf-padded": lambda: Trainer(model=fresh_model(), args=TrainingArguments(**plain),
                                          train_dataset=padded_data, data_collator=default_data_collator),
             "hf-dynamic": lambda: Trainer(model=fresh_model(),

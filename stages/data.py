@@ -18,9 +18,11 @@ import numpy as np
 import pandas as pd
 
 from stages.errors import PipelineError
-from stages.params import IngestParams
+from stages.params import ConllParams, IngestParams
 
 TEXT, LABEL, SOURCE_ROW = "text", "label", "source_row"
+TOKENS, TAGS = "tokens", "tags"  # token classification: a sentence's words and their IOB2 tags
+SPLIT = "split"  # the predefined split of a record, when the source has one
 
 
 def decode_text_file(path: Path, encoding: str) -> str:
@@ -80,10 +82,86 @@ def read_raw_table(path: Path, params: IngestParams) -> tuple[pd.DataFrame, str]
         raise PipelineError(f"{path}: cannot read as {params.format}: {exc}") from None
 
 
-def normalise(frame: pd.DataFrame, path: Path, where: str, params: IngestParams) -> tuple[pd.DataFrame, dict[str, Any]]:
+def read_conll(path: Path, encoding: str, params: ConllParams) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read a CoNLL column file into one row per sentence: tokens, IOB2 tags and the sentence's first line.
+
+    `-DOCSTART-` lines and blank lines separate sentences. A line with fewer columns than the token and
+    tag columns need, or an IOB2 error (I-X not after B-X/I-X), stops with the line number, unless
+    `repair_iob` is set: then an I-X that starts an entity becomes B-X and is counted for the data card.
+    """
+    if path.is_dir():
+        raise PipelineError(f"{path}: is a folder, expected a CoNLL column file")
+    lines = decode_text_file(path, encoding).splitlines()
+    # Token and tag are two different columns, so a line needs at least two, and enough for both indices.
+    needed = max(2, params.token_column + 1, params.tag_column + 1, -params.tag_column, -params.token_column)
+    sentences: list[dict[str, Any]] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    repaired = 0
+    start = 0
+    for number, line in enumerate([*lines, ""], start=1):
+        columns = line.split()
+        if not columns or columns[0] == "-DOCSTART-":
+            if tokens:
+                sentences.append({TOKENS: tokens, TAGS: tags, SOURCE_ROW: start})
+            tokens, tags = [], []
+            continue
+        if len(columns) < needed:
+            raise PipelineError(f"{path}: line {number}: {len(columns)} column(s), expected at least {needed} "
+                                f"(ingest.conll.token_column/tag_column)")
+        tag = columns[params.tag_column]
+        if tag != "O" and not re.fullmatch(r"[BI]-\S+", tag):
+            raise PipelineError(f"{path}: line {number}: tag '{tag}' is not IOB2 (O, B-TYPE or I-TYPE)")
+        if tag.startswith("I-") and (not tags or tags[-1][2:] != tag[2:]):
+            if not params.repair_iob:
+                raise PipelineError(f"{path}: line {number}: '{tag}' does not continue an entity "
+                                    f"(after '{tags[-1] if tags else 'sentence start'}'); set ingest.conll.repair_iob to repair it to B-")
+            tag, repaired = "B-" + tag[2:], repaired + 1
+        if not tokens:
+            start = number
+        tokens.append(columns[params.token_column])
+        tags.append(tag)
+    if not sentences:
+        raise PipelineError(f"{path}: no sentences found")
+    return pd.DataFrame(sentences), {"iob_repaired": repaired}
+
+
+def raw_texts(table: pd.DataFrame) -> list[str]:
+    """The texts as a user would send them: the text column, or a sentence's words joined by spaces."""
+    if TOKENS in table.columns:
+        return [" ".join(tokens) for tokens in table[TOKENS]]
+    return table[TEXT].tolist()
+
+
+def tag_order(tags: set[str]) -> list[str]:
+    """O first, then B-/I- of each entity type in alphabetical order: a stable label-id order."""
+    types = sorted({tag[2:] for tag in tags if tag != "O"})
+    return ["O"] + [f"{prefix}-{kind}" for kind in types for prefix in ("B", "I")]
+
+
+def describe_tokens(table: pd.DataFrame) -> dict[str, Any]:
+    """Sentence and token counts and entity counts per type, for the data card."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    entities = pd.Series([kind for tags in table[TAGS] for kind, _, _ in get_entities(list(tags))], dtype=object)
+    lengths = table[TOKENS].map(len)
+    return {
+        "rows": int(len(table)),
+        "tokens": int(lengths.sum()),
+        "labels": {str(k): int(v) for k, v in entities.value_counts().sort_index().items()},
+        "text_words": {"mean": round(float(lengths.mean()), 2), "median": round(float(lengths.median()), 2),
+                       "p95": round(float(lengths.quantile(0.95)), 2), "max": int(lengths.max())},
+    }
+
+
+def normalise(frame: pd.DataFrame, path: Path, where: str, params: IngestParams,
+              multi_label: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Select and check text and label, map scores to classes, drop duplicates.
 
-    Returns the normalised table and the counts of what was dropped, for the data card."""
+    Single-label: `label` becomes a Categorical in label-id order. Multi-label: `label` becomes a sorted
+    list of labels (0..n per text) read from a list column or a `ingest.label_delimiter`-separated string,
+    and the label-id order is kept in `table.attrs["labels"]`. Returns the table and the counts of what
+    was dropped, for the data card."""
     for column in (params.text_column, params.label_column):
         if column not in frame.columns:
             raise PipelineError(f"{path}: no column '{column}' (columns: {', '.join(map(str, frame.columns))})")
@@ -99,6 +177,21 @@ def normalise(frame: pd.DataFrame, path: Path, where: str, params: IngestParams)
         row = table.loc[bad_text, SOURCE_ROW].iloc[0]
         raise PipelineError(f"{path}: {where} {row}: empty text in column '{params.text_column}'")
     table[TEXT] = table[TEXT].str.strip()
+
+    if multi_label:
+        table[LABEL] = table[LABEL].map(lambda v: _label_set(v, params.label_delimiter))
+        present = sorted({label for labels in table[LABEL] for label in labels})
+        order = list(params.labels) if params.labels is not None else present
+        unknown = table[LABEL].map(lambda labels: next((l for l in labels if l not in order), None))
+        if unknown.notna().any():
+            row, value = table.loc[unknown.notna(), SOURCE_ROW].iloc[0], unknown.dropna().iloc[0]
+            raise PipelineError(f"{path}: {where} {row}: label '{value}' is not in ingest.labels {params.labels}")
+        table, dropped["duplicate"], dropped["conflicting_duplicate"] = _drop_duplicates(table)
+        if len(present) < 2:
+            raise PipelineError(f"{path}: {len(present)} distinct label(s) after ingest; multi-label classification needs at least two")
+        table = table.reset_index(drop=True)
+        table.attrs["labels"] = order
+        return table, dropped
 
     missing_label = table[LABEL].map(lambda v: v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "")
     if missing_label.any():
@@ -130,6 +223,16 @@ def normalise(frame: pd.DataFrame, path: Path, where: str, params: IngestParams)
     return table.reset_index(drop=True), dropped
 
 
+def _label_set(value: Any, delimiter: str | None) -> list[str]:
+    """A multi-label cell as a sorted list of distinct labels: a list column as is, a string split on the
+    delimiter; empty, missing or None is the empty set (a text may have no label)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    items = list(value) if isinstance(value, (list, tuple, np.ndarray)) else (
+        str(value).split(delimiter) if delimiter else [str(value)])
+    return sorted({str(item).strip() for item in items if str(item).strip()})
+
+
 def _scores_to_classes(table: pd.DataFrame, path: Path, where: str, params: IngestParams) -> tuple[pd.DataFrame, int]:
     rule = params.score_to_label
     assert rule is not None
@@ -152,7 +255,8 @@ def _dedup_key(text: str) -> str:
 def _drop_duplicates(table: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
     """Keep the first of identical texts with one label; drop every copy of a text with conflicting labels."""
     keys = table[TEXT].map(_dedup_key)
-    labels_per_key = table.groupby(keys)[LABEL].nunique()
+    hashable = table[LABEL].map(lambda v: tuple(v) if isinstance(v, list) else v)  # label sets compare as tuples
+    labels_per_key = hashable.groupby(keys).nunique()
     conflicting = keys.isin(labels_per_key[labels_per_key > 1].index)
     repeated = keys.duplicated() & ~conflicting
     kept = table[~conflicting & ~repeated]
@@ -176,7 +280,8 @@ def describe(table: pd.DataFrame) -> dict[str, Any]:
             "max": int(values.max()),
         }
 
-    counts = table[LABEL].value_counts(sort=False)
+    labels = table[LABEL].explode() if table[LABEL].map(lambda v: isinstance(v, (list, np.ndarray))).any() else table[LABEL]
+    counts = labels.value_counts(sort=False)
     return {
         "rows": int(len(table)),
         "labels": {str(label): int(count) for label, count in counts.items()},

@@ -12,26 +12,21 @@ import json
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 
 from stages import data, paths, pyfunc_model, tracking
 from stages.errors import atomic_dir, stage_main
 from stages.inference import Predictor, score
 from stages.params import EvaluateParams, load_params
+from stages.tasks import get_task
 
 
 def _pip_requirements() -> list[str]:
-    import sklearn
-    import torch
-    import transformers
+    """The packages the served model imports, pinned to the versions it was evaluated with."""
+    from importlib.metadata import version
 
-    return [
-        f"mlflow=={mlflow.__version__}",
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"transformers=={transformers.__version__}",
-        f"scikit-learn=={sklearn.__version__}",
-        f"pandas=={pd.__version__}",
-    ]
+    # torch's local build tag (+cpu, +cu124) is dropped: the serving machine picks its own build.
+    pins = {name: version(name).split("+")[0] for name in ("mlflow", "torch", "transformers", "scikit-learn", "seqeval", "pandas")}
+    return [f"{name}=={pin}" for name, pin in pins.items()]
 
 
 def register(model_dir: Path, params: EvaluateParams, training: dict, metrics: dict, example: list[str]) -> dict:
@@ -67,10 +62,11 @@ def register(model_dir: Path, params: EvaluateParams, training: dict, metrics: d
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(params.registered_model_name, version, key, value)
+    headline = get_task(training["task"]).headline_metric
     description = (
         f"{training['task'].replace('_', ' ')} model, {training['method']} fine-tuning of {training['base_model']} "
         f"on {training['train_examples']} examples (git {training['git_commit'][:10]}"
-        f"{', dirty' if training['git_dirty'] == 'true' else ''}), test accuracy {metrics['accuracy']:.4f}."
+        f"{', dirty' if training['git_dirty'] == 'true' else ''}), test {headline} {metrics[headline]:.4f}."
     )
     client.update_model_version(params.registered_model_name, version, description=description)
     client.set_registered_model_alias(params.registered_model_name, params.alias, version)
@@ -112,9 +108,10 @@ def main() -> None:
             mlflow.log_dict(metrics, "evaluation/test_metrics.json")
             # The test set travels with the run, so promotion can re-score another model on exactly it.
             mlflow.log_artifact(str(test_file), "evaluation")
-            registry = register(paths.MODEL, params.evaluate, training, metrics, test[data.TEXT].head(3).tolist())
+            registry = register(paths.MODEL, params.evaluate, training, metrics, data.raw_texts(test.head(3)))
         data.write_json(registry, out / "registry.json")
-    print(f"evaluate: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}; "
+    headline = get_task(training["task"]).headline_metric
+    print(f"evaluate: test {headline} {metrics[headline]:.4f}, macro-F1 {metrics['macro_f1']:.4f}; "
           f"registered {registry['name']} version {registry['version']} as @{registry['alias']}")
 
 

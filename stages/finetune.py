@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from typing import Any
+
+import numpy as np
 
 import mlflow
 from dvclive import Live
@@ -19,7 +22,8 @@ from transformers.integrations import MLflowCallback
 from stages import data, paths, tracking
 from stages.errors import atomic_dir, stage_main
 from stages.modeling import load_for_training, load_tokenizer, resolve_model
-from stages.params import flat_params, load_params
+from stages.params import FinetuneParams, flat_params, load_params
+from stages.tasks import MultiLabelClassification, get_task
 from stages.training import DvcLiveMetrics, build_trainer, training_arguments
 
 # The sections whose values shape the trained model; they are the run's MLflow params.
@@ -54,13 +58,15 @@ def main() -> None:
                 DvcLiveMetrics(live),
                 MLflowCallback(),  # per-step metrics into the active run
             ]
-            trainer = build_trainer(model, tokenizer, params.task, args, datasets["train"], datasets["validation"], callbacks)
+            trainer = build_trainer(model, tokenizer, params.task, labels, args, datasets["train"], datasets["validation"],
+                                    callbacks, threshold=params.finetune.threshold)
             started = time.perf_counter()
             result = trainer.train()
             train_seconds = time.perf_counter() - started
             live.end()
 
             trainer.save_model(str(model_out))  # the best epoch's weights (load_best_model_at_end)
+            thresholds = decision_thresholds(trainer, datasets["validation"], params.task, params.finetune, len(labels))
             best_metric = trainer.state.best_metric
             summary = {
                 "mlflow_run_id": run.info.run_id,
@@ -73,6 +79,7 @@ def main() -> None:
                 "method": params.finetune.method,
                 "train_examples": len(datasets["train"]),
                 "max_length": params.tokenize.max_length,
+                "thresholds": thresholds,
                 "global_step": trainer.state.global_step,
                 "best_checkpoint_step": _step_of(trainer.state.best_model_checkpoint),
                 f"best_validation_{params.finetune.metric_for_best_model}": best_metric,
@@ -84,6 +91,18 @@ def main() -> None:
     shutil.rmtree(paths.CHECKPOINTS, ignore_errors=True)
     print(f"finetune: {summary['global_step']} steps in {train_seconds:.0f}s, best validation "
           f"{params.finetune.metric_for_best_model} {best_metric:.4f} (run {run.info.run_id})")
+
+
+def decision_thresholds(trainer: Any, validation: Any, task_name: str, params: FinetuneParams, n_labels: int) -> list[float] | None:
+    """Multi-label only: the probability each label needs to be predicted — `finetune.threshold` for all,
+    or with `finetune.tune_thresholds` the best per label on the validation split (with the best weights)."""
+    task = get_task(task_name)
+    if not isinstance(task, MultiLabelClassification):
+        return None
+    if not params.tune_thresholds:
+        return [params.threshold] * n_labels
+    output = trainer.predict(validation)
+    return task.tune_thresholds(np.asarray(output.predictions), np.asarray(output.label_ids))
 
 
 def _step_of(checkpoint: str | None) -> int | None:

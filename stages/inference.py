@@ -8,6 +8,7 @@ fast. Needs only the model folder (weights, tokenizer, training.json), never the
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,9 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages import data
+from seqeval.metrics.sequence_labeling import get_entities
+
 from stages.errors import PipelineError
-from stages.tasks import get_task
+from stages.tasks import get_task, softmax
 
 
 class Predictor:
@@ -31,6 +33,7 @@ class Predictor:
         self.task = get_task(info["task"])
         self.labels: list[str] = info["labels"]
         self.max_length: int = info["max_length"]
+        self.thresholds: list[float] | None = info.get("thresholds")  # multi-label decision thresholds
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         try:
@@ -40,42 +43,69 @@ class Predictor:
         self.model.eval()
 
     @torch.inference_mode()
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.model.config.num_labels), dtype=np.float32)
-        if not len(texts):
-            return out  # the tokenizer cannot encode an empty batch
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+    def _forward(self, encoded: list[list[int]]) -> list[np.ndarray]:
+        """Logits of each encoded example (one row per text, or per token for token tasks), in input order."""
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
+        out: list[np.ndarray] = [np.empty(0)] * len(encoded)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
-            out[chunk] = self.model(**batch).logits.float().numpy()
+            logits = self.model(**batch).logits.float().numpy()
+            for row, index in enumerate(chunk):
+                out[index] = logits[row, : len(encoded[index])] if logits.ndim == 3 else logits[row]
         return out
 
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Sequence tasks: one row of logits per text."""
+        if not len(texts):
+            return np.zeros((0, self.model.config.num_labels), dtype=np.float32)  # the tokenizer refuses []
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        return np.stack(self._forward(encoded))
+
+    def predict_words(self, sentences: Sequence[Sequence[str]]) -> list[list[str]]:
+        """Token tasks: one tag per word, read off each word's first sub-token; words cut off by
+        max_length get "O"."""
+        return [[tag for tag, _ in words] for words in self._tag_words(sentences)]
+
+    def _tag_words(self, sentences: Sequence[Sequence[str]]) -> list[list[tuple[str, float]]]:
+        if not len(sentences):
+            return []
+        encoded = self.tokenizer([list(s) for s in sentences], is_split_into_words=True, truncation=True, max_length=self.max_length)
+        logits = self._forward(encoded["input_ids"])
+        tagged = []
+        for index, words in enumerate(sentences):
+            tags = [("O", 1.0)] * len(words)
+            previous = None
+            for position, word in enumerate(encoded.word_ids(index)):
+                if word is not None and word != previous:
+                    probs = softmax(logits[index][position])
+                    tags[word] = (self.labels[int(probs.argmax())], float(probs.max()))
+                previous = word
+            tagged.append(tags)
+        return tagged
+
     def predict(self, texts: Sequence[str]) -> pd.DataFrame:
-        """One row per text: the predicted label, its probability, and the probability of every label."""
-        logits = self.logits(texts)
-        ids, scores = self.task.decode(logits)
-        probs = self.task.probabilities(logits)
-        frame = pd.DataFrame({"label": [self.labels[i] for i in ids], "score": scores.astype(float)})
-        for index, label in enumerate(self.labels):
-            frame[f"score_{label}"] = probs[:, index].astype(float)
-        return frame
+        """Sequence tasks: label, score and the probability of every label per text. Token tasks: the
+        entity spans found in each text (type, text, character start/end, mean word probability)."""
+        if self.task.name != "token_classification":
+            return self.task.predict_frame(self.logits(texts), self.labels, self.thresholds)
+        spans = [[(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)] for text in texts]
+        tagged = self._tag_words([[word for word, _, _ in words] for words in spans])
+        entities = []
+        for text, words, tags in zip(texts, spans, tagged):
+            found = []
+            for kind, first, last in get_entities([tag for tag, _ in tags]):
+                start, end = words[first][1], words[last][2]
+                found.append({"type": kind, "text": text[start:end], "start": start, "end": end,
+                              "score": float(np.mean([p for _, p in tags[first : last + 1]]))})
+            entities.append(found)
+        return pd.DataFrame({"entities": entities})
 
 
 def score(predictor: Predictor, table: pd.DataFrame, source: str = "test split") -> tuple[dict, pd.DataFrame]:
-    """The task's test metrics of `predictor` on a split table (text + label columns), and the
-    (actual, predicted) label pairs. Used by evaluate and by promotion's re-evaluation of a champion."""
-    label_ids = {label: i for i, label in enumerate(predictor.labels)}
-    actual = table[data.LABEL].astype(str)
-    unknown = ~actual.isin(label_ids)
-    if unknown.any():
-        raise PipelineError(f"{source}: label '{actual[unknown].iloc[0]}' is not one the model predicts {predictor.labels}")
-    true_ids = actual.map(label_ids).to_numpy()
-    pred_ids, _ = predictor.task.decode(predictor.logits(table[data.TEXT].tolist()))
-    metrics = predictor.task.test_metrics(true_ids, pred_ids, predictor.labels)
-    pairs = pd.DataFrame({"actual": actual.to_numpy(), "predicted": [predictor.labels[i] for i in pred_ids]})
-    return metrics, pairs
+    """The task's test metrics of `predictor` on a split table, and the (actual, predicted) pairs for the
+    confusion matrix. Used by evaluate and by promotion's re-scoring of a champion."""
+    return predictor.task.score(predictor, table, source)
 
 
 def load_predictor(model: str) -> Predictor:

@@ -46,10 +46,23 @@ class ScoreToLabel(Section):
         return self
 
 
+class ConllParams(Section):
+    """Column files (CoNLL): one token per line, whitespace-separated columns, blank line between sentences."""
+
+    token_column: int = 0
+    tag_column: int = -1
+    repair_iob: bool = False  # turn an I- that starts an entity into B- instead of stopping with an error
+
+
+SplitName = Literal["train", "validation", "test"]
+
+
 class IngestParams(Section):
     source: str = Field(min_length=1)
     sha256: Sha256 | None = None
-    format: Literal["tsv", "csv", "jsonl", "parquet"]
+    format: Literal["tsv", "csv", "jsonl", "parquet", "conll"]
+    splits: dict[SplitName, str] | None = None
+    conll: ConllParams = ConllParams()
     header: bool = True
     column_names: list[str] | None = None
     text_column: str = "text"
@@ -57,12 +70,14 @@ class IngestParams(Section):
     encoding: str = "utf-8"
     score_to_label: ScoreToLabel | None = None
     labels: list[str] | None = None
+    label_delimiter: str | None = Field(default=None, min_length=1)
 
 
 class SplitParams(Section):
     train: Fraction
     validation: Fraction
     test: Fraction
+    overlap: Literal["error", "warn"] = "error"
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> SplitParams:
@@ -93,7 +108,9 @@ class FinetuneParams(Section):
     weight_decay: float = Field(ge=0)
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     max_grad_norm: float = Field(default=1.0, gt=0)
-    metric_for_best_model: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
+    metric_for_best_model: Literal["accuracy", "macro_f1", "micro_f1", "subset_accuracy", "f1", "loss"] = "accuracy"
+    threshold: float = Field(default=0.5, gt=0, lt=1)  # multi-label: a label is predicted when its probability reaches this
+    tune_thresholds: bool = False  # multi-label: one threshold per label, the one with the best validation F1
     early_stopping_patience: int = Field(ge=1)
     early_stopping_threshold: float = Field(default=0.0, ge=0)
     logging_steps: int = Field(ge=1)
@@ -128,7 +145,7 @@ class MlflowParams(Section):
 
 class Params(Section):
     seed: int = Field(ge=0)
-    task: Literal["single_label_classification"]
+    task: Literal["single_label_classification", "multi_label_classification", "token_classification"]
     mlflow: MlflowParams
     ingest: IngestParams
     split: SplitParams
@@ -139,12 +156,26 @@ class Params(Section):
     promote: PromoteParams
     report: ReportParams
 
+    @model_validator(mode="after")
+    def _task_fits_data_and_metric(self) -> Params:
+        token_task = self.task == "token_classification"
+        if token_task != (self.ingest.format == "conll"):
+            raise ValueError(f"ingest.format: task {self.task} needs {'conll' if token_task else 'tsv, csv, jsonl or parquet'} "
+                             f"(got {self.ingest.format!r})")
+        metrics = {"token_classification": ("f1", "accuracy", "loss"),
+                   "multi_label_classification": ("micro_f1", "macro_f1", "subset_accuracy", "loss"),
+                   "single_label_classification": ("accuracy", "macro_f1", "loss")}[self.task]
+        if self.finetune.metric_for_best_model not in metrics:
+            raise ValueError(f"finetune.metric_for_best_model: {self.finetune.metric_for_best_model} is not a {self.task} "
+                             f"metric ({', '.join(metrics)})")
+        return self
+
 
 def _format_error(path: Path, error: ValidationError) -> str:
     """Render pydantic's errors as one line: `params.yaml: key.sub: message (got value)`."""
     parts = []
     for err in error.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             parts.append(f"{key}: unknown key")
         elif err["type"] == "missing":
@@ -153,7 +184,8 @@ def _format_error(path: Path, error: ValidationError) -> str:
             msg = err["msg"].removeprefix("Value error, ")
             got = err.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            parts.append(f"{key}: {msg}{shown}")
+            # A check across sections names its keys in the message itself.
+            parts.append(f"{key}: {msg}{shown}" if key else msg)
     return f"{path}: " + "; ".join(parts)
 
 

@@ -19,10 +19,13 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from sklearn.feature_extraction import DictVectorizer
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import MultiLabelBinarizer
 
 from stages import data, paths, registry
 from stages.errors import PipelineError, atomic_dir, atomic_file, stage_main
@@ -31,15 +34,50 @@ from stages.tasks import get_task
 
 
 def train_baseline(train: pd.DataFrame, test: pd.DataFrame, labels: list[str], params: BaselineParams, task_name: str) -> dict[str, Any]:
-    """Fit TF-IDF + logistic regression on the train split and score it on the test split."""
-    pipeline = make_pipeline(
-        TfidfVectorizer(ngram_range=(1, params.ngram_max), max_features=params.max_features, sublinear_tf=True),
-        LogisticRegression(C=params.C, max_iter=2000),
-    )
-    ids = {label: i for i, label in enumerate(labels)}
-    pipeline.fit(train[data.TEXT], train[data.LABEL].astype(str).map(ids))
-    predicted = pipeline.predict(test[data.TEXT])
-    return get_task(task_name).test_metrics(test[data.LABEL].astype(str).map(ids).to_numpy(), predicted, labels)
+    """A classical model fitted on the train split and scored on the test split: TF-IDF + logistic
+    regression for texts (one-vs-rest for label sets); for tags, logistic regression on each word's
+    features and its neighbours'."""
+    task = get_task(task_name)
+    if task.name == "token_classification":
+        pipeline = make_pipeline(DictVectorizer(), LogisticRegression(C=params.C, max_iter=300))
+        pipeline.fit([f for s in train[data.TOKENS] for f in word_features(list(s))], [t for s in train[data.TAGS] for t in s])
+        flat = pipeline.predict([f for s in test[data.TOKENS] for f in word_features(list(s))]).tolist()
+        predicted = _unflatten(flat, test[data.TOKENS].map(len).tolist())
+        return task.test_metrics([list(t) for t in test[data.TAGS]], predicted, labels)
+    tfidf = TfidfVectorizer(ngram_range=(1, params.ngram_max), max_features=params.max_features, sublinear_tf=True)
+    if task.name == "multi_label_classification":
+        binarizer = MultiLabelBinarizer(classes=labels).fit([labels])
+        pipeline = make_pipeline(tfidf, OneVsRestClassifier(LogisticRegression(C=params.C, max_iter=2000)))
+        pipeline.fit(train[data.TEXT], binarizer.transform(train[data.LABEL].map(list)))
+        predicted = [list(row) for row in binarizer.inverse_transform(pipeline.predict(test[data.TEXT]))]
+        return task.test_metrics(test[data.LABEL].map(list).tolist(), predicted, labels)
+    pipeline = make_pipeline(tfidf, LogisticRegression(C=params.C, max_iter=2000))
+    pipeline.fit(train[data.TEXT], train[data.LABEL].astype(str))
+    return task.test_metrics(test[data.LABEL].astype(str).tolist(), pipeline.predict(test[data.TEXT]).tolist(), labels)
+
+
+def word_features(words: list[str]) -> list[dict[str, Any]]:
+    """Per-word features of the classical NER baseline: the word, its shape and affixes, its neighbours."""
+    def shape(word: str) -> dict[str, Any]:
+        return {"lower": word.lower(), "title": word.istitle(), "upper": word.isupper(), "digit": word.isdigit(),
+                "suffix3": word[-3:].lower(), "prefix3": word[:3].lower()}
+
+    features = []
+    for i, word in enumerate(words):
+        feature = shape(word)
+        feature["prev"] = words[i - 1].lower() if i else "<s>"
+        feature["next"] = words[i + 1].lower() if i + 1 < len(words) else "</s>"
+        feature["prev_title"] = words[i - 1].istitle() if i else False
+        features.append(feature)
+    return features
+
+
+def _unflatten(flat: list[str], lengths: list[int]) -> list[list[str]]:
+    out, start = [], 0
+    for length in lengths:
+        out.append(flat[start : start + length])
+        start += length
+    return out
 
 
 def _read_curve(folder: Path, name: str) -> pd.DataFrame | None:
@@ -55,10 +93,10 @@ def plot_learning_curves(logs: Path, metric: str, target: Path) -> None:
             left.plot(curve["step"], curve.iloc[:, -1], marker="o" if name.startswith("eval") else None, label=label)
     left.set(xlabel="optimizer step", ylabel="loss", title="Loss")
     left.legend()
-    for name in ("accuracy", "macro_f1"):
-        curve = _read_curve(logs, f"eval/{name}")
-        if curve is not None:
-            right.plot(curve["step"], curve.iloc[:, -1], marker="o", label=f"validation {name}")
+    for path in sorted((logs / "plots" / "metrics" / "eval").glob("*.tsv")):
+        if path.stem != "loss":
+            curve = pd.read_csv(path, sep="\t")
+            right.plot(curve["step"], curve.iloc[:, -1], marker="o", label=f"validation {path.stem}")
     right.set(xlabel="optimizer step", title=f"Validation metrics (early stopping on {metric})")
     right.legend()
     fig.tight_layout()
@@ -84,7 +122,7 @@ def plot_per_class(model: dict, baseline: dict, labels: list[str], target: Path)
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(labels) + 2), 3.4))
     ax.bar(x - 0.2, [model["per_class"][l]["f1"] for l in labels], 0.4, label="fine-tuned")
-    ax.bar(x + 0.2, [baseline["per_class"][l]["f1"] for l in labels], 0.4, label="TF-IDF baseline")
+    ax.bar(x + 0.2, [baseline["per_class"][l]["f1"] for l in labels], 0.4, label="classical baseline")
     ax.set_xticks(x, labels)
     ax.set(ylabel="F1", ylim=(0, 1), title="Per-class F1 on the test split")
     ax.legend(loc="lower right")
@@ -93,10 +131,7 @@ def plot_per_class(model: dict, baseline: dict, labels: list[str], target: Path)
     plt.close(fig)
 
 
-AVERAGES = ["accuracy", "macro_f1", "micro_f1", "weighted_f1"]
-
-
-def champion_section(this: dict, model: dict, gate: PromoteParams) -> str:
+def champion_section(this: dict, model: dict, gate: PromoteParams, summary: tuple[str, ...]) -> str:
     """This model against the registry's current champion, with the promotion gate's verdict."""
     when = registry.now()[:16].replace("T", " ") + " UTC"
     try:
@@ -108,9 +143,9 @@ def champion_section(this: dict, model: dict, gate: PromoteParams) -> str:
                 f"{gate.metric} reaches the floor {gate.floor}.")
     if str(champion.version) == str(this["version"]):
         return f"This version is the current `@champion` ({when})."
-    rows = [[f"champion v{champion.version}"] + [float(champion.tags.get(f"test_{k}", "nan")) for k in AVERAGES],
-            [f"this model v{this['version']}"] + [model[k] for k in AVERAGES]]
-    text = [f"Current `@champion` as of {when}:", _table(["model"] + AVERAGES, rows)]
+    rows = [[f"champion v{champion.version}"] + [float(champion.tags.get(f"test_{k}", "nan")) for k in summary],
+            [f"this model v{this['version']}"] + [model[k] for k in summary]]
+    text = [f"Current `@champion` as of {when}:", _table(["model", *summary], rows)]
     if champion.tags.get("test_data_sha256") != this.get("test_data_sha256"):
         text.append("The champion was evaluated on another test set; `python -m stages.promote` re-scores it on this one before deciding.")
     else:
@@ -131,23 +166,25 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def render(title: str, card: dict, split_card: dict, training: dict, model: dict, baseline: dict,
-           registered: dict, champion: str, labels: list[str], metric: str) -> str:
+           registered: dict, champion: str, classes: list[str], metric: str, averages: tuple[str, ...],
+           baseline_name: str) -> str:
     dropped = ", ".join(f"{reason.replace('_', ' ')}: {count}" for reason, count in card["dropped"].items()) or "none"
-    averages = AVERAGES
+    overlap = split_card.get("overlap")
     sections = [
         f"# {title}",
         f"Model `{registered['name']}` version {registered['version']} (alias `@{registered['alias']}`), "
         f"MLflow run `{training['mlflow_run_id']}`, data sha256 `{training['data_sha256'][:12]}`.",
         "## Data",
         f"Source: `{card['source']}`  \nRows read: {card['rows_read']}; kept: {card['rows']}; dropped: {dropped}.",
-        _table(["split", "examples"] + labels, [[name, part["rows"]] + [part["labels"].get(l, 0) for l in labels]
-                                                for name, part in split_card.items()]),
+        _table(["split", "examples", *classes], [[name, split_card[name]["rows"]] + [split_card[name]["labels"].get(c, 0) for c in classes]
+                                                for name in paths.SPLITS]),
+        f"Texts in two splits (kept, `split.overlap: warn`): {overlap}." if overlap else "No text is in two splits.",
         f"Text length (words): mean {card['text_words']['mean']}, median {card['text_words']['median']}, "
         f"95th percentile {card['text_words']['p95']}, max {card['text_words']['max']}.",
         "## Test metrics",
-        _table(["model"] + averages, [
+        _table(["model", *averages], [
             ["fine-tuned"] + [model[k] for k in averages],
-            ["TF-IDF + logistic regression"] + [baseline[k] for k in averages],
+            [baseline_name] + [baseline[k] for k in averages],
             ["gain"] + [f"{model[k] - baseline[k]:+.4f}" for k in averages],
         ]),
         "### Against the champion",
@@ -155,7 +192,7 @@ def render(title: str, card: dict, split_card: dict, training: dict, model: dict
         "### Per class",
         _table(["class", "precision", "recall", "F1", "F1 (baseline)", "support"], [
             [l, model["per_class"][l]["precision"], model["per_class"][l]["recall"], model["per_class"][l]["f1"],
-             baseline["per_class"][l]["f1"], model["per_class"][l]["support"]] for l in labels
+             baseline["per_class"][l]["f1"], model["per_class"][l]["support"]] for l in classes
         ]),
         "![per-class F1](figures/per_class_f1.png)",
         "![confusion matrix](figures/confusion_matrix.png)",
@@ -177,20 +214,28 @@ def main() -> None:
     model = data.read_json(paths.EVAL / "metrics.json")
     registered = data.read_json(paths.EVAL / "registry.json")
     labels = training["labels"]
+    task = get_task(params.task)
+    classes = list(model["per_class"])  # labels, or entity types for token tasks
     baseline = train_baseline(data.read_table(paths.SPLIT / "train.parquet"), data.read_table(paths.SPLIT / "test.parquet"),
                               labels, params.report.baseline, params.task)
     metric = params.finetune.metric_for_best_model
     with atomic_dir(paths.FIGURES) as figures, atomic_file(paths.REPORT) as report, atomic_file(paths.BASELINE_METRICS) as base:
         plot_learning_curves(paths.TRAIN_LOGS, metric, figures / "learning_curves.png")
         confusion = pd.read_csv(paths.EVAL / "confusion.csv")
-        matrix = confusion_matrix(confusion["actual"], confusion["predicted"], labels=labels)
-        plot_confusion(matrix.tolist(), labels, "Fine-tuned model, test split", figures / "confusion_matrix.png")
-        plot_per_class(model, baseline, labels, figures / "per_class_f1.png")
-        champion = champion_section(registered, model, params.promote)
+        # Token tasks pair entity types, with "O" for a span only one side found; label sets pair each
+        # label with "none" when only one side has it.
+        axis = classes + {"token_classification": ["O"], "multi_label_classification": ["none"]}.get(task.name, [])
+        matrix = confusion_matrix(confusion["actual"], confusion["predicted"], labels=axis)
+        plot_confusion(matrix.tolist(), axis, "Fine-tuned model, test split", figures / "confusion_matrix.png")
+        plot_per_class(model, baseline, classes, figures / "per_class_f1.png")
+        champion = champion_section(registered, model, params.promote, task.summary_metrics)
+        baseline_name = ("TF-IDF + logistic regression" if task.name != "token_classification"
+                         else "word-feature logistic regression")
         report.write_text(render(params.report.title, card, split_card, training, model, baseline, registered, champion,
-                                 labels, metric), encoding="utf-8")
+                                 classes, metric, task.summary_metrics, baseline_name), encoding="utf-8")
         data.write_json({k: v for k, v in baseline.items() if k != "confusion_matrix"}, base)
-    print(f"report: {paths.REPORT} (fine-tuned accuracy {model['accuracy']:.4f} vs baseline {baseline['accuracy']:.4f})")
+    headline = task.headline_metric
+    print(f"report: {paths.REPORT} (fine-tuned {headline} {model[headline]:.4f} vs baseline {baseline[headline]:.4f})")
 
 
 if __name__ == "__main__":

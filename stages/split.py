@@ -1,11 +1,15 @@
-"""Stage 2: stratified, seeded train/validation/test split and the label map.
+"""Stage 2: train/validation/test splits and the label map.
 
-Ingest already merged texts that are identical up to case and spacing, so no text can land in two
-splits; the split checks that guarantee again before writing anything.
+Records that came with a predefined split (`ingest.splits`) keep it. Otherwise the split is stratified by
+label and seeded. Ingest already merged texts identical up to case and spacing, so a re-split puts no
+text in two splits; the stage checks again (and checks predefined splits), then stops or, with
+`split.overlap: warn`, counts the overlap in the split card (public benchmarks such as CoNLL-2003 repeat
+short sentences across their splits, and their test sets must stay as published).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -14,9 +18,21 @@ from stages.errors import PipelineError, atomic_dir, stage_main
 from stages.params import SplitParams, load_params
 
 
+def strata(table: pd.DataFrame) -> pd.Series:
+    """What the split stratifies on: the label; for label sets (multi-label), the rarest label of each set
+    ("none" for an empty set). That keeps every label in every split without iterative stratification,
+    at the cost of balancing co-occurrences only roughly."""
+    first = table[data.LABEL].iloc[0] if len(table) else None
+    if not isinstance(first, (list, tuple, np.ndarray)):
+        return table[data.LABEL].astype(str)
+    frequency = table[data.LABEL].explode().value_counts()
+    return table[data.LABEL].map(lambda labels: min(labels, key=lambda l: (frequency[l], l)) if len(labels) else "none")
+
+
 def stratified_split(table: pd.DataFrame, params: SplitParams, seed: int) -> dict[str, pd.DataFrame]:
     source = paths.INGESTED / "data.parquet"
-    counts = table[data.LABEL].value_counts()
+    table = table.assign(_stratum=strata(table))
+    counts = table["_stratum"].value_counts()
     counts = counts[counts > 0]
     if counts.min() < len(paths.SPLITS):
         label = counts.idxmin()
@@ -24,35 +40,57 @@ def stratified_split(table: pd.DataFrame, params: SplitParams, seed: int) -> dic
             f"{source}: class '{label}' has {counts.min()} example(s); a stratified split needs at least "
             f"{len(paths.SPLITS)} (one per split)"
         )
-    labels = table[data.LABEL].astype(str)
     try:
-        train, rest = train_test_split(table, train_size=params.train, stratify=labels, random_state=seed)
+        train, rest = train_test_split(table, train_size=params.train, stratify=table["_stratum"], random_state=seed)
         validation_share = params.validation / (params.validation + params.test)
-        validation, test = train_test_split(
-            rest, train_size=validation_share, stratify=rest[data.LABEL].astype(str), random_state=seed
-        )
+        validation, test = train_test_split(rest, train_size=validation_share, stratify=rest["_stratum"], random_state=seed)
     except ValueError as exc:
         raise PipelineError(f"{source}: cannot split with split.{{train,validation,test}} as given: {exc}") from None
-    parts = {"train": train, "validation": validation, "test": test}
-    _check_disjoint(parts)
-    return {name: part.sort_values(data.SOURCE_ROW).reset_index(drop=True) for name, part in parts.items()}
+    return {"train": train.drop(columns="_stratum"), "validation": validation.drop(columns="_stratum"),
+            "test": test.drop(columns="_stratum")}
 
 
-def _check_disjoint(parts: dict[str, pd.DataFrame]) -> None:
+def predefined_split(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    present = set(table[data.SPLIT].unique())
+    missing = [name for name in paths.SPLITS if name not in present]
+    if missing:
+        raise PipelineError(f"ingest.splits: no {' or '.join(missing)} split (needs train, validation and test)")
+    return {name: table[table[data.SPLIT] == name].drop(columns=data.SPLIT) for name in paths.SPLITS}
+
+
+def text_keys(part: pd.DataFrame) -> pd.Series:
+    return data.dedup_keys(pd.Series(data.raw_texts(part), dtype=object))
+
+
+def overlap(parts: dict[str, pd.DataFrame], policy: str) -> dict[str, int]:
+    """Texts of validation and test that also occur in an earlier split: an error, or counts with `warn`."""
     seen: dict[str, str] = {}
+    counts: dict[str, int] = {}
     for name, part in parts.items():
-        for key in data.dedup_keys(part[data.TEXT]):
-            if seen.setdefault(key, name) != name:
-                raise PipelineError(f"split: the text '{key[:60]}' is in both {seen[key]} and {name}")
+        for key in dict.fromkeys(text_keys(part)):
+            first = seen.setdefault(key, name)
+            if first != name:
+                if policy == "error":
+                    raise PipelineError(f"split: the text '{key[:60]}' is in both {first} and {name} "
+                                        f"(split.overlap: warn accepts this)")
+                counts[f"{name}_in_{first}"] = counts.get(f"{name}_in_{first}", 0) + 1
+    return counts
 
 
 @stage_main
 def main() -> None:
     params = load_params()
     table = data.read_table(paths.INGESTED / "data.parquet")
-    parts = stratified_split(table, params.split, params.seed)
-    labels = [str(c) for c in table[data.LABEL].cat.categories]
-    card = {name: data.describe(part) for name, part in parts.items()}
+    token_task = data.TOKENS in table.columns
+    parts = predefined_split(table) if data.SPLIT in table.columns else stratified_split(table, params.split, params.seed)
+    overlaps = overlap(parts, params.split.overlap)
+    parts = {name: part.sort_values(data.SOURCE_ROW, kind="stable").reset_index(drop=True) for name, part in parts.items()}
+    labels = data.read_json(paths.INGESTED / "labels.json")["labels"]
+    describe = data.describe_tokens if token_task else data.describe
+    card = {name: describe(part) for name, part in parts.items()}
+    if overlaps:
+        card["overlap"] = overlaps
+        print(f"split: warning: texts in two splits: {overlaps}")
     with atomic_dir(paths.SPLIT) as out:
         for name, part in parts.items():
             data.write_table(part, out / f"{name}.parquet")

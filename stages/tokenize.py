@@ -1,33 +1,19 @@
 """Stage 3: tokenize every split with the model's fast tokenizer.
 
 Texts are truncated to `tokenize.max_length` but not padded: the collator pads each batch to its own
-longest example, which is what makes short-text training fast.
+longest example, which is what makes short-text training fast. The task decides how examples and labels
+are encoded (token tasks align word tags to sub-word tokens).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import pandas as pd
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 
 from stages import data, paths
 from stages.errors import atomic_dir, stage_main
 from stages.modeling import load_tokenizer, resolve_model
 from stages.params import load_params
-
-
-def encode_split(table: pd.DataFrame, labels: list[str], tokenizer: Any, max_length: int) -> Dataset:
-    label_ids = {label: i for i, label in enumerate(labels)}
-    frame = pd.DataFrame({"text": table[data.TEXT], "labels": table[data.LABEL].astype(str).map(label_ids)})
-    dataset = Dataset.from_pandas(frame, preserve_index=False)
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
-        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
-        return encoded
-
-    return dataset.map(encode, batched=True, remove_columns=["text"])
+from stages.tasks import get_task
 
 
 @stage_main
@@ -36,8 +22,9 @@ def main() -> None:
     tokenizer = load_tokenizer(resolve_model(params.model))
     labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
     max_length = params.tokenize.max_length
+    task = get_task(params.task)
     splits = DatasetDict({
-        name: encode_split(data.read_table(paths.SPLIT / f"{name}.parquet"), labels, tokenizer, max_length)
+        name: task.encode(data.read_table(paths.SPLIT / f"{name}.parquet"), labels, tokenizer, max_length)
         for name in paths.SPLITS
     })
     stats = {

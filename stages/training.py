@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from stages.params import FinetuneParams
 from stages.tasks import get_task
@@ -56,16 +56,18 @@ def build_trainer(
     model: Any,
     tokenizer: Any,
     task_name: str,
+    labels: list[str],
     args: TrainingArguments,
     train_dataset: Any,
     eval_dataset: Any | None,
     callbacks: list[TrainerCallback] | None = None,
+    threshold: float = 0.5,
 ) -> Trainer:
     task = get_task(task_name)
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        return task.validation_metrics(np.asarray(logits), np.asarray(prediction.label_ids))
+        return task.validation_metrics(np.asarray(logits), np.asarray(prediction.label_ids), labels, threshold)
 
     return Trainer(
         model=model,
@@ -74,7 +76,7 @@ def build_trainer(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         # Dynamic padding: each batch is padded to its longest member, not to max_length.
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=task.collator(tokenizer),
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )

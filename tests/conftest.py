@@ -183,3 +183,46 @@ def register(project: Path, trained: dict[str, Path]) -> Callable[..., str]:
 
     set_params(project, {"promote.floor": 0.8, "promote.min_improvement": 0.05})
     return run
+
+
+PEOPLE = ["anna", "boris", "carla", "dmitri"]
+PLACES = [["paris"], ["oslo"], ["new", "york"], ["rome"]]
+
+
+def conll_sentences(n: int, seed: int = 0) -> list[list[tuple[str, str]]]:
+    """Sentences of (word, IOB2 tag): a person (PER), a place of one or two words (LOC), filler words."""
+    rng = random.Random(seed)
+    sentences = []
+    for _ in range(n):
+        words = [(w, "O") for w in rng.sample(FILLER, rng.randint(1, 4))]
+        person = [(rng.choice(PEOPLE).title(), "B-PER")]
+        place = rng.choice(PLACES)
+        location = [(w.title(), ("B-" if i == 0 else "I-") + "LOC") for i, w in enumerate(place)]
+        parts = [person, words[:2], location, words[2:]]
+        rng.shuffle(parts)
+        sentences.append([pair for part in parts for pair in part])
+    return sentences
+
+
+def write_conll(folder: Path, sizes: dict[str, int] | None = None, seed: int = 0) -> Path:
+    """train.txt / valid.txt / test.txt in CoNLL-2003's layout: word POS chunk NER, -DOCSTART-, blank lines."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for offset, (name, n) in enumerate((sizes or {"train": 80, "valid": 20, "test": 20}).items()):
+        lines = ["-DOCSTART- -X- -X- O", ""]
+        for sentence in conll_sentences(n, seed + offset):
+            lines += [f"{word} NN I-NP {tag}" for word, tag in sentence] + [""]
+        (folder / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+NER_PARAMS = {
+    "task": "token_classification",
+    "ingest.format": "conll",
+    "ingest.splits": {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"},
+    "ingest.header": False,
+    "ingest.column_names": None,
+    "ingest.score_to_label": None,
+    "split.overlap": "warn",
+    "finetune.metric_for_best_model": "f1",
+    "evaluate.registered_model_name": "ner-tagger",
+}

@@ -265,7 +265,8 @@ def test_report_shows_the_champion_and_the_gates_verdict(register: Callable[...,
 
     def section() -> str:
         registered = json.loads((paths.EVAL / "registry.json").read_text())
-        return report.champion_section(registered, json.loads((paths.EVAL / "metrics.json").read_text()), load_params().promote)
+        metrics = json.loads((paths.EVAL / "metrics.json").read_text())
+        return report.champion_section(registered, metrics, load_params().promote, ("accuracy", "macro_f1"))
 
     register("good")
     assert "No `@champion` yet" in section()

@@ -79,3 +79,47 @@ def test_tokenize_truncates_but_never_pads(project: Path, tmp_path: Path) -> Non
     assert train["labels"] == expected.tolist()
     stats = json.loads((paths.TOKENIZED / "stats.json").read_text())
     assert sum(s["truncated"] for s in stats.values()) == 1
+
+
+@pytest.fixture
+def predefined(project: Path, tmp_path: Path) -> Path:
+    """Three TSV files in the default raw format, as a dataset with a published split."""
+    folder = tmp_path / "published"
+    folder.mkdir()
+    for offset, (name, n) in enumerate((("train.tsv", 60), ("dev.tsv", 20), ("test.tsv", 20))):
+        write_sentiment_tsv(folder / name, n=n, seed=10 + offset)
+    set_params(project, {"ingest.source": str(folder), "ingest.splits": {"train": "train.tsv", "validation": "dev.tsv",
+                                                                          "test": "test.tsv"}})
+    return folder
+
+
+def test_predefined_splits_are_kept_not_resplit(predefined: Path) -> None:
+    ingest.main()
+    split.main()
+    for name, file in (("train", "train.tsv"), ("validation", "dev.tsv"), ("test", "test.tsv")):
+        part = pd.read_parquet(paths.SPLIT / f"{name}.parquet")
+        raw = pd.read_csv(predefined / file, sep="\t", header=None)
+        assert part["text"].tolist() == raw[2].tolist()
+
+
+def test_a_text_in_two_predefined_splits_is_an_error_or_a_counted_warning(
+        predefined: Path, project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shared = (predefined / "train.tsv").read_text().splitlines()[0].split("\t")[2]
+    with (predefined / "test.tsv").open("a") as fh:
+        fh.write(f"999\t1.5\t{shared.upper()}\r\n")  # differs only in case: still the same text
+    ingest.main()
+    err = expect_user_error(split.main, capsys)
+    assert "is in both train and test" in err and "split.overlap: warn" in err and not paths.SPLIT.exists()
+    set_params(project, {"split.overlap": "warn"})
+    split.main()
+    assert json.loads((paths.SPLIT / "card.json").read_text())["overlap"] == {"test_in_train": 1}
+
+
+def test_fixture_words_are_in_the_tiny_vocabulary(project: Path, tiny_model: Path) -> None:
+    """Guards the fixtures themselves: a tokenizer that maps words to [UNK] makes every model learn nothing."""
+    from transformers import AutoTokenizer
+
+    for stage in (ingest, split, tokenize):
+        stage.main()
+    unk = AutoTokenizer.from_pretrained(tiny_model).unk_token_id
+    assert all(unk not in ids for ids in load_from_disk(str(paths.TOKENIZED))["train"]["input_ids"])

@@ -1,0 +1,103 @@
+"""Token classification (NER) through the same six stages: CoNLL column files with predefined splits,
+first-sub-token label alignment, entity-level seqeval metrics, entity spans from the served model, and the
+CoNLL quality gates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from conftest import NER_PARAMS, write_conll
+from helpers import expect_user_error, set_params
+from stages import data, evaluate, finetune, ingest, paths, report, split, tokenize, tracking
+from stages.errors import PipelineError
+from stages.params import load_params
+from stages.tasks import IGNORE_INDEX
+
+
+@pytest.fixture
+def ner_project(project: Path, tmp_path: Path) -> Path:
+    folder = write_conll(tmp_path / "conll")
+    set_params(project, {**NER_PARAMS, "ingest.source": str(folder), "finetune.learning_rate": 5e-3,
+                         "finetune.num_train_epochs": 6, "finetune.early_stopping_patience": 6})
+    return folder
+
+
+def test_predefined_splits_are_kept(ner_project: Path) -> None:
+    ingest.main()
+    split.main()
+    sizes = {name: len(pd.read_parquet(paths.SPLIT / f"{name}.parquet")) for name in paths.SPLITS}
+    assert sizes == {"train": 80, "validation": 20, "test": 20}
+    assert json.loads((paths.SPLIT / "labels.json").read_text())["labels"] == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    first = pd.read_parquet(paths.SPLIT / "train.parquet").iloc[0]
+    assert first[data.SOURCE_ROW] == 3  # line of the first word, after -DOCSTART- and a blank line
+    card = json.loads((paths.INGESTED / "card.json").read_text())
+    assert card["rows"] == 120 and card["labels"]["PER"] == 120
+
+
+def test_only_the_first_sub_token_of_a_word_carries_its_tag(ner_project: Path) -> None:
+    for stage in (ingest, split, tokenize):
+        stage.main()
+    example = data.load_tokenized(paths.TOKENIZED)["train"][0]
+    sentence = pd.read_parquet(paths.SPLIT / "train.parquet").iloc[0]
+    labels = json.loads((paths.SPLIT / "labels.json").read_text())["labels"]
+    carried = [labels[i] for i in example["labels"] if i != IGNORE_INDEX]
+    assert carried == list(sentence[data.TAGS])  # one label per word, in order
+    assert example["labels"][0] == IGNORE_INDEX and example["labels"][-1] == IGNORE_INDEX  # [CLS], [SEP]
+    assert len(example["input_ids"]) > len(sentence[data.TOKENS]) + 2  # names split into sub-tokens
+
+
+def test_ner_trains_scores_entities_and_serves_spans(ner_project: Path) -> None:
+    for stage in (ingest, split, tokenize, finetune, evaluate, report):
+        stage.main()
+    metrics = json.loads((paths.EVAL / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"LOC", "PER"} and metrics["per_class"]["PER"]["support"] == 20
+    assert metrics["f1"] >= 0.9, metrics  # the fixture is learnable: names and places are unambiguous
+    pairs = pd.read_csv(paths.EVAL / "confusion.csv")
+    assert set(pairs["actual"]) <= {"LOC", "PER", "O"} and (pairs["actual"] != "O").sum() == 40
+
+    tracking.configure("sentiment-finetune")
+    served = mlflow.pyfunc.load_model("models:/ner-tagger@challenger")
+    text = "the film  Anna  visited New York"
+    entities = served.predict([text])["entities"][0]
+    assert [(e["type"], e["text"], text[e["start"]:e["end"]]) for e in entities] == [
+        ("PER", "Anna", "Anna"), ("LOC", "New York", "New York")]
+    assert served.predict([])["entities"].tolist() == []
+    page = Path("reports/report.md").read_text()
+    assert "| LOC |" in page and "word-feature logistic regression" in page and "| f1 |" in page
+
+
+def test_a_line_with_too_few_columns_names_its_line(ner_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    test_file = ner_project / "test.txt"
+    lines = test_file.read_text().splitlines()
+    lines[4] = "Oslo"
+    test_file.write_text("\n".join(lines) + "\n")
+    err = expect_user_error(ingest.main, capsys)
+    assert f"{test_file}: line 5: 1 column(s)" in err and not paths.INGESTED.exists()
+
+
+def test_i_tag_after_o_is_an_error_unless_repair_is_asked(ner_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train = ner_project / "train.txt"
+    train.write_text(train.read_text().replace("B-PER", "I-PER", 1))
+    err = expect_user_error(ingest.main, capsys)
+    assert "train.txt: line" in err and "'I-PER' does not continue an entity" in err and "repair_iob" in err
+    assert not paths.INGESTED.exists()
+    set_params(Path.cwd(), {"ingest.conll.repair_iob": True})
+    ingest.main()
+    assert json.loads((paths.INGESTED / "card.json").read_text())["dropped"]["iob_repaired"] == 1
+
+
+def test_a_missing_split_file_is_named(ner_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (ner_project / "valid.txt").unlink()
+    assert "valid.txt: file not found (ingest.splits.validation)" in expect_user_error(ingest.main, capsys)
+
+
+def test_task_and_format_must_agree(ner_project: Path) -> None:
+    with pytest.raises(PipelineError, match=r"ingest.format: task token_classification needs conll"):
+        load_params(overrides={"ingest.format": "tsv"})
+    with pytest.raises(PipelineError, match=r"finetune.metric_for_best_model: macro_f1 is not a token_classification"):
+        load_params(overrides={"finetune.metric_for_best_model": "macro_f1"})
