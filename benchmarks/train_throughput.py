@@ -36,10 +36,9 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages import data  # noqa: E402
+from stages.ingest import ingest  # noqa: E402
 from stages.modeling import load_for_training, load_tokenizer, resolve_model  # noqa: E402
 from stages.params import load_params  # noqa: E402
-from stages.sources import resolve  # noqa: E402
 from stages.split import stratified_split  # noqa: E402
 from stages.tasks import get_task  # noqa: E402
 from stages.training import build_trainer, training_arguments  # noqa: E402
@@ -123,19 +122,15 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params()
-    source = resolve(params.ingest.source, params.ingest.sha256, key="ingest.source")
-    raw, where = data.read_raw_table(source, params.ingest)
-    table, _ = data.normalise(raw, source, where, params.ingest)
+    table, labels, _ = ingest(params.ingest, params.task)
     train = stratified_split(table, params.split, params.seed)["train"]
-    labels = [str(c) for c in table[data.LABEL].cat.categories]
     model_dir = resolve_model(params.model)
     tokenizer = load_tokenizer(model_dir)
-    dynamic_data = get_task(params.task).encode(train, labels, tokenizer, params.tokenize.max_length)
+    dynamic_data = get_task(params.task).encode(train, labels, tokenizer, params.tokenize)
     padded_data = dynamic_data.map(
-        lambda batch: tokenizer.pad({"input_ids": batch["input_ids"], "token_type_ids": batch["token_type_ids"]},
-                                    padding="max_length", max_length=GLUE_MAX_SEQ_LENGTH),
+        lambda batch: tokenizer.pad({"input_ids": batch["input_ids"]}, padding="max_length", max_length=GLUE_MAX_SEQ_LENGTH),
         batched=True,
-        remove_columns=["input_ids", "token_type_ids", "attention_mask", "length"],
+        remove_columns=["input_ids", "attention_mask", "length"],
     )
     batch_size = params.finetune.per_device_train_batch_size
     total_steps = args.steps + args.warmup

@@ -18,6 +18,7 @@ import torch
 
 from seqeval.metrics.sequence_labeling import get_entities
 
+from stages.encoding import encode_texts, pool
 from stages.errors import PipelineError
 from stages.tasks import get_task, softmax
 
@@ -34,6 +35,9 @@ class Predictor:
         self.labels: list[str] = info["labels"]
         self.max_length: int = info["max_length"]
         self.thresholds: list[float] | None = info.get("thresholds")  # multi-label decision thresholds
+        self.truncation: str = info.get("truncation", "head")  # long texts are cut as in training
+        self.stride: int = info.get("stride", 0)
+        self.pooling: str = info.get("pooling", "mean")
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         try:
@@ -59,8 +63,9 @@ class Predictor:
         """Sequence tasks: one row of logits per text."""
         if not len(texts):
             return np.zeros((0, self.model.config.num_labels), dtype=np.float32)  # the tokenizer refuses []
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        return np.stack(self._forward(encoded))
+        encoded, source = encode_texts(self.tokenizer, texts, self.max_length, self.truncation, self.stride)
+        windows = np.stack(self._forward(encoded))
+        return windows if self.truncation != "chunk" else pool(windows, source, len(texts), self.pooling)
 
     def predict_words(self, sentences: Sequence[Sequence[str]]) -> list[list[str]]:
         """Token tasks: one tag per word, read off each word's first sub-token; words cut off by

@@ -94,6 +94,15 @@ class ModelParams(Section):
 
 class TokenizeParams(Section):
     max_length: int = Field(ge=8, le=8192)
+    truncation: Literal["head", "tail", "head+tail", "chunk"] = "head"
+    stride: int = Field(default=0, ge=0)  # chunk: tokens shared by neighbouring windows
+    pooling: Literal["mean", "max"] = "mean"  # chunk: a document's logits from its windows'
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> TokenizeParams:
+        if self.stride >= self.max_length // 2:
+            raise ValueError(f"stride must be below max_length / 2 (got stride {self.stride}, max_length {self.max_length})")
+        return self
 
 
 class FinetuneParams(Section):
@@ -162,6 +171,8 @@ class Params(Section):
         if token_task != (self.ingest.format == "conll"):
             raise ValueError(f"ingest.format: task {self.task} needs {'conll' if token_task else 'a text format, not conll'} "
                              f"(got {self.ingest.format!r})")
+        if token_task and self.tokenize.truncation != "head":
+            raise ValueError(f"tokenize.truncation: token_classification supports head only (got {self.tokenize.truncation!r})")
         metrics = {"token_classification": ("f1", "accuracy", "loss"),
                    "multi_label_classification": ("micro_f1", "macro_f1", "subset_accuracy", "loss"),
                    "single_label_classification": ("accuracy", "macro_f1", "loss")}[self.task]

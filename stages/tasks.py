@@ -15,6 +15,8 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from stages import data
+from stages.encoding import encode_texts
+from stages.params import TokenizeParams
 
 IGNORE_INDEX = -100  # positions the loss and the metrics skip (transformers' convention)
 
@@ -45,18 +47,19 @@ class SingleLabelClassification:
 
         return AutoModelForSequenceClassification
 
-    def encode(self, table: pd.DataFrame, labels: list[str], tokenizer: Any, max_length: int) -> Any:
-        """A datasets.Dataset of input ids (truncated, not padded), label ids and lengths."""
+    def encode(self, table: pd.DataFrame, labels: list[str], tokenizer: Any, params: TokenizeParams) -> Any:
+        """A datasets.Dataset of input ids (cut to max_length as `tokenize.truncation` says, not padded),
+        targets and lengths; with `chunk`, one row per window, each with its document's target."""
         from datasets import Dataset
 
-        frame = pd.DataFrame({"text": table[data.TEXT], "labels": self.label_targets(table, labels)})
+        frame = pd.DataFrame({"text": table[data.TEXT], "target": self.label_targets(table, labels)})
 
         def encode(batch: dict[str, list]) -> dict[str, list]:
-            encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
-            encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
-            return encoded
+            ids, source = encode_texts(tokenizer, batch["text"], params.max_length, params.truncation, params.stride)
+            return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids],
+                    "labels": [batch["target"][i] for i in source], "length": [len(x) for x in ids]}
 
-        return Dataset.from_pandas(frame, preserve_index=False).map(encode, batched=True, remove_columns=["text"])
+        return Dataset.from_pandas(frame, preserve_index=False).map(encode, batched=True, remove_columns=["text", "target"])
 
     def label_targets(self, table: pd.DataFrame, labels: list[str]) -> list[Any]:
         """The training target of each row: its class id."""
@@ -198,9 +201,10 @@ class TokenClassification:
 
         return AutoModelForTokenClassification
 
-    def encode(self, table: pd.DataFrame, labels: list[str], tokenizer: Any, max_length: int) -> Any:
+    def encode(self, table: pd.DataFrame, labels: list[str], tokenizer: Any, params: TokenizeParams) -> Any:
         from datasets import Dataset
 
+        max_length = params.max_length
         tag_ids = {tag: i for i, tag in enumerate(labels)}
         frame = pd.DataFrame({"tokens": table[data.TOKENS].map(list), "tags": table[data.TAGS].map(list)})
 

@@ -24,7 +24,7 @@ def main() -> None:
     max_length = params.tokenize.max_length
     task = get_task(params.task)
     splits = DatasetDict({
-        name: task.encode(data.read_table(paths.SPLIT / f"{name}.parquet"), labels, tokenizer, max_length)
+        name: task.encode(data.read_table(paths.SPLIT / f"{name}.parquet"), labels, tokenizer, params.tokenize)
         for name in paths.SPLITS
     })
     stats = {

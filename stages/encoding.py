@@ -1,0 +1,65 @@
+"""Turning texts into model inputs when they are longer than `tokenize.max_length`.
+
+One function serves training (tokenize stage) and prediction (Predictor), so a model always sees texts cut
+the way it was trained on them:
+
+- `head`: the first max_length tokens (transformers' default truncation);
+- `tail`: the last ones;
+- `head+tail`: a quarter of the budget from the start, the rest from the end (Sun et al., 2019, found
+  this best for long reviews);
+- `chunk`: every token, in windows of max_length that overlap by `stride` tokens; the Trainer learns from
+  each window with its document's label, and a document's prediction pools its windows' logits (`mean`
+  or `max`).
+
+`head` and `chunk` come straight from the fast tokenizer (`return_overflowing_tokens`); `tail` and
+`head+tail` are cut here because the tokenizer has no two-sided truncation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+TRUNCATIONS = ("head", "tail", "head+tail", "chunk")
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int, truncation: str = "head",
+                 stride: int = 0) -> tuple[list[list[int]], list[int]]:
+    """Input ids of each model input and the index of the text it came from (several per text with
+    `chunk`, one otherwise)."""
+    texts = list(texts)
+    if truncation == "head":
+        return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"], list(range(len(texts)))
+    if truncation == "chunk":
+        encoded = tokenizer(texts, truncation=True, max_length=max_length, stride=stride, return_overflowing_tokens=True)
+        return encoded["input_ids"], list(encoded["overflow_to_sample_mapping"])
+    prefix, suffix = _special_tokens(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
+    head = 0 if truncation == "tail" else budget // 4
+    ids = []
+    for body in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        if len(body) > budget:
+            body = body[:head] + body[len(body) - (budget - head):]
+        ids.append(prefix + body + suffix)
+    return ids, list(range(len(texts)))
+
+
+def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text ([CLS] and [SEP] for BERT), read off
+    one encoding: transformers 5 tokenizers no longer build inputs from ids."""
+    full = tokenizer("a")["input_ids"]
+    body = tokenizer("a", add_special_tokens=False)["input_ids"]
+    start = next(i for i in range(len(full)) if full[i : i + len(body)] == body)
+    return full[:start], full[start + len(body):]
+
+
+def pool(window_logits: np.ndarray, text_index: Sequence[int], n_texts: int, how: str = "mean") -> np.ndarray:
+    """One row of logits per text from the rows of its windows, by mean or max."""
+    out = np.zeros((n_texts, window_logits.shape[-1]), dtype=np.float32)
+    index = np.asarray(text_index)
+    for text in range(n_texts):
+        rows = window_logits[index == text]
+        out[text] = rows.max(axis=0) if how == "max" else rows.mean(axis=0)
+    return out
