@@ -17,14 +17,15 @@ from stages.params import IngestParams, load_params
 from stages.sources import resolve
 
 
-def read_source(path: Path, params: IngestParams, task: str) -> tuple[pd.DataFrame, int, dict[str, Any]]:
-    """One file in the normalised form: the table, how many records were read, and what was dropped."""
+def read_source(path: Path, params: IngestParams, task: str) -> tuple[pd.DataFrame, int, dict[str, dict[str, int]]]:
+    """One file in the normalised form: the table, how many records were read, and the counts of what
+    was dropped or repaired and why (for the data card)."""
     if params.format == "conll":
-        table, dropped = data.read_conll(path, params.encoding, params.conll)
-        return table, len(table), dropped
+        table, repaired = data.read_conll(path, params.encoding, params.conll)
+        return table, len(table), {"dropped": {}, "repaired": repaired}
     raw, where = data.read_raw_table(path, params)
     table, dropped = data.normalise(raw, path, where, params, multi_label=task == "multi_label_classification")
-    return table, len(raw), dropped
+    return table, len(raw), {"dropped": dropped, "repaired": {}}
 
 
 def label_order(tables: list[pd.DataFrame], params: IngestParams, task: str) -> list[str]:
@@ -44,23 +45,25 @@ def label_order(tables: list[pd.DataFrame], params: IngestParams, task: str) -> 
 def ingest(params: IngestParams, task: str) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
     source = resolve(params.source, params.sha256, key="ingest.source", hf_dataset=params.format == "datasets")
     files = {name: source / file for name, file in params.splits.items()} if params.splits else {None: source}
-    tables, rows_read, dropped = [], 0, {}
+    tables, rows_read = [], 0
+    changes: dict[str, dict[str, int]] = {"dropped": {}, "repaired": {}}
     for split_name, path in files.items():
         if not path.exists():
             raise PipelineError(f"{path}: file not found (ingest.splits.{split_name})" if split_name else f"{path}: file not found")
-        table, read, file_dropped = read_source(path, params, task)
+        table, read, file_changes = read_source(path, params, task)
         if split_name is not None:
             table[data.SPLIT] = split_name
         tables.append(table)
         rows_read += read
-        for reason, count in file_dropped.items():
-            dropped[reason] = dropped.get(reason, 0) + count
+        for kind, counts in file_changes.items():
+            for reason, count in counts.items():
+                changes[kind][reason] = changes[kind].get(reason, 0) + count
     labels = label_order(tables, params, task)
     table = pd.concat(tables, ignore_index=True)
     if task == "single_label_classification":
         table[data.LABEL] = pd.Categorical(table[data.LABEL].astype(str), categories=labels)
     describe = data.describe_tokens if task == "token_classification" else data.describe
-    card = {"source": params.source, "rows_read": rows_read, "dropped": dropped, **describe(table)}
+    card = {"source": params.source, "rows_read": rows_read, **changes, **describe(table)}
     return table, labels, card
 
 

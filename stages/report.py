@@ -175,7 +175,8 @@ def render(title: str, card: dict, split_card: dict, training: dict, model: dict
         f"Model `{registered['name']}` version {registered['version']} (alias `@{registered['alias']}`), "
         f"MLflow run `{training['mlflow_run_id']}`, data sha256 `{training['data_sha256'][:12]}`.",
         "## Data",
-        f"Source: `{card['source']}`  \nRows read: {card['rows_read']}; kept: {card['rows']}; dropped: {dropped}.",
+        f"Source: `{card['source']}`  \nRows read: {card['rows_read']}; kept: {card['rows']}; dropped: {dropped}"
+        + "".join(f"; repaired ({reason.replace('_', ' ')}): {count}" for reason, count in card.get("repaired", {}).items()) + ".",
         _table(["split", "examples", *classes], [[name, split_card[name]["rows"]] + [split_card[name]["labels"].get(c, 0) for c in classes]
                                                 for name in paths.SPLITS]),
         f"Texts in two splits (kept, `split.overlap: warn`): {overlap}." if overlap else "No text is in two splits.",

@@ -88,7 +88,7 @@ def test_i_tag_after_o_is_an_error_unless_repair_is_asked(ner_project: Path, cap
     assert not paths.INGESTED.exists()
     set_params(Path.cwd(), {"ingest.conll.repair_iob": True})
     ingest.main()
-    assert json.loads((paths.INGESTED / "card.json").read_text())["dropped"]["iob_repaired"] == 1
+    assert json.loads((paths.INGESTED / "card.json").read_text())["repaired"]["iob_repaired"] == 1
 
 
 def test_a_missing_split_file_is_named(ner_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
