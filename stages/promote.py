@@ -31,7 +31,7 @@ from stages.params import PromoteParams, load_params
 EXIT_REFUSED = 1
 
 
-def _champion_value(mlflow_client: Any, name: str, champion: Any, challenger: Any, metric: str) -> tuple[float, bool]:
+def _champion_value(name: str, champion: Any, challenger: Any, metric: str) -> tuple[float, bool]:
     """The champion's metric on the challenger's test set, and whether it had to be re-scored for that."""
     if champion.tags.get("test_data_sha256") == challenger.tags.get("test_data_sha256"):
         return registry.test_metric(champion, metric), False
@@ -48,17 +48,16 @@ def _champion_value(mlflow_client: Any, name: str, champion: Any, challenger: An
     return float(metrics[metric]), True
 
 
-def decide(mlflow_client: Any, name: str, challenger: Any, params: PromoteParams) -> dict[str, Any]:
+def decide(name: str, challenger: Any, champion: Any | None, params: PromoteParams) -> dict[str, Any]:
     """Compare a version with the current champion (or the floor) and say whether it should be promoted."""
     metric = params.metric
     value = registry.test_metric(challenger, metric)
-    champion = registry.version_by_alias(mlflow_client, name, registry.CHAMPION)
     decision: dict[str, Any] = {"metric": metric, "candidate": str(challenger.version), "candidate_value": value}
     if champion is None:
         decision.update(champion=None, floor=params.floor, wins=value >= params.floor)
         decision["why"] = f"first champion: {metric} {value:.4f} {'>=' if decision['wins'] else '<'} floor {params.floor:.4f}"
         return decision
-    champion_value, rescored = _champion_value(mlflow_client, name, champion, challenger, metric)
+    champion_value, rescored = _champion_value(name, champion, challenger, metric)
     gain = value - champion_value
     decision.update(champion=str(champion.version), champion_value=champion_value, rescored_champion=rescored,
                     min_improvement=params.min_improvement, wins=gain >= params.min_improvement)
@@ -80,7 +79,7 @@ def promote(name: str, version: str | None, params: PromoteParams, *, dry_run: b
         if champion is not None and str(champion.version) == str(challenger.version):
             print(f"promote: v{challenger.version} already is @{registry.CHAMPION}; nothing to do")
             return 0
-        decision = decide(mlflow_client, name, challenger, params)
+        decision = decide(name, challenger, champion, params)
         promoted = decision["wins"] or force_reason is not None
         verdict = "promote" if promoted else "refuse"
         if dry_run:

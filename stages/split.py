@@ -9,7 +9,6 @@ short sentences across their splits, and their test sets must stay as published)
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -18,20 +17,20 @@ from stages.errors import PipelineError, atomic_dir, stage_main
 from stages.params import SplitParams, load_params
 
 
-def strata(table: pd.DataFrame) -> pd.Series:
+def strata(table: pd.DataFrame, task: str) -> pd.Series:
     """What the split stratifies on: the label; for label sets (multi-label), the rarest label of each set
     ("none" for an empty set). That keeps every label in every split without iterative stratification,
     at the cost of balancing co-occurrences only roughly."""
-    first = table[data.LABEL].iloc[0] if len(table) else None
-    if not isinstance(first, (list, tuple, np.ndarray)):
+    if task != "multi_label_classification":
         return table[data.LABEL].astype(str)
     frequency = table[data.LABEL].explode().value_counts()
     return table[data.LABEL].map(lambda labels: min(labels, key=lambda l: (frequency[l], l)) if len(labels) else "none")
 
 
-def stratified_split(table: pd.DataFrame, params: SplitParams, seed: int) -> dict[str, pd.DataFrame]:
+def stratified_split(table: pd.DataFrame, params: SplitParams, seed: int,
+                     task: str = "single_label_classification") -> dict[str, pd.DataFrame]:
     source = paths.INGESTED / "data.parquet"
-    table = table.assign(_stratum=strata(table))
+    table = table.assign(_stratum=strata(table, task))
     counts = table["_stratum"].value_counts()
     counts = counts[counts > 0]
     if counts.min() < len(paths.SPLITS):
@@ -81,12 +80,14 @@ def overlap(parts: dict[str, pd.DataFrame], policy: str) -> dict[str, int]:
 def main() -> None:
     params = load_params()
     table = data.read_table(paths.INGESTED / "data.parquet")
-    token_task = data.TOKENS in table.columns
-    parts = predefined_split(table) if data.SPLIT in table.columns else stratified_split(table, params.split, params.seed)
+    if data.SPLIT in table.columns:
+        parts = predefined_split(table)
+    else:
+        parts = stratified_split(table, params.split, params.seed, params.task)
     overlaps = overlap(parts, params.split.overlap)
     parts = {name: part.sort_values(data.SOURCE_ROW, kind="stable").reset_index(drop=True) for name, part in parts.items()}
     labels = data.read_json(paths.INGESTED / "labels.json")["labels"]
-    describe = data.describe_tokens if token_task else data.describe
+    describe = data.describe_tokens if params.task == "token_classification" else data.describe
     card = {name: describe(part) for name, part in parts.items()}
     if overlaps:
         card["overlap"] = overlaps

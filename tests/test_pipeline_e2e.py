@@ -7,25 +7,22 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import make_project, write_sentiment_tsv
-from helpers import set_params
+from helpers import set_params, venv_env
 
 ALL_STAGES = ["ingest", "split", "tokenize", "finetune", "evaluate", "report"]
 
 
 def sh(root: Path, *cmd: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = venv_env(PIPELINE_CACHE_DIR=str(root.parent / "cache"))
     env.pop("MLFLOW_TRACKING_URI", None)  # the default: mlflow.db in the project
-    env["PIPELINE_CACHE_DIR"] = str(root.parent / "cache")
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
