@@ -19,6 +19,8 @@ import torch
 from seqeval.metrics.sequence_labeling import get_entities
 
 from stages.encoding import encode_texts, pool
+from safetensors import SafetensorError
+
 from stages.errors import PipelineError
 from stages.tasks import get_task, softmax
 
@@ -42,7 +44,7 @@ class Predictor:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         try:
             self.model = self.task.auto_model_class().from_pretrained(model_dir)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SafetensorError) as exc:  # missing, incompatible or corrupt weights
             raise PipelineError(f"{model_dir}: cannot load the model: {str(exc).splitlines()[0]}") from None
         self.model.eval()
 

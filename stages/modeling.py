@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from stages.errors import PipelineError
 from stages.params import ModelParams
 from stages.sources import resolve
@@ -42,5 +44,5 @@ def load_for_training(model_dir: Path, task_name: str, labels: list[str]) -> Any
             label2id={label: i for i, label in enumerate(labels)},
             problem_type=task.problem_type,
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # missing, incompatible or corrupt weights
         raise PipelineError(f"{model_dir}: cannot load model: {str(exc).splitlines()[0]}") from None

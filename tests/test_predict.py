@@ -115,3 +115,17 @@ def test_bad_arguments_are_one_line_errors(trained: dict[str, Path], texts: pd.D
     monkeypatch.setattr("sys.argv", ["predict", *[x for pair in base.items() for x in pair]])
     assert message in expect_user_error(predict.main, capsys)
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_corrupt_model_file_is_a_one_line_error(trained: dict[str, Path], texts: pd.DataFrame, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained["good"], model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
+    monkeypatch.setattr("sys.argv", ["predict", "--model", str(model), "--input", str(write(texts, tmp_path / "in.csv")),
+                                     "--output", str(tmp_path / "out.csv"), "--text-column", "review"])
+    assert "cannot load the model" in expect_user_error(predict.main, capsys)
+    assert not (tmp_path / "out.csv").exists()
