@@ -13,19 +13,22 @@ from pathlib import Path
 
 import mlflow
 
-from stages import data, paths, pyfunc_model, tracking
+from stages import data, methods, paths, pyfunc_model, tracking
 from stages.errors import atomic_dir, stage_main
 from stages.inference import Predictor, score
 from stages.params import EvaluateParams, load_params
 from stages.tasks import get_task
 
 
-def _pip_requirements() -> list[str]:
+def _pip_requirements(model_dir: Path) -> list[str]:
     """The packages the served model imports, pinned to the versions it was evaluated with."""
     from importlib.metadata import version
 
     # torch's local build tag (+cpu, +cu124) is dropped: the serving machine picks its own build.
-    pins = {name: version(name).split("+")[0] for name in ("mlflow", "torch", "transformers", "scikit-learn", "seqeval", "pandas")}
+    names = ["mlflow", "torch", "transformers", "scikit-learn", "seqeval", "pandas"]
+    if (model_dir / methods.ADAPTER_CONFIG).is_file():
+        names.append("peft")  # an adapter folder loads through peft
+    pins = {name: version(name).split("+")[0] for name in names}
     return [f"{name}=={pin}" for name, pin in pins.items()]
 
 
@@ -40,7 +43,7 @@ def register(model_dir: Path, params: EvaluateParams, training: dict, metrics: d
         artifacts={"model_dir": str(model_dir)},
         code_paths=[str(Path(__file__).parent)],  # the `stages` package, so loading needs no repository
         input_example=example,
-        pip_requirements=_pip_requirements(),
+        pip_requirements=_pip_requirements(model_dir),
         registered_model_name=params.registered_model_name,
     )
     version = str(info.registered_model_version)

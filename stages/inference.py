@@ -21,6 +21,7 @@ from seqeval.metrics.sequence_labeling import get_entities
 from stages.encoding import encode_texts, pool
 from safetensors import SafetensorError
 
+from stages import methods
 from stages.errors import PipelineError
 from stages.tasks import get_task, softmax
 
@@ -43,10 +44,9 @@ class Predictor:
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         try:
-            self.model = self.task.auto_model_class().from_pretrained(model_dir)
+            self.model = methods.load(model_dir, self.task.auto_model_class())
         except (OSError, ValueError, SafetensorError) as exc:  # missing, incompatible or corrupt weights
             raise PipelineError(f"{model_dir}: cannot load the model: {str(exc).splitlines()[0]}") from None
-        self.model.eval()
 
     @torch.inference_mode()
     def _forward(self, encoded: list[list[int]]) -> list[np.ndarray]:
@@ -64,7 +64,7 @@ class Predictor:
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """Sequence tasks: one row of logits per text."""
         if not len(texts):
-            return np.zeros((0, self.model.config.num_labels), dtype=np.float32)  # the tokenizer refuses []
+            return np.zeros((0, len(self.labels)), dtype=np.float32)  # the tokenizer refuses []
         encoded, source = encode_texts(self.tokenizer, texts, self.max_length, self.truncation, self.stride)
         windows = np.stack(self._forward(encoded))
         return windows if self.truncation != "chunk" else pool(windows, source, len(texts), self.pooling)

@@ -8,9 +8,20 @@ from typing import Any
 from safetensors import SafetensorError
 
 from stages.errors import PipelineError
-from stages.params import ModelParams
+from stages.params import DropoutParams, ModelParams
 from stages.sources import resolve
 from stages.tasks import get_task
+
+
+def _quiet_loading() -> None:
+    """transformers draws progress bars for loading and writing weights: noise in `dvc repro` logs, and
+    it would put lines before a stage's one-line error."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+_quiet_loading()
 
 
 def resolve_model(params: ModelParams) -> Path:
@@ -33,16 +44,31 @@ def load_tokenizer(model_dir: Path) -> Any:
     return tokenizer
 
 
-def load_for_training(model_dir: Path, task_name: str, labels: list[str]) -> Any:
-    """The pretrained encoder with a freshly initialised head for `labels`."""
+# `finetune.dropout` keys -> the config attribute each sets (BERT-family names; DistilBERT's differ).
+DROPOUT_ATTRIBUTES = {"hidden": "hidden_dropout_prob", "attention": "attention_probs_dropout_prob",
+                      "classifier": "classifier_dropout"}
+
+
+def load_for_training(model_dir: Path, task_name: str, labels: list[str], dropout: DropoutParams | None = None,
+                      random_init: bool = False) -> Any:
+    """The pretrained encoder with a freshly initialised head for `labels` and the dropout overrides;
+    with `random_init`, the same architecture with every weight random (training from scratch)."""
+    from transformers import AutoConfig
+
     task = get_task(task_name)
+    overrides = {}
+    if dropout is not None:
+        config = AutoConfig.from_pretrained(model_dir)
+        for key, value in dropout.model_dump(exclude_none=True).items():
+            attribute = DROPOUT_ATTRIBUTES[key]
+            if not hasattr(config, attribute):
+                raise PipelineError(f"finetune.dropout.{key}: the {config.model_type} config has no {attribute}")
+            overrides[attribute] = value
+    head = dict(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+                problem_type=task.problem_type, **overrides)
     try:
-        return task.auto_model_class().from_pretrained(
-            model_dir,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-            problem_type=task.problem_type,
-        )
+        if random_init:
+            return task.auto_model_class().from_config(AutoConfig.from_pretrained(model_dir, **head))
+        return task.auto_model_class().from_pretrained(model_dir, **head)
     except (OSError, ValueError, SafetensorError) as exc:  # missing, incompatible or corrupt weights
         raise PipelineError(f"{model_dir}: cannot load model: {str(exc).splitlines()[0]}") from None

@@ -90,6 +90,7 @@ class SplitParams(Section):
 class ModelParams(Section):
     source: str = Field(min_length=1)
     sha256: Sha256 | None = None
+    random_init: bool = False  # the source's architecture with random weights: training from scratch
 
 
 class TokenizeParams(Section):
@@ -105,9 +106,74 @@ class TokenizeParams(Section):
         return self
 
 
+class FreezeParams(Section):
+    """method freeze: the encoder is frozen and only the task head trains, unless these open more of it."""
+
+    top_k_layers: int = Field(default=0, ge=0)  # the last k encoder layers train too
+    train_embeddings: bool = False
+    train_layer_norms: bool = False  # every LayerNorm of the encoder trains (a few thousand parameters)
+
+
+class LoraParams(Section):
+    r: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16, gt=0)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    target_modules: list[str] | None = None  # null: peft's default for the architecture (BERT: query, value)
+
+
+class AdaLoraParams(Section):
+    init_r: int = Field(default=12, ge=1)  # every adapted matrix starts with this rank ...
+    target_r: int = Field(default=4, ge=1)  # ... and the budget is pruned to this average rank
+    tinit: float = Field(default=0.1, ge=0, lt=1)  # share of steps before pruning starts
+    tfinal: float = Field(default=0.3, ge=0, lt=1)  # share of steps at the end with the final ranks
+    delta_t: int = Field(default=10, ge=1)  # steps between two budget reallocations
+    alpha: float = Field(default=32, gt=0)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    target_modules: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> AdaLoraParams:
+        if self.target_r > self.init_r:
+            raise ValueError(f"target_r must not exceed init_r (got {self.target_r} > {self.init_r})")
+        if self.tinit + self.tfinal >= 1:
+            raise ValueError(f"tinit + tfinal must leave steps for pruning (got {self.tinit} + {self.tfinal})")
+        return self
+
+
+class PrefixParams(Section):
+    num_virtual_tokens: int = Field(default=20, ge=1)
+    projection: bool = False  # reparametrise the prefix through a two-layer MLP (more trainable parameters)
+
+
+class Ia3Params(Section):
+    target_modules: list[str] | None = None  # null: peft's default for the architecture
+    feedforward_modules: list[str] | None = None  # which of them scale the input (feed-forward) instead of the output
+
+
+class DropoutParams(Section):
+    """Overrides of the pretrained config's dropout; null keeps the model's own value."""
+
+    hidden: float | None = Field(default=None, ge=0, lt=1)
+    attention: float | None = Field(default=None, ge=0, lt=1)
+    classifier: float | None = Field(default=None, ge=0, lt=1)
+
+
+Method = Literal["full", "freeze", "lora", "adalora", "prefix", "ia3"]
+PEFT_METHODS = ("lora", "adalora", "prefix", "ia3")
+
+
 class FinetuneParams(Section):
-    method: Literal["full"] = "full"
+    method: Method = "full"
+    freeze: FreezeParams = FreezeParams()
+    lora: LoraParams = LoraParams()
+    adalora: AdaLoraParams = AdaLoraParams()
+    prefix: PrefixParams = PrefixParams()
+    ia3: Ia3Params = Ia3Params()
+    merge_adapter: bool = False  # lora/adalora/ia3: fold the adapter into the weights of the saved model
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd only
     learning_rate: float = Field(gt=0, le=1)
+    head_learning_rate: float | None = Field(default=None, gt=0, le=1)  # null: learning_rate
     num_train_epochs: float = Field(gt=0)
     max_steps: int = Field(default=-1, ge=-1)
     per_device_train_batch_size: int = Field(ge=1)
@@ -117,13 +183,32 @@ class FinetuneParams(Section):
     weight_decay: float = Field(ge=0)
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     max_grad_norm: float = Field(default=1.0, gt=0)
+    dropout: DropoutParams = DropoutParams()
+    class_weights: Literal["auto"] | list[Annotated[float, Field(gt=0)]] | None = None
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    eval_steps: int | None = Field(default=None, ge=1)  # evaluate and checkpoint every N steps; null: every epoch
     metric_for_best_model: Literal["accuracy", "macro_f1", "micro_f1", "subset_accuracy", "f1", "loss"] = "accuracy"
+    early_stopping_mode: Literal["auto", "max", "min"] = "auto"  # auto: min for loss, max for the others
     threshold: float = Field(default=0.5, gt=0, lt=1)  # multi-label: a label is predicted when its probability reaches this
     tune_thresholds: bool = False  # multi-label: one threshold per label, the one with the best validation F1
-    early_stopping_patience: int = Field(ge=1)
+    early_stopping_patience: int | None = Field(ge=1)  # null: no early stopping
     early_stopping_threshold: float = Field(default=0.0, ge=0)
     logging_steps: int = Field(ge=1)
     group_by_length: bool = True
+    resume: bool = True  # an interrupted finetune continues from its last checkpoint (same MLflow run)
+    on_bad_checkpoint: Literal["error", "restart"] = "error"  # checkpoints of other params/data/model, or unreadable
+
+    @model_validator(mode="after")
+    def _method_options_fit(self) -> FinetuneParams:
+        if self.merge_adapter and self.method not in ("lora", "adalora", "ia3"):
+            raise ValueError(f"merge_adapter: only lora, adalora and ia3 adapters can be merged (method is {self.method})")
+        return self
+
+    @property
+    def greater_is_better(self) -> bool:
+        if self.early_stopping_mode == "auto":
+            return self.metric_for_best_model != "loss"
+        return self.early_stopping_mode == "max"
 
 
 class EvaluateParams(Section):
@@ -176,6 +261,9 @@ class Params(Section):
         metrics = {"token_classification": ("f1", "accuracy", "loss"),
                    "multi_label_classification": ("micro_f1", "macro_f1", "subset_accuracy", "loss"),
                    "single_label_classification": ("accuracy", "macro_f1", "loss")}[self.task]
+        if self.model.random_init and self.finetune.method != "full":
+            raise ValueError(f"model.random_init: a randomly initialised model trains with finetune.method full "
+                             f"(got {self.finetune.method!r}; the other methods keep pretrained weights frozen)")
         if self.finetune.metric_for_best_model not in metrics:
             raise ValueError(f"finetune.metric_for_best_model: {self.finetune.metric_for_best_model} is not a {self.task} "
                              f"metric ({', '.join(metrics)})")

@@ -12,5 +12,6 @@ EVAL = Path("reports/eval")  # metrics.json, confusion.csv, registry.json
 REPORT = Path("reports/report.md")
 FIGURES = Path("reports/figures")  # PNGs the report shows
 BASELINE_METRICS = Path("reports/baseline.json")
+BENCHMARKS = Path("reports/benchmarks")  # results of benchmarks/compare_methods.py, committed; the report shows them
 
 SPLITS = ("train", "validation", "test")

@@ -156,6 +156,58 @@ def champion_section(this: dict, model: dict, gate: PromoteParams, summary: tupl
     return "\n\n".join(text)
 
 
+def benchmark_sections(folder: Path, figures: Path) -> list[str]:
+    """The method comparison, pretrained vs scratch, and label efficiency measured by
+    benchmarks/compare_methods.py (each part shown when its results file exists)."""
+    parts = {name: data.read_json(folder / f"{name}.json") for name in ("methods", "scratch", "label_efficiency")
+             if (folder / f"{name}.json").is_file()}
+    if not parts:
+        return []
+
+    def provenance(result: dict) -> str:
+        return f"`{result['command']}`, {result['cpus']} CPU cores, {result['date']}, {result['wall_seconds']} s in all."
+
+    sections = ["## Methods, pretraining and label efficiency (benchmarks)",
+                "Default data and model, test split; each run trains with the default `finetune` budget "
+                "(benchmarks/methods.yaml lists the per-method changes)."]
+    if "methods" in parts:
+        rows = parts["methods"]["rows"]
+        sections += ["### Fine-tuning methods", provenance(parts["methods"]), _table(
+            ["method", "test accuracy", "macro-F1", "trainable params", "trainable %", "train s", "peak RSS MiB", "saved MB", "trained MB"],
+            [[r["name"], r["test_accuracy"], r["test_macro_f1"], f"{r['trainable_params']:,}",
+              f"{100 * r['trainable_params'] / r['total_params']:.2f}", r["train_seconds"], r["peak_rss_mib"], r["artifact_mb"],
+              r["trained_mb"]] for r in rows])]
+    if "scratch" in parts:
+        full = [r for r in parts.get("methods", {}).get("rows", []) if r["name"] == "full"]
+        rows = full + parts["scratch"]["rows"]
+        sections += ["### Pretrained vs randomly initialised (same architecture, data and budget)", provenance(parts["scratch"]),
+                     _table(["model", "test accuracy", "macro-F1", "train s"],
+                            [["pretrained" if r["name"] == "full" else "random init", r["test_accuracy"], r["test_macro_f1"],
+                              r["train_seconds"]] for r in rows])]
+    if "label_efficiency" in parts:
+        rows = parts["label_efficiency"]["rows"]
+        plot_label_efficiency(rows, figures / "label_efficiency.png")
+        sections += ["### Label efficiency", provenance(parts["label_efficiency"]), _table(
+            ["train labels", "fine-tuned accuracy", "TF-IDF accuracy", "fine-tuned macro-F1", "TF-IDF macro-F1", "train s"],
+            [[r["train_examples"], r["test_accuracy"], r["baseline_accuracy"], r["test_macro_f1"], r["baseline_macro_f1"],
+              r["train_seconds"]] for r in rows]), "![label efficiency](figures/label_efficiency.png)"]
+    return sections
+
+
+def plot_label_efficiency(rows: list[dict], target: Path) -> None:
+    sizes = [r["train_examples"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(sizes, [r["test_accuracy"] for r in rows], marker="o", label="fine-tuned")
+    ax.plot(sizes, [r["baseline_accuracy"] for r in rows], marker="s", label="TF-IDF + logistic regression")
+    ax.set_xscale("log")
+    ax.set(xlabel="training labels", ylabel="test accuracy", title="Label efficiency")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(value: Any) -> str:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -167,7 +219,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def render(title: str, card: dict, split_card: dict, training: dict, model: dict, baseline: dict,
            registered: dict, champion: str, classes: list[str], metric: str, averages: tuple[str, ...],
-           baseline_name: str) -> str:
+           baseline_name: str, benchmarks: list[str]) -> str:
     dropped = ", ".join(f"{reason.replace('_', ' ')}: {count}" for reason, count in card["dropped"].items()) or "none"
     overlap = split_card.get("overlap")
     sections = [
@@ -202,6 +254,7 @@ def render(title: str, card: dict, split_card: dict, training: dict, model: dict
         f"({training['train_samples_per_second']} samples/s); best validation {metric} "
         f"{training[f'best_validation_{metric}']:.4f} at step {training['best_checkpoint_step']}.",
         "![learning curves](figures/learning_curves.png)",
+        *benchmarks,
     ]
     return "\n\n".join(sections) + "\n"
 
@@ -233,7 +286,8 @@ def main() -> None:
         baseline_name = ("TF-IDF + logistic regression" if task.name != "token_classification"
                          else "word-feature logistic regression")
         report.write_text(render(params.report.title, card, split_card, training, model, baseline, registered, champion,
-                                 classes, metric, task.summary_metrics, baseline_name), encoding="utf-8")
+                                 classes, metric, task.summary_metrics, baseline_name,
+                                 benchmark_sections(paths.BENCHMARKS, figures)), encoding="utf-8")
         data.write_json({k: v for k, v in baseline.items() if k != "confusion_matrix"}, base)
     headline = task.headline_metric
     print(f"report: {paths.REPORT} (fine-tuned {headline} {model[headline]:.4f} vs baseline {baseline[headline]:.4f})")

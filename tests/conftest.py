@@ -99,6 +99,7 @@ def make_project(root: Path, data_file: Path, model_dir: Path, *, repo: bool = F
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "reports" / "benchmarks", root / "reports" / "benchmarks")  # a report dependency
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(data_file, model_dir), sort_keys=False))
     if not repo:
         return root
@@ -183,6 +184,32 @@ def register(project: Path, trained: dict[str, Path]) -> Callable[..., str]:
 
     set_params(project, {"promote.floor": 0.8, "promote.min_improvement": 0.05})
     return run
+
+
+@pytest.fixture(scope="session")
+def tokenized(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """A tiny project run through tokenize once; `tokenized_project` gives each test its own copy."""
+    from stages import ingest, split, tokenize
+
+    base = tmp_path_factory.mktemp("tokenized")
+    root = make_project(base / "project", write_sentiment_tsv(base / "reviews.tsv", n=160), tiny_model)
+    with inside(root, PIPELINE_CACHE_DIR=str(base / "cache")):
+        for stage in (ingest, split, tokenize):
+            stage.main()
+    return root
+
+
+@pytest.fixture
+def tokenized_project(tokenized: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "project"
+    shutil.copytree(tokenized, root)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from helpers import set_params
+
+    set_params(root, {"finetune.num_train_epochs": 3, "finetune.learning_rate": 5e-3, "finetune.early_stopping_patience": None})
+    return root
 
 
 PEOPLE = ["anna", "boris", "carla", "dmitri"]

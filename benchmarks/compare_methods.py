@@ -1,0 +1,138 @@
+"""Fine-tuning methods side by side on the default data and model, plus training from scratch and
+label efficiency. Every run goes through the finetune stage's own `prepare` and `fit` and the Predictor
+evaluate uses, each in a fresh process (so its peak RSS is its own), on the data `dvc repro` prepared.
+
+    dvc repro tokenize                       # the default data, tokenized
+    python benchmarks/compare_methods.py     # all three parts (about 45 min on 2 CPU cores)
+    python benchmarks/compare_methods.py --part methods
+
+Runs are listed in benchmarks/methods.yaml. Results go to reports/benchmarks/{methods,scratch,
+label_efficiency}.json, which the report stage renders (tables and the label-efficiency plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stages import data, finetune, paths  # noqa: E402
+from stages.inference import Predictor, score  # noqa: E402
+from stages.params import load_params  # noqa: E402
+from stages.report import train_baseline  # noqa: E402
+
+RUNS = Path(__file__).with_name("methods.yaml")
+OUT = ROOT / "reports" / "benchmarks"
+
+
+def run_one(overrides: dict[str, Any], train_size: int | None) -> dict[str, Any]:
+    """Train with `overrides` on `train_size` examples (None: all) and score on the test split."""
+    params = load_params(overrides=overrides)
+    labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
+    datasets = data.load_tokenized(paths.TOKENIZED)
+    train_table = data.read_table(paths.SPLIT / "train.parquet")
+    test_table = data.read_table(paths.SPLIT / "test.parquet")
+    row: dict[str, Any] = {}
+    if train_size is not None:
+        # Tokenized rows are the split's rows in order (head truncation), so one index picks both.
+        from sklearn.model_selection import train_test_split
+
+        keep, _ = train_test_split(list(range(len(train_table))), train_size=train_size, random_state=params.seed,
+                                   stratify=train_table[data.LABEL])
+        keep = sorted(keep)
+        datasets["train"] = datasets["train"].select(keep)
+        baseline = train_baseline(train_table.iloc[keep], test_table, labels, params.report.baseline, params.task)
+        row["baseline_accuracy"] = baseline["accuracy"]
+        row["baseline_macro_f1"] = baseline["macro_f1"]
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = finetune.prepare(params, datasets, labels, Path(tmp) / "checkpoints")
+        fitted = finetune.fit(params, prepared, Path(tmp) / "model")
+        metrics, _ = score(Predictor(Path(tmp) / "model"), test_table)
+    return {
+        "train_examples": len(datasets["train"]),
+        "test_accuracy": metrics["accuracy"],
+        "test_macro_f1": metrics["macro_f1"],
+        "best_validation_accuracy": fitted.best_metric,
+        "epochs_run": round(fitted.global_step / max(1, -(-len(datasets["train"]) // params.finetune.per_device_train_batch_size)), 2),
+        "trainable_params": fitted.trainable_params,
+        "total_params": fitted.total_params,
+        "train_seconds": fitted.train_seconds,
+        "peak_rss_mib": fitted.peak_rss_mib,
+        "artifact_mb": round(fitted.artifact_bytes / 2**20, 2),
+        "trained_mb": round(fitted.trained_bytes / 2**20, 2),
+        **row,
+    }
+
+
+def in_child(name: str, overrides: dict[str, Any], train_size: int | None) -> dict[str, Any]:
+    """run_one in a fresh interpreter: its peak RSS and its import state are its own."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        spec = json.dumps({"overrides": overrides, "train_size": train_size, "out": out.name})
+        started = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--child", spec], cwd=ROOT, check=True)
+        result = json.loads(Path(out.name).read_text())
+    print(f"{name}: test accuracy {result['test_accuracy']:.4f}, {result['train_seconds']} s training, "
+          f"{time.perf_counter() - started:.0f} s in all", flush=True)
+    return {"name": name, "overrides": overrides, **result}
+
+
+def label_efficiency_overrides(size: int) -> dict[str, Any]:
+    return {"finetune.num_train_epochs": min(30, max(3, 4096 // size)), "finetune.early_stopping_patience": 3}
+
+
+def write(part: str, rows: list[dict[str, Any]], started: float) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    meta = {"command": f"python benchmarks/compare_methods.py --part {part}", "machine": platform.node(),
+            "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "wall_seconds": round(time.perf_counter() - started)}
+    (OUT / f"{part}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["methods", "scratch", "label_efficiency", "all"], default="all")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.chdir(ROOT)
+    if args.child:
+        spec = json.loads(args.child)
+        Path(spec["out"]).write_text(json.dumps(run_one(spec["overrides"], spec["train_size"])))
+        return
+    runs = yaml.safe_load(RUNS.read_text())
+    parts = ["methods", "scratch", "label_efficiency"] if args.part == "all" else [args.part]
+    for part in parts:
+        started = time.perf_counter()
+        if part == "label_efficiency":
+            total = len(data.read_table(paths.SPLIT / "train.parquet"))
+            sizes = [total if s == "all" else int(s) for s in runs[part]["sizes"]]
+            rows = [in_child(f"n={n}", label_efficiency_overrides(n) if n < total else {}, n if n < total else None) for n in sizes]
+            for row, n in zip(rows, sizes):  # the baseline on all examples: the same call on the whole split
+                if n == total:
+                    row.update({f"baseline_{k}": v for k, v in _full_baseline().items()})
+        else:
+            rows = [in_child(name, overrides or {}, None) for name, overrides in runs[part].items()]
+        write(part, rows, started)
+
+
+def _full_baseline() -> dict[str, float]:
+    params = load_params()
+    labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
+    result = train_baseline(data.read_table(paths.SPLIT / "train.parquet"), data.read_table(paths.SPLIT / "test.parquet"),
+                            labels, params.report.baseline, params.task)
+    return {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"]}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Training controls of the `finetune` section on a tiny random BERT: each does what params.yaml says."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from helpers import set_params
+from stages import data, finetune, methods, paths
+from stages.params import load_params
+from stages.training import class_weights, loss_function
+
+TRAIN_EXAMPLES = 128  # the tokenized fixture: 160 texts, 80 % in train
+
+
+def prepared(root: Path, **changes: object) -> finetune.Prepared:
+    set_params(root, {f"finetune.{k}": v for k, v in changes.items()})
+    params = load_params()
+    labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
+    return finetune.prepare(params, data.load_tokenized(paths.TOKENIZED), labels, root / "checkpoints")
+
+
+def trained(root: Path, **changes: object) -> finetune.Prepared:
+    run = prepared(root, **changes)
+    finetune.fit(load_params(), run, root / "model")
+    return run
+
+
+def logged(run: finetune.Prepared, key: str) -> list[tuple[int, float]]:
+    return [(row["step"], row[key]) for row in run.trainer.state.log_history if key in row]
+
+
+def test_sgd_uses_momentum_and_adamw_skips_decay_on_biases_and_layer_norms(tokenized_project: Path) -> None:
+    sgd = prepared(tokenized_project, optimizer="sgd", momentum=0.8).trainer.create_optimizer()
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.8
+    run = prepared(tokenized_project, optimizer="adamw", weight_decay=0.05)
+    adamw = run.trainer.create_optimizer()
+    assert isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): n for n, p in run.trainer.model.named_parameters()}
+    for group in adamw.param_groups:
+        decayed = {names[id(p)] for p in group["params"]}
+        no_decay = {n for n in decayed if n.endswith("bias") or "LayerNorm" in n}
+        assert (group["weight_decay"] == 0.0) == (no_decay == decayed), decayed
+
+
+def test_head_has_its_own_learning_rate_through_the_schedule(tokenized_project: Path) -> None:
+    run = trained(tokenized_project, learning_rate=1e-4, head_learning_rate=1e-2, max_steps=3, lr_scheduler_type="linear")
+    model = run.trainer.model
+    names = {id(p): n for n, p in model.named_parameters()}
+    ratios = set()
+    for group in run.trainer.optimizer.param_groups:
+        heads = {methods.is_head_parameter(names[id(p)], model) for p in group["params"]}
+        assert len(heads) == 1  # a group is all head or all encoder
+        assert group["initial_lr"] == (1e-2 if heads.pop() else 1e-4)
+        ratios.add(round(group["lr"] / group["initial_lr"], 9))
+    assert len(ratios) == 1  # both rates follow the same schedule
+    assert any(n.startswith("classifier.") for n in names.values())
+
+
+@pytest.mark.parametrize("scheduler, quarter", [("constant", 1.0), ("linear", 0.75), ("cosine", 0.5 * (1 + math.cos(math.pi / 4)))])
+def test_learning_rate_schedule(scheduler: str, quarter: float, tokenized_project: Path) -> None:
+    run = trained(tokenized_project, lr_scheduler_type=scheduler, warmup_ratio=0.0, max_steps=16, logging_steps=1,
+                  learning_rate=1e-3)
+    rates = dict(logged(run, "learning_rate"))
+    # The rate logged at step s is the one step s used: (s - 1) / 16 of the decay was done.
+    assert rates[5] == pytest.approx(1e-3 * quarter, rel=1e-6)
+
+
+def test_warmup_rises_to_the_learning_rate_then_decays(tokenized_project: Path) -> None:
+    run = trained(tokenized_project, lr_scheduler_type="linear", warmup_ratio=0.25, max_steps=16, logging_steps=1,
+                  learning_rate=1e-3)
+    rates = [lr for _, lr in logged(run, "learning_rate")]
+    peak = rates.index(max(rates))
+    assert max(rates) == pytest.approx(1e-3) and peak == 4 and rates[0] == 0.0  # 4 warmup steps, from 0
+    assert rates[:peak + 1] == sorted(rates[:peak + 1]) and rates[peak:] == sorted(rates[peak:], reverse=True)
+
+
+def test_dropout_overrides_reach_the_model(tokenized_project: Path) -> None:
+    model = prepared(tokenized_project, dropout={"hidden": 0.3, "attention": 0.2, "classifier": 0.4}).trainer.model
+    assert (model.config.hidden_dropout_prob, model.config.attention_probs_dropout_prob, model.config.classifier_dropout) == (0.3, 0.2, 0.4)
+    assert model.dropout.p == 0.4
+    assert model.bert.embeddings.dropout.p == 0.3
+    assert model.bert.encoder.layer[0].attention.self.dropout.p == 0.2
+
+
+def test_gradient_accumulation_takes_one_step_per_accumulated_batch(tokenized_project: Path) -> None:
+    plain = trained(tokenized_project, num_train_epochs=1, per_device_train_batch_size=8, gradient_accumulation_steps=1)
+    accumulated = trained(tokenized_project, num_train_epochs=1, per_device_train_batch_size=8, gradient_accumulation_steps=4)
+    assert plain.trainer.state.global_step == TRAIN_EXAMPLES // 8
+    assert accumulated.trainer.state.global_step == TRAIN_EXAMPLES // 32
+
+
+def _change(before: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
+    return math.sqrt(sum(float((p.detach() - before[n]).pow(2).sum()) for n, p in model.named_parameters()))
+
+
+@pytest.mark.parametrize("max_grad_norm, bounded", [(1e-3, True), (1e3, False)])
+def test_gradient_clipping_bounds_the_step(max_grad_norm: float, bounded: bool, tokenized_project: Path) -> None:
+    # Plain SGD at learning rate 1: the update is the gradient, so its norm is the clipped gradient norm.
+    run = prepared(tokenized_project, optimizer="sgd", momentum=0.0, learning_rate=1.0, weight_decay=0.0, warmup_ratio=0.0,
+                   lr_scheduler_type="constant", max_steps=1, max_grad_norm=max_grad_norm)
+    before = {n: p.detach().clone() for n, p in run.trainer.model.named_parameters()}
+    run.trainer.args.load_best_model_at_end = False  # compare with the weights after the one step
+    run.trainer.train()
+    change = _change(before, run.trainer.model)
+    assert (change <= 1e-3 * 1.0001) == bounded, change
+
+
+def test_max_steps_overrides_epochs_and_eval_steps_sets_the_evaluations(tokenized_project: Path) -> None:
+    run = trained(tokenized_project, num_train_epochs=10, max_steps=9, eval_steps=3)
+    assert run.trainer.state.global_step == 9
+    assert [step for step, _ in logged(run, "eval_accuracy")] == [3, 6, 9]
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_improvement(tokenized_project: Path) -> None:
+    # A minimum improvement of 1.0 in accuracy is impossible: every evaluation after the first is "no better".
+    run = trained(tokenized_project, num_train_epochs=20, eval_steps=2, early_stopping_patience=2, early_stopping_threshold=1.0)
+    assert [step for step, _ in logged(run, "eval_accuracy")] == [2, 4, 6]
+    assert run.trainer.state.global_step == 6
+
+
+def test_without_patience_training_runs_every_epoch(tokenized_project: Path) -> None:
+    run = trained(tokenized_project, num_train_epochs=3, per_device_train_batch_size=32, early_stopping_patience=None,
+                  early_stopping_threshold=1.0)
+    assert run.trainer.state.global_step == 3 * TRAIN_EXAMPLES // 32
+
+
+@pytest.mark.parametrize("metric, mode, pick", [("accuracy", "min", min), ("loss", "auto", min), ("accuracy", "auto", max)])
+def test_best_checkpoint_follows_the_metric_and_mode(metric: str, mode: str, pick, tokenized_project: Path) -> None:
+    run = trained(tokenized_project, num_train_epochs=3, eval_steps=4, metric_for_best_model=metric, early_stopping_mode=mode,
+                  early_stopping_patience=None)
+    values = [value for _, value in logged(run, f"eval_{metric}")]
+    assert len(values) == 3 * TRAIN_EXAMPLES // 8 // 4
+    assert run.trainer.state.best_metric == pick(values)
+
+
+def test_auto_class_weights_are_inverse_train_frequencies() -> None:
+    single = Dataset.from_dict({"labels": [0, 0, 0, 1]})
+    np.testing.assert_allclose(class_weights("auto", single, "single_label_classification", 2), [4 / 6, 4 / 2])
+    tokens = Dataset.from_dict({"labels": [[-100, 0, 0, 1, -100], [-100, 0, 2, -100]]})
+    np.testing.assert_allclose(class_weights("auto", tokens, "token_classification", 3), [5 / 9, 5 / 3, 5 / 3])
+    multi = Dataset.from_dict({"labels": [[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]})
+    np.testing.assert_allclose(class_weights("auto", multi, "multi_label_classification", 2), [1 / 3, 3 / 1])
+    assert class_weights([1.0, 5.0], single, "single_label_classification", 2).tolist() == [1.0, 5.0]
+
+
+def test_class_weights_and_label_smoothing_change_the_loss() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.2], [-3.0, 3.0]])
+    labels = torch.tensor([0, 1, 1])
+    plain = torch.nn.functional.cross_entropy(logits, labels)
+    assert loss_function("single_label_classification", None, 0.0) is None  # the model's own loss
+    weighted = loss_function("single_label_classification", torch.tensor([1.0, 4.0]), 0.0)({"logits": logits}, labels)
+    per_example = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert weighted == pytest.approx(float((per_example * torch.tensor([1.0, 4.0, 4.0])).sum() / 3))
+    assert weighted != pytest.approx(float(plain))
+    smoothed = loss_function("single_label_classification", None, 0.2)({"logits": logits}, labels)
+    assert smoothed == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.2)))
+    assert smoothed > plain  # confident right answers are pulled towards the other class
+    multi = loss_function("multi_label_classification", torch.tensor([1.0, 3.0]), 0.0)(
+        {"logits": logits[:2]}, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[:2], torch.tensor([[1.0, 0.0], [0.0, 1.0]]), pos_weight=torch.tensor([1.0, 3.0]))
+    assert multi == pytest.approx(float(expected))
+
+
+def test_class_weights_change_training(tokenized_project: Path) -> None:
+    plain = trained(tokenized_project, max_steps=4, logging_steps=1)
+    weighted = trained(tokenized_project, max_steps=4, logging_steps=1, class_weights=[1.0, 9.0])
+    assert logged(plain, "loss") != logged(weighted, "loss")
+
+
+def test_the_seed_decides_the_weights(tokenized_project: Path) -> None:
+    def weights(seed: int) -> torch.Tensor:
+        set_params(tokenized_project, {"seed": seed})
+        return trained(tokenized_project, max_steps=3).trainer.model.classifier.weight.detach().clone()
+
+    first = weights(1)
+    assert torch.equal(first, weights(1))
+    assert not torch.equal(first, weights(2))
