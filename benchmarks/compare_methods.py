@@ -83,9 +83,11 @@ def in_child(name: str, overrides: dict[str, Any], train_size: int | None) -> di
         started = time.perf_counter()
         subprocess.run([sys.executable, __file__, "--child", spec], cwd=ROOT, check=True)
         result = json.loads(Path(out.name).read_text())
+    # Other work on the machine would slow a run down: the load average shows whether it ran alone.
+    load = round(os.getloadavg()[0], 2)
     print(f"{name}: test accuracy {result['test_accuracy']:.4f}, {result['train_seconds']} s training, "
-          f"{time.perf_counter() - started:.0f} s in all", flush=True)
-    return {"name": name, "overrides": overrides, **result}
+          f"{time.perf_counter() - started:.0f} s in all, load average {load}", flush=True)
+    return {"name": name, "overrides": overrides, **result, "load_average_1m": load}
 
 
 def label_efficiency_overrides(size: int) -> dict[str, Any]:

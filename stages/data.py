@@ -21,7 +21,9 @@ from stages.errors import PipelineError
 from stages.params import ConllParams, IngestParams
 
 TEXT, LABEL, SOURCE_ROW = "text", "label", "source_row"
+TEXT_PAIR = "text_pair"  # the second text of a pair (ingest.text_column: [first, second])
 TOKENS, TAGS = "tokens", "tags"  # token classification: a sentence's words and their IOB2 tags
+DOCUMENT = "document"  # token classification: the document a sentence belongs to (CoNLL -DOCSTART- blocks)
 SPLIT = "split"  # the predefined split of a record, when the source has one
 
 
@@ -138,7 +140,8 @@ def _read_saved_dataset(path: Path) -> tuple[pd.DataFrame, str]:
 
 
 def read_conll(path: Path, encoding: str, params: ConllParams) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Read a CoNLL column file into one row per sentence: tokens, IOB2 tags and the sentence's first line.
+    """Read a CoNLL column file into one row per sentence: tokens, IOB2 tags, the sentence's first line and
+    its document (numbered from 0; each `-DOCSTART-` line starts the next).
 
     `-DOCSTART-` lines and blank lines separate sentences. A line with fewer columns than the token and
     tag columns need, or an IOB2 error (I-X not after B-X/I-X), stops with the line number, unless
@@ -154,12 +157,15 @@ def read_conll(path: Path, encoding: str, params: ConllParams) -> tuple[pd.DataF
     tags: list[str] = []
     repaired = 0
     start = 0
+    document = 0
     for number, line in enumerate([*lines, ""], start=1):
         columns = line.split()
         if not columns or columns[0] == "-DOCSTART-":
             if tokens:
-                sentences.append({TOKENS: tokens, TAGS: tags, SOURCE_ROW: start})
+                sentences.append({TOKENS: tokens, TAGS: tags, SOURCE_ROW: start, DOCUMENT: document})
             tokens, tags = [], []
+            if columns and sentences:
+                document += 1  # a -DOCSTART- after some sentences opens the next document
             continue
         if len(columns) < needed:
             raise PipelineError(f"{path}: line {number}: {len(columns)} column(s), expected at least {needed} "
@@ -181,11 +187,22 @@ def read_conll(path: Path, encoding: str, params: ConllParams) -> tuple[pd.DataF
     return pd.DataFrame(sentences), {"iob_repaired": repaired}
 
 
+PAIR_SEPARATOR = " ||| "  # between the two texts of a pair where one string stands for both
+
+
 def raw_texts(table: pd.DataFrame) -> list[str]:
-    """The texts as a user would send them: the text column, or a sentence's words joined by spaces."""
+    """The texts as one string each: the text column, a pair joined by PAIR_SEPARATOR, or a sentence's
+    words joined by spaces (for duplicate and overlap checks and the classical baseline)."""
     if TOKENS in table.columns:
         return [" ".join(tokens) for tokens in table[TOKENS]]
+    if TEXT_PAIR in table.columns:
+        return [a + PAIR_SEPARATOR + b for a, b in zip(table[TEXT], table[TEXT_PAIR])]
     return table[TEXT].tolist()
+
+
+def text_pairs(table: pd.DataFrame) -> list[str] | None:
+    """The second texts of a pair table, None for single texts."""
+    return table[TEXT_PAIR].tolist() if TEXT_PAIR in table.columns else None
 
 
 def tag_order(tags: set[str]) -> list[str]:
@@ -217,21 +234,23 @@ def normalise(frame: pd.DataFrame, path: Path, where: str, params: IngestParams,
     list of labels (0..n per text) read from a list column or a `ingest.label_delimiter`-separated string,
     and the label-id order is kept in `table.attrs["labels"]`. Returns the table and the counts of what
     was dropped, for the data card."""
-    for column in (params.text_column, params.label_column):
+    text_columns = dict(zip((TEXT, TEXT_PAIR), params.text_column if params.text_pair else [params.text_column]))
+    for column in (*text_columns.values(), params.label_column):
         if column not in frame.columns:
             raise PipelineError(f"{path}: no column '{column}' (columns: {', '.join(map(str, frame.columns))})")
     table = pd.DataFrame({
-        TEXT: frame[params.text_column],
+        **{name: frame[column] for name, column in text_columns.items()},
         LABEL: frame[params.label_column],
         SOURCE_ROW: frame[SOURCE_ROW],
     })
     dropped: dict[str, int] = {}
 
-    bad_text = table[TEXT].map(lambda v: not isinstance(v, str) or not v.strip())
-    if bad_text.any():
-        row = table.loc[bad_text, SOURCE_ROW].iloc[0]
-        raise PipelineError(f"{path}: {where} {row}: empty text in column '{params.text_column}'")
-    table[TEXT] = table[TEXT].str.strip()
+    for name, column in text_columns.items():
+        bad_text = table[name].map(lambda v: not isinstance(v, str) or not v.strip())
+        if bad_text.any():
+            row = table.loc[bad_text, SOURCE_ROW].iloc[0]
+            raise PipelineError(f"{path}: {where} {row}: empty text in column '{column}'")
+        table[name] = table[name].str.strip()
 
     if multi_label:
         table[LABEL] = table[LABEL].map(lambda v: _label_set(v, params.label_delimiter))
@@ -317,7 +336,7 @@ def _dedup_key(text: str) -> str:
 
 def _drop_duplicates(table: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
     """Keep the first of identical texts with one label; drop every copy of a text with conflicting labels."""
-    keys = table[TEXT].map(_dedup_key)
+    keys = dedup_keys(pd.Series(raw_texts(table), index=table.index, dtype=object))
     hashable = table[LABEL].map(lambda v: tuple(v) if isinstance(v, list) else v)  # label sets compare as tuples
     labels_per_key = hashable.groupby(keys).nunique()
     conflicting = keys.isin(labels_per_key[labels_per_key > 1].index)

@@ -26,10 +26,13 @@ TRUNCATIONS = ("head", "tail", "head+tail", "chunk")
 
 
 def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int, truncation: str = "head",
-                 stride: int = 0) -> tuple[list[list[int]], list[int]]:
+                 stride: int = 0, pairs: Sequence[str] | None = None) -> tuple[list[list[int]], list[int]]:
     """Input ids of each model input and the index of the text it came from (several per text with
-    `chunk`, one otherwise)."""
+    `chunk`, one otherwise). With `pairs`, each input is a text and its pair ([CLS] a [SEP] b [SEP] for
+    BERT), the longer of the two cut first (params allow only head truncation for pairs)."""
     texts = list(texts)
+    if pairs is not None:
+        return tokenizer(texts, list(pairs), truncation="longest_first", max_length=max_length)["input_ids"], list(range(len(texts)))
     if truncation == "head":
         return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"], list(range(len(texts)))
     if truncation == "chunk":
@@ -44,6 +47,53 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int, truncati
             body = body[:head] + body[len(body) - (budget - head):]
         ids.append(prefix + body + suffix)
     return ids, list(range(len(texts)))
+
+
+def in_context(sentences: Sequence[Sequence[str]], documents: Sequence[Any] | None, tokenizer: Any,
+               max_length: int) -> list[tuple[list[str], int]]:
+    """Token classification with document context (`tokenize.context: document`): each sentence with the
+    words of the sentences around it in the same document, as many as fit in `max_length` sub-tokens
+    (half the room before, the rest after, whole words only). Returns each sentence's words in context and
+    the position of its first word; only the sentence's own words are labelled and predicted.
+
+    Sentences of one document are consecutive in `sentences`; None for `documents` means each sentence
+    stands alone. Context from neighbouring sentences lifts CoNLL-2003 entity F1 (Schweter & Akbik, 2020,
+    "FLERT"); transformers and datasets have no helper for it, hence this function."""
+    if documents is None:
+        return [(list(words), 0) for words in sentences]
+    cache: dict[str, int] = {}
+
+    def length(word: str) -> int:
+        if word not in cache:
+            cache[word] = len(tokenizer(word, add_special_tokens=False)["input_ids"])
+        return cache[word]
+
+    prefix, suffix = _special_tokens(tokenizer)
+    out = []
+    for index, words in enumerate(sentences):
+        room = max(0, max_length - len(prefix) - len(suffix) - sum(length(w) for w in words))
+        left: list[str] = []
+        before, budget = index - 1, room // 2
+        while before >= 0 and documents[before] == documents[index] and budget > 0:
+            for word in reversed(sentences[before]):
+                if length(word) > budget:
+                    budget = 0
+                    break
+                left.insert(0, word)
+                budget -= length(word)
+            before -= 1
+        right: list[str] = []
+        after, budget = index + 1, room - sum(length(w) for w in left)
+        while after < len(sentences) and documents[after] == documents[index] and budget > 0:
+            for word in sentences[after]:
+                if length(word) > budget:
+                    budget = 0
+                    break
+                right.append(word)
+                budget -= length(word)
+            after += 1
+        out.append((left + list(words) + right, len(left)))
+    return out
 
 
 def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:

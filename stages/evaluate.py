@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 from stages import data, methods, paths, pyfunc_model, tracking
 from stages.errors import atomic_dir, stage_main
@@ -32,14 +33,22 @@ def _pip_requirements(model_dir: Path) -> list[str]:
     return [f"{name}=={pin}" for name, pin in pins.items()]
 
 
-def register(model_dir: Path, params: EvaluateParams, training: dict, metrics: dict, example: list[str]) -> dict:
+def input_example(rows: pd.DataFrame) -> list:
+    """A few test inputs as the served model takes them: texts, or [text, pair] lists."""
+    pairs = data.text_pairs(rows)
+    return [[a, b] for a, b in zip(rows[data.TEXT], pairs)] if pairs else data.raw_texts(rows)
+
+
+def register(model_dir: Path, params: EvaluateParams, training: dict, metrics: dict, example: list) -> dict:
     """Log the pyfunc model to the active run, register it as a new version with its provenance, and
     point the alias at it."""
     run = mlflow.active_run()
     scalars = {k: v for k, v in metrics.items() if isinstance(v, float)}
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=str(Path(pyfunc_model.__file__)),
+        # A pair model's served signature takes [text, pair] lists: its own entry point.
+        python_model=str(Path(pyfunc_model.__file__).with_name("pyfunc_pair_model.py") if training.get("text_pair")
+                         else Path(pyfunc_model.__file__)),
         artifacts={"model_dir": str(model_dir)},
         code_paths=[str(Path(__file__).parent)],  # the `stages` package, so loading needs no repository
         input_example=example,
@@ -111,7 +120,7 @@ def main() -> None:
             mlflow.log_dict(metrics, "evaluation/test_metrics.json")
             # The test set travels with the run, so promotion can re-score another model on exactly it.
             mlflow.log_artifact(str(test_file), "evaluation")
-            registry = register(paths.MODEL, params.evaluate, training, metrics, data.raw_texts(test.head(3)))
+            registry = register(paths.MODEL, params.evaluate, training, metrics, input_example(test.head(3)))
         data.write_json(registry, out / "registry.json")
     headline = get_task(training["task"]).headline_metric
     print(f"evaluate: test {headline} {metrics[headline]:.4f}, macro-F1 {metrics['macro_f1']:.4f}; "

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 import mlflow
 from transformers import EarlyStoppingCallback, set_seed
@@ -57,6 +58,7 @@ class FitResult:
     trainable_params: int
     total_params: int
     peak_rss_mib: float  # the process's peak resident memory so far (training dominates it)
+    peak_gpu_mib: float | None  # the most GPU memory torch held at once; None without a GPU
     artifact_bytes: int  # the saved model folder
     trained_bytes: int  # what this run adds to the pretrained model: the folder less the base copy
     thresholds: list[float] | None
@@ -115,6 +117,7 @@ def fit(params: Params, prepared: Prepared, model_out: Path, resume_from: str | 
         trainable_params=prepared.trainable_params,
         total_params=prepared.total_params,
         peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         artifact_bytes=methods.folder_bytes(model_out),
         trained_bytes=methods.folder_bytes(model_out, exclude=methods.BASE_DIR),
         thresholds=thresholds,
@@ -131,6 +134,8 @@ def fit(params: Params, prepared: Prepared, model_out: Path, resume_from: str | 
         "truncation": params.tokenize.truncation,
         "stride": params.tokenize.stride,
         "pooling": params.tokenize.pooling,
+        "context": params.tokenize.context,
+        "text_pair": params.ingest.text_pair,
         "resumed_from_step": _step_of(resume_from),
         f"best_validation_{params.finetune.metric_for_best_model}": fitted.best_metric,
         **{k: v for k, v in asdict(fitted).items() if k != "best_metric"},
@@ -186,6 +191,13 @@ def checkpoint_to_resume(folder: Path, fingerprint: str, params: FinetuneParams)
     if not folder.exists():
         return None, None
     if not params.resume:
+        shutil.rmtree(folder)
+        return None, None
+    if params.method == "adalora":
+        # peft keeps AdaLoRA's importance scores (which decide the ranks) outside the checkpoint and saves
+        # its adapters already pruned, so no checkpoint can continue the same run: start over, and say so.
+        print(f"finetune: {folder} holds an interrupted AdaLoRA run, which cannot be resumed (its rank "
+              f"allocator is not checkpointed); training from the start", file=sys.stderr)
         shutil.rmtree(folder)
         return None, None
     try:

@@ -18,7 +18,7 @@ import torch
 
 from seqeval.metrics.sequence_labeling import get_entities
 
-from stages.encoding import encode_texts, pool
+from stages.encoding import encode_texts, in_context, pool
 from safetensors import SafetensorError
 
 from stages import methods
@@ -41,6 +41,8 @@ class Predictor:
         self.truncation: str = info.get("truncation", "head")  # long texts are cut as in training
         self.stride: int = info.get("stride", 0)
         self.pooling: str = info.get("pooling", "mean")
+        self.context: str = info.get("context", "none")
+        self.text_pair: bool = info.get("text_pair", False)  # reads (text, text pair) inputs  # token tasks: sentences read inside their document
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         try:
@@ -61,41 +63,46 @@ class Predictor:
                 out[index] = logits[row, : len(encoded[index])] if logits.ndim == 3 else logits[row]
         return out
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Sequence tasks: one row of logits per text."""
+    def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
+        """Sequence tasks: one row of logits per text (per text and its pair, for a pair model)."""
+        if self.text_pair != (pairs is not None):
+            raise PipelineError("this model reads text pairs: give a second text for each" if self.text_pair
+                                else "this model reads single texts, not pairs")
         if not len(texts):
             return np.zeros((0, len(self.labels)), dtype=np.float32)  # the tokenizer refuses []
-        encoded, source = encode_texts(self.tokenizer, texts, self.max_length, self.truncation, self.stride)
+        encoded, source = encode_texts(self.tokenizer, texts, self.max_length, self.truncation, self.stride, pairs)
         windows = np.stack(self._forward(encoded))
         return windows if self.truncation != "chunk" else pool(windows, source, len(texts), self.pooling)
 
-    def predict_words(self, sentences: Sequence[Sequence[str]]) -> list[list[str]]:
+    def predict_words(self, sentences: Sequence[Sequence[str]], documents: Sequence[object] | None = None) -> list[list[str]]:
         """Token tasks: one tag per word, read off each word's first sub-token; words cut off by
-        max_length get "O"."""
-        return [[tag for tag, _ in words] for words in self._tag_words(sentences)]
+        max_length get "O". With `documents` (a model trained with document context), each sentence is
+        read inside its neighbours of the same document, as in training."""
+        return [[tag for tag, _ in words] for words in self._tag_words(sentences, documents)]
 
-    def _tag_words(self, sentences: Sequence[Sequence[str]]) -> list[list[tuple[str, float]]]:
+    def _tag_words(self, sentences: Sequence[Sequence[str]], documents: Sequence[object] | None = None) -> list[list[tuple[str, float]]]:
         if not len(sentences):
             return []
-        encoded = self.tokenizer([list(s) for s in sentences], is_split_into_words=True, truncation=True, max_length=self.max_length)
+        windows = in_context(sentences, documents if self.context == "document" else None, self.tokenizer, self.max_length)
+        encoded = self.tokenizer([words for words, _ in windows], is_split_into_words=True, truncation=True, max_length=self.max_length)
         logits = self._forward(encoded["input_ids"])
         tagged = []
         for index, words in enumerate(sentences):
             tags = [("O", 1.0)] * len(words)
-            previous = None
+            offset, previous = windows[index][1], None
             for position, word in enumerate(encoded.word_ids(index)):
-                if word is not None and word != previous:
+                if word is not None and word != previous and offset <= word < offset + len(words):
                     probs = softmax(logits[index][position])
-                    tags[word] = (self.labels[int(probs.argmax())], float(probs.max()))
+                    tags[word - offset] = (self.labels[int(probs.argmax())], float(probs.max()))
                 previous = word
             tagged.append(tags)
         return tagged
 
-    def predict(self, texts: Sequence[str]) -> pd.DataFrame:
-        """Sequence tasks: label, score and the probability of every label per text. Token tasks: the
-        entity spans found in each text (type, text, character start/end, mean word probability)."""
+    def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> pd.DataFrame:
+        """Sequence tasks: label, score and the probability of every label per text (and pair). Token
+        tasks: the entity spans found in each text (type, text, character start/end, mean word probability)."""
         if self.task.name != "token_classification":
-            return self.task.predict_frame(self.logits(texts), self.labels, self.thresholds)
+            return self.task.predict_frame(self.logits(texts, pairs), self.labels, self.thresholds)
         spans = [[(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)] for text in texts]
         tagged = self._tag_words([[word for word, _, _ in words] for words in spans])
         entities = []

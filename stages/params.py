@@ -65,12 +65,23 @@ class IngestParams(Section):
     conll: ConllParams = ConllParams()
     header: bool = True
     column_names: list[str] | None = None
-    text_column: str = "text"
+    text_column: str | list[str] = "text"  # a column, or two: a text pair (premise, hypothesis)
     label_column: str = "label"
     encoding: str = "utf-8"
     score_to_label: ScoreToLabel | None = None
     labels: list[str] | None = None
     label_delimiter: str | None = Field(default=None, min_length=1)
+
+
+    @model_validator(mode="after")
+    def _pair_is_two_columns(self) -> IngestParams:
+        if isinstance(self.text_column, list) and (len(self.text_column) != 2 or len(set(self.text_column)) != 2):
+            raise ValueError(f"text_column: a text pair is two different columns (got {self.text_column})")
+        return self
+
+    @property
+    def text_pair(self) -> bool:
+        return isinstance(self.text_column, list)
 
 
 class SplitParams(Section):
@@ -98,6 +109,7 @@ class TokenizeParams(Section):
     truncation: Literal["head", "tail", "head+tail", "chunk"] = "head"
     stride: int = Field(default=0, ge=0)  # chunk: tokens shared by neighbouring windows
     pooling: Literal["mean", "max"] = "mean"  # chunk: a document's logits from its windows'
+    context: Literal["none", "document"] = "none"  # token_classification: surround each sentence with its document's
 
     @model_validator(mode="after")
     def _stride_fits(self) -> TokenizeParams:
@@ -256,6 +268,11 @@ class Params(Section):
         if token_task != (self.ingest.format == "conll"):
             raise ValueError(f"ingest.format: task {self.task} needs {'conll' if token_task else 'a text format, not conll'} "
                              f"(got {self.ingest.format!r})")
+        if self.ingest.text_pair and self.tokenize.truncation != "head":
+            raise ValueError(f"tokenize.truncation: text pairs are cut with head only, the longer text first "
+                             f"(got {self.tokenize.truncation!r})")
+        if not token_task and self.tokenize.context != "none":
+            raise ValueError(f"tokenize.context: document context is for token_classification (task is {self.task})")
         if token_task and self.tokenize.truncation != "head":
             raise ValueError(f"tokenize.truncation: token_classification supports head only (got {self.tokenize.truncation!r})")
         metrics = {"token_classification": ("f1", "accuracy", "loss"),

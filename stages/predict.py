@@ -90,8 +90,10 @@ class ChunkWriter:
             self.parquet.close()
 
 
-def predict_file(predictor: Predictor, source: Path, target: Path, text_column: str, chunk_size: int) -> int:
-    """Predict every row of `source` into `target`; returns the number of rows."""
+def predict_file(predictor: Predictor, source: Path, target: Path, text_column: str, chunk_size: int,
+                 pair_column: str | None = None) -> int:
+    """Predict every row of `source` into `target`; returns the number of rows. A pair model reads its
+    second text from `pair_column`."""
     kind = file_format(target)
     total = pq.ParquetFile(source).metadata.num_rows if file_format(source) == "parquet" and source.is_file() else None
     with atomic_file(target) as tmp:
@@ -100,13 +102,15 @@ def predict_file(predictor: Predictor, source: Path, target: Path, text_column: 
         # disable=None: a progress bar on a terminal, none in logs and pipes.
         with tqdm(total=total, unit="rows", desc="predict", disable=None) as progress:
             for chunk in read_chunks(source, chunk_size):
-                if text_column not in chunk.columns:
-                    raise PipelineError(f"{source}: no column '{text_column}' (columns: {', '.join(map(str, chunk.columns))})")
-                texts = chunk[text_column]
-                bad = texts.map(lambda v: not isinstance(v, str) or not v.strip()).to_numpy()
-                if bad.any():
-                    raise PipelineError(f"{source}: row {first_row + int(bad.argmax())}: empty or non-text value in column '{text_column}'")
-                predictions = predictor.predict(texts.tolist()).add_prefix(PREFIX)
+                columns = [text_column] + ([pair_column] if pair_column else [])
+                for column in columns:
+                    if column not in chunk.columns:
+                        raise PipelineError(f"{source}: no column '{column}' (columns: {', '.join(map(str, chunk.columns))})")
+                    bad = chunk[column].map(lambda v: not isinstance(v, str) or not v.strip()).to_numpy()
+                    if bad.any():
+                        raise PipelineError(f"{source}: row {first_row + int(bad.argmax())}: empty or non-text value in column '{column}'")
+                pairs = chunk[pair_column].tolist() if pair_column else None
+                predictions = predictor.predict(chunk[text_column].tolist(), pairs).add_prefix(PREFIX)
                 writer.write(pd.concat([chunk.reset_index(drop=True), predictions], axis=1))
                 first_row += len(chunk)
                 progress.update(len(chunk))
@@ -120,6 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--input", required=True, type=Path, help="CSV, TSV, JSON Lines or Parquet file")
     parser.add_argument("--output", required=True, type=Path, help="output file; its extension picks the format")
     parser.add_argument("--text-column", default="text", help="column holding the texts (default: text)")
+    parser.add_argument("--pair-column", help="column holding the second text, for a model trained on text pairs")
     parser.add_argument("--chunk-size", type=int, default=1024, help="rows read, predicted and written at a time")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
     args = parser.parse_args(argv)
@@ -134,7 +139,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     transformers.logging.disable_progress_bar()  # one bar (ours), not one per weight file
     predictor = load_predictor(args.model)
     predictor.batch_size = args.batch_size
-    rows = predict_file(predictor, args.input, args.output, args.text_column, args.chunk_size)
+    if predictor.text_pair != bool(args.pair_column):
+        raise PipelineError(f"{args.model}: the model reads text pairs: name the second text's column with --pair-column"
+                            if predictor.text_pair else f"{args.model}: the model reads single texts; drop --pair-column")
+    rows = predict_file(predictor, args.input, args.output, args.text_column, args.chunk_size, args.pair_column)
     print(f"predict: {rows} rows from {args.input} -> {args.output}")
     return {"rows": rows}
 

@@ -48,12 +48,12 @@ def train_baseline(train: pd.DataFrame, test: pd.DataFrame, labels: list[str], p
     if task.name == "multi_label_classification":
         binarizer = MultiLabelBinarizer(classes=labels).fit([labels])
         pipeline = make_pipeline(tfidf, OneVsRestClassifier(LogisticRegression(C=params.C, max_iter=2000)))
-        pipeline.fit(train[data.TEXT], binarizer.transform(train[data.LABEL].map(list)))
-        predicted = [list(row) for row in binarizer.inverse_transform(pipeline.predict(test[data.TEXT]))]
+        pipeline.fit(data.raw_texts(train), binarizer.transform(train[data.LABEL].map(list)))
+        predicted = [list(row) for row in binarizer.inverse_transform(pipeline.predict(data.raw_texts(test)))]
         return task.test_metrics(test[data.LABEL].map(list).tolist(), predicted, labels)
     pipeline = make_pipeline(tfidf, LogisticRegression(C=params.C, max_iter=2000))
-    pipeline.fit(train[data.TEXT], train[data.LABEL].astype(str))
-    return task.test_metrics(test[data.LABEL].astype(str).tolist(), pipeline.predict(test[data.TEXT]).tolist(), labels)
+    pipeline.fit(data.raw_texts(train), train[data.LABEL].astype(str))  # a pair: both texts in one bag of words
+    return task.test_metrics(test[data.LABEL].astype(str).tolist(), pipeline.predict(data.raw_texts(test)).tolist(), labels)
 
 
 def word_features(words: list[str]) -> list[dict[str, Any]]:
@@ -173,10 +173,13 @@ def benchmark_sections(folder: Path, figures: Path) -> list[str]:
     if "methods" in parts:
         rows = parts["methods"]["rows"]
         sections += ["### Fine-tuning methods", provenance(parts["methods"]), _table(
-            ["method", "test accuracy", "macro-F1", "trainable params", "trainable %", "train s", "peak RSS MiB", "saved MB", "trained MB"],
+            ["method", "test accuracy", "macro-F1", "trainable params", "trainable %", "train s", "peak RSS MiB", "saved MB",
+             "trained MB", "load avg"],
             [[r["name"], r["test_accuracy"], r["test_macro_f1"], f"{r['trainable_params']:,}",
               f"{100 * r['trainable_params'] / r['total_params']:.2f}", r["train_seconds"], r["peak_rss_mib"], r["artifact_mb"],
-              r["trained_mb"]] for r in rows])]
+              r["trained_mb"], r.get("load_average_1m", "")] for r in rows]),
+            "*trained MB*: what a run adds beside the pretrained weights (the adapter and head for peft methods). "
+            "*load avg*: the machine's 1-minute load when the run ended; about 2 means it ran alone on the 2 cores."]
     if "scratch" in parts:
         full = [r for r in parts.get("methods", {}).get("rows", []) if r["name"] == "full"]
         rows = full + parts["scratch"]["rows"]

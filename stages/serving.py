@@ -23,3 +23,18 @@ class TextModel(mlflow.pyfunc.PythonModel):
     # before predict runs), and `/invocations` accepts {"inputs": ["a text", ...]}.
     def predict(self, model_input: list[str], params: dict[str, Any] | None = None) -> pd.DataFrame:
         return self.predictor.predict(model_input)
+
+
+class TextPairModel(mlflow.pyfunc.PythonModel):
+    """A model trained on text pairs: `/invocations` takes {"inputs": [["first text", "second text"], ...]}."""
+
+    def load_context(self, context: Any) -> None:
+        self.predictor = Predictor(Path(context.artifacts["model_dir"]))
+
+    def predict(self, model_input: list[list[str]], params: dict[str, Any] | None = None) -> pd.DataFrame:
+        pairs = [list(pair) for pair in model_input]
+        bad = next((i for i, pair in enumerate(pairs) if len(pair) != 2), None)
+        if bad is not None:
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+                f"input {bad}: a text pair is two texts, got {len(pairs[bad])}")
+        return self.predictor.predict([a for a, _ in pairs], [b for _, b in pairs])

@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from stages import data
-from stages.encoding import encode_texts
+from stages.encoding import encode_texts, in_context
 from stages.params import TokenizeParams
 
 IGNORE_INDEX = -100  # positions the loss and the metrics skip (transformers' convention)
@@ -52,14 +52,17 @@ class SingleLabelClassification:
         targets and lengths; with `chunk`, one row per window, each with its document's target."""
         from datasets import Dataset
 
-        frame = pd.DataFrame({"text": table[data.TEXT], "target": self.label_targets(table, labels)})
+        frame = pd.DataFrame({"text": table[data.TEXT], "pair": data.text_pairs(table) or [None] * len(table),
+                              "target": self.label_targets(table, labels)})
+        pairs = data.TEXT_PAIR in table.columns
 
         def encode(batch: dict[str, list]) -> dict[str, list]:
-            ids, source = encode_texts(tokenizer, batch["text"], params.max_length, params.truncation, params.stride)
+            ids, source = encode_texts(tokenizer, batch["text"], params.max_length, params.truncation, params.stride,
+                                       batch["pair"] if pairs else None)
             return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids],
                     "labels": [batch["target"][i] for i in source], "length": [len(x) for x in ids]}
 
-        return Dataset.from_pandas(frame, preserve_index=False).map(encode, batched=True, remove_columns=["text", "target"])
+        return Dataset.from_pandas(frame, preserve_index=False).map(encode, batched=True, remove_columns=["text", "pair", "target"])
 
     def label_targets(self, table: pd.DataFrame, labels: list[str]) -> list[Any]:
         """The training target of each row: its class id."""
@@ -88,7 +91,7 @@ class SingleLabelClassification:
         unknown = ~actual.isin(predictor.labels)
         if unknown.any():
             raise PipelineError(f"{source}: label '{actual[unknown].iloc[0]}' is not one the model predicts {predictor.labels}")
-        predicted = predictor.predict(table[data.TEXT].tolist())["label"]
+        predicted = predictor.predict(table[data.TEXT].tolist(), data.text_pairs(table))["label"]
         return self.test_metrics(actual.tolist(), predicted.tolist(), predictor.labels), \
             pd.DataFrame({"actual": actual.to_numpy(), "predicted": predicted.to_numpy()})
 
@@ -157,7 +160,7 @@ class MultiLabelClassification(SingleLabelClassification):
         unknown = {l for labels in true for l in labels} - set(predictor.labels)
         if unknown:
             raise PipelineError(f"{source}: label '{sorted(unknown)[0]}' is not one the model predicts {predictor.labels}")
-        pred = predictor.predict(table[data.TEXT].tolist())["labels"].tolist()
+        pred = predictor.predict(table[data.TEXT].tolist(), data.text_pairs(table))["labels"].tolist()
         pairs = [(l if l in t else "none", l if l in p else "none") for t, p in zip(true, pred) for l in sorted(set(t) | set(p))]
         return self.test_metrics(true, pred, predictor.labels), pd.DataFrame(pairs, columns=["actual", "predicted"])
 
@@ -204,16 +207,21 @@ class TokenClassification:
     def encode(self, table: pd.DataFrame, labels: list[str], tokenizer: Any, params: TokenizeParams) -> Any:
         from datasets import Dataset
 
-        max_length = params.max_length
+        """Each sentence's words (with `tokenize.context: document`, inside their neighbours' words) as input
+        ids, and the tag ids of the sentence's words on their first sub-tokens."""
         tag_ids = {tag: i for i, tag in enumerate(labels)}
-        frame = pd.DataFrame({"tokens": table[data.TOKENS].map(list), "tags": table[data.TAGS].map(list)})
+        sentences = [list(tokens) for tokens in table[data.TOKENS]]
+        windows = in_context(sentences, documents(table, params.context), tokenizer, params.max_length)
+        frame = pd.DataFrame({
+            "tokens": [words for words, _ in windows],
+            # Context words carry IGNORE_INDEX: they are input, not examples.
+            "tags": [[IGNORE_INDEX] * offset + [tag_ids[t] for t in tags] + [IGNORE_INDEX] * (len(words) - offset - len(tags))
+                     for (words, offset), tags in zip(windows, table[data.TAGS])],
+        })
 
         def encode(batch: dict[str, list]) -> dict[str, list]:
-            encoded = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
-            encoded["labels"] = [
-                first_subtoken_labels(encoded.word_ids(i), [tag_ids[t] for t in tags])
-                for i, tags in enumerate(batch["tags"])
-            ]
+            encoded = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=params.max_length)
+            encoded["labels"] = [first_subtoken_labels(encoded.word_ids(i), tags) for i, tags in enumerate(batch["tags"])]
             encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
             return encoded
 
@@ -245,7 +253,7 @@ class TokenClassification:
         unknown = {t for tags in true for t in tags} - set(predictor.labels)
         if unknown:
             raise PipelineError(f"{source}: tag '{sorted(unknown)[0]}' is not one the model predicts {predictor.labels}")
-        pred = predictor.predict_words([list(tokens) for tokens in table[data.TOKENS]])
+        pred = predictor.predict_words([list(tokens) for tokens in table[data.TOKENS]], documents(table, predictor.context))
         metrics = self.test_metrics(true, pred, predictor.labels)
         return metrics, entity_pairs(true, pred)
 
@@ -268,6 +276,13 @@ class TokenClassification:
             "per_class": {t: {"precision": float(report[t]["precision"]), "recall": float(report[t]["recall"]),
                               "f1": float(report[t]["f1-score"]), "support": int(report[t]["support"])} for t in types},
         }
+
+
+def documents(table: pd.DataFrame, context: str) -> list[Any] | None:
+    """The document of each sentence when sentences get document context, else None (each stands alone)."""
+    if context == "none" or data.DOCUMENT not in table.columns:
+        return None
+    return table[data.DOCUMENT].tolist()
 
 
 def first_subtoken_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int]:

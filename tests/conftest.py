@@ -231,12 +231,15 @@ def conll_sentences(n: int, seed: int = 0) -> list[list[tuple[str, str]]]:
     return sentences
 
 
-def write_conll(folder: Path, sizes: dict[str, int] | None = None, seed: int = 0) -> Path:
-    """train.txt / valid.txt / test.txt in CoNLL-2003's layout: word POS chunk NER, -DOCSTART-, blank lines."""
+def write_conll(folder: Path, sizes: dict[str, int] | None = None, seed: int = 0, document_size: int | None = None) -> Path:
+    """train.txt / valid.txt / test.txt in CoNLL-2003's layout: word POS chunk NER, -DOCSTART-, blank lines
+    (a new document every `document_size` sentences; one document per file by default)."""
     folder.mkdir(parents=True, exist_ok=True)
     for offset, (name, n) in enumerate((sizes or {"train": 80, "valid": 20, "test": 20}).items()):
-        lines = ["-DOCSTART- -X- -X- O", ""]
-        for sentence in conll_sentences(n, seed + offset):
+        lines = []
+        for index, sentence in enumerate(conll_sentences(n, seed + offset)):
+            if index == 0 or (document_size and index % document_size == 0):
+                lines += ["-DOCSTART- -X- -X- O", ""]
             lines += [f"{word} NN I-NP {tag}" for word, tag in sentence] + [""]
         (folder / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder

@@ -14,7 +14,9 @@ import pytest
 from conftest import NER_PARAMS, write_conll
 from helpers import expect_user_error, set_params
 from stages import data, evaluate, finetune, ingest, paths, report, split, tokenize, tracking
+from stages.encoding import in_context
 from stages.errors import PipelineError
+from stages.inference import Predictor
 from stages.params import load_params
 from stages.tasks import IGNORE_INDEX
 
@@ -101,3 +103,49 @@ def test_task_and_format_must_agree(ner_project: Path) -> None:
         load_params(overrides={"ingest.format": "tsv"})
     with pytest.raises(PipelineError, match=r"finetune.metric_for_best_model: macro_f1 is not a token_classification"):
         load_params(overrides={"finetune.metric_for_best_model": "macro_f1"})
+
+
+def test_document_context_surrounds_a_sentence_with_its_neighbours_in_the_same_document(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)  # each of these words is one token
+    sentences = [["the", "film"], ["is", "a"], ["story"], ["cast"]]
+    # max_length 7: [CLS] and [SEP] leave 5 tokens; "is a" leaves 3 for context, 1 before and 2 after.
+    windows = in_context(sentences, [0, 0, 0, 1], tokenizer, max_length=7)
+    assert windows == [(["the", "film", "is", "a", "story"], 0), (["film", "is", "a", "story"], 1),
+                       (["is", "a", "story"], 2), (["cast"], 0)]
+    assert in_context(sentences, None, tokenizer, max_length=7) == [(s, 0) for s in sentences]
+
+
+def test_document_context_is_input_only_and_lifts_nothing_into_the_labels(project: Path, tmp_path: Path) -> None:
+    folder = write_conll(tmp_path / "conll", document_size=4)
+    set_params(project, {**NER_PARAMS, "ingest.source": str(folder), "tokenize.context": "document",
+                         "tokenize.max_length": 64, "finetune.learning_rate": 5e-3, "finetune.num_train_epochs": 6,
+                         "finetune.early_stopping_patience": 6})
+    for stage in (ingest, split, tokenize):
+        stage.main()
+    table = pd.read_parquet(paths.SPLIT / "train.parquet")
+    assert table[data.DOCUMENT].tolist() == [i // 4 for i in range(80)]  # a -DOCSTART- every 4 sentences
+    labels = json.loads((paths.SPLIT / "labels.json").read_text())["labels"]
+    encoded = data.load_tokenized(paths.TOKENIZED)["train"]
+    for index in range(8):
+        carried = [labels[i] for i in encoded[index]["labels"] if i != IGNORE_INDEX]
+        assert carried == list(table.iloc[index][data.TAGS])  # only the sentence's own words are labelled
+    plain = sum(len(t) for t in table[data.TOKENS][:8])
+    assert sum(sum(1 for _ in e["input_ids"]) for e in encoded.select(range(8))) > 2 * plain  # context was added
+
+    for stage in (finetune, evaluate):
+        stage.main()
+    assert json.loads((paths.MODEL / "training.json").read_text())["context"] == "document"
+    assert json.loads((paths.EVAL / "metrics.json").read_text())["f1"] >= 0.9
+    predictor = Predictor(paths.MODEL)
+    test = pd.read_parquet(paths.SPLIT / "test.parquet")
+    sentences = [list(t) for t in test[data.TOKENS]]
+    in_documents = predictor.predict_words(sentences, test[data.DOCUMENT].tolist())
+    assert [len(tags) for tags in in_documents] == [len(s) for s in sentences]
+    assert predictor.predict(["Anna visited Rome"])["entities"][0][0]["type"] == "PER"  # raw text: no context
+
+
+def test_document_context_is_for_token_tasks_only(project: Path) -> None:
+    with pytest.raises(PipelineError, match="tokenize.context: document context is for token_classification"):
+        load_params(overrides={"tokenize.context": "document"})

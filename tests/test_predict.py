@@ -67,7 +67,7 @@ def test_reads_and_writes_in_chunks(trained: dict[str, Path], texts: pd.DataFram
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
     original = Predictor.predict
-    monkeypatch.setattr(Predictor, "predict", lambda self, batch: seen.append(len(batch)) or original(self, batch))
+    monkeypatch.setattr(Predictor, "predict", lambda self, batch, pairs=None: seen.append(len(batch)) or original(self, batch, pairs))
     source_file = write(texts, tmp_path / "in.parquet")
     predict.run(["--model", str(trained["good"]), "--input", str(source_file), "--output", str(tmp_path / "o.parquet"),
                  "--text-column", "review", "--chunk-size", "16"])

@@ -143,3 +143,26 @@ def test_resume_false_starts_over(interrupted: Path) -> None:
     set_params(interrupted, {"finetune.resume": False})
     finetune.main()
     assert json.loads((paths.MODEL / "training.json").read_text())["resumed_from_step"] is None
+
+
+def test_an_interrupted_adalora_run_starts_over(tokenized_project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import transformers
+
+    set_params(tokenized_project, {**SCHEDULE, "finetune.method": "adalora", "finetune.adalora.delta_t": 2})
+    step = transformers.Trainer.training_step
+
+    def interrupted_step(self, *args, **kwargs):
+        if self.state.global_step == 10:
+            raise KeyboardInterrupt  # as Ctrl-C after the checkpoint at step 8
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.main()
+    assert (paths.CHECKPOINTS / "checkpoint-8").is_dir()
+    monkeypatch.setattr(transformers.Trainer, "training_step", step)
+    finetune.main()
+    info = json.loads((paths.MODEL / "training.json").read_text())
+    assert info["resumed_from_step"] is None and info["global_step"] == 16
+    assert "cannot be resumed" in capsys.readouterr().err

@@ -1,0 +1,7 @@
+"""MLflow "model from code" entry point for models trained on text pairs."""
+
+import mlflow
+
+from stages.serving import TextPairModel
+
+mlflow.models.set_model(TextPairModel())

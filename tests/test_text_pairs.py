@@ -1,0 +1,112 @@
+"""Text pairs (`ingest.text_column: [first, second]`): both texts reach the model as one input
+([CLS] a [SEP] b [SEP]), through training, evaluation, the registry's served model and batch prediction."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from conftest import sentiment_rows
+from helpers import expect_user_error, set_params
+from stages import data, evaluate, finetune, ingest, paths, predict, split, tokenize, tracking
+from stages.errors import PipelineError
+from stages.inference import Predictor
+from stages.params import load_params
+
+PAIR_PARAMS = {"ingest.format": "csv", "ingest.header": True, "ingest.column_names": None, "ingest.score_to_label": None,
+               "ingest.text_column": ["premise", "reply"], "ingest.label_column": "label"}
+
+
+def pair_rows(n: int) -> pd.DataFrame:
+    """A premise (random sentiment) and a reply; the label is the reply's sentiment, so only a model that
+    reads the second text can learn it."""
+    rng = random.Random(3)
+    replies = sentiment_rows(n, seed=11)
+    premises = [text for _, text in sentiment_rows(n, seed=12)]
+    rng.shuffle(premises)
+    return pd.DataFrame({"premise": premises, "reply": [t for _, t in replies],
+                         "label": ["agree" if r > 0 else "disagree" for r, _ in replies]})
+
+
+@pytest.fixture
+def pair_project(project: Path, tmp_path: Path) -> Path:
+    source = tmp_path / "pairs.csv"
+    pair_rows(400).to_csv(source, index=False)
+    set_params(project, {**PAIR_PARAMS, "ingest.source": str(source), "finetune.learning_rate": 5e-3,
+                         "finetune.num_train_epochs": 10, "finetune.early_stopping_patience": 10})
+    return source
+
+
+def test_both_texts_are_one_model_input(pair_project: Path, tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    for stage in (ingest, split, tokenize):
+        stage.main()
+    table = pd.read_parquet(paths.SPLIT / "train.parquet")
+    assert list(table.columns[:2]) == [data.TEXT, data.TEXT_PAIR]
+    first = data.load_tokenized(paths.TOKENIZED)["train"][0]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    assert first["input_ids"] == tokenizer(table[data.TEXT][0], table[data.TEXT_PAIR][0])["input_ids"]
+    assert first["input_ids"].count(tokenizer.sep_token_id) == 2
+
+
+def test_pair_model_trains_serves_pairs_and_predicts_files(pair_project: Path, tmp_path: Path) -> None:
+    for stage in (ingest, split, tokenize, finetune, evaluate):
+        stage.main()
+    metrics = json.loads((paths.EVAL / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.85, metrics  # the label is in the second text only
+    local = Predictor(paths.MODEL)
+    assert local.text_pair
+    pairs = [["a dull film", "great and wonderful"], ["superb charming cast", "boring and tedious"]]
+    expected = local.predict([a for a, _ in pairs], [b for _, b in pairs])
+    with pytest.raises(PipelineError, match="reads text pairs"):
+        local.predict(["only one text"])
+
+    tracking.configure("sentiment-finetune")
+    served = mlflow.pyfunc.load_model("models:/sentiment-classifier@challenger")
+    pd.testing.assert_frame_equal(served.predict(pairs), expected)
+    assert str(served.metadata.get_input_schema()) == "[Array(string) (required)]"
+
+    batch = tmp_path / "pairs.csv"
+    pd.DataFrame({"first": [a for a, _ in pairs], "second": [b for _, b in pairs]}).to_csv(batch, index=False)
+    predict.run(["--model", str(paths.MODEL), "--input", str(batch), "--output", str(tmp_path / "out.csv"),
+                 "--text-column", "first", "--pair-column", "second"])
+    assert pd.read_csv(tmp_path / "out.csv")["predicted_label"].tolist() == expected["label"].tolist()
+    with pytest.raises(PipelineError, match="--pair-column"):
+        predict.run(["--model", str(paths.MODEL), "--input", str(batch), "--output", str(tmp_path / "x.csv"),
+                     "--text-column", "first"])
+
+
+def test_an_empty_second_text_names_its_column_and_row(pair_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = pd.read_csv(pair_project)
+    table.loc[7, "reply"] = "  "
+    table.to_csv(pair_project, index=False)
+    assert "pairs.csv: line 9: empty text in column 'reply'" in expect_user_error(ingest.main, capsys)  # header: line 1
+    assert not paths.INGESTED.exists()
+
+
+def test_same_pair_with_two_labels_is_dropped_but_a_shared_first_text_is_not(pair_project: Path) -> None:
+    table = pd.DataFrame({"premise": ["the film", "the film", "the cast", "the cast"] + ["the plot"] * 2,
+                          "reply": ["great", "dull", "superb", "superb", "moving", "awful"],
+                          "label": ["agree", "disagree", "agree", "disagree", "agree", "disagree"]})
+    pd.concat([pd.read_csv(pair_project), table]).to_csv(pair_project, index=False)
+    ingest.main()
+    card = json.loads((paths.INGESTED / "card.json").read_text())
+    assert card["dropped"]["conflicting_duplicate"] == 2  # ("the cast", "superb") with both labels
+    kept = pd.read_parquet(paths.INGESTED / "data.parquet")
+    assert ((kept[data.TEXT] == "the film") & kept[data.TEXT_PAIR].isin(["great", "dull"])).sum() == 2
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"ingest.text_column": ["premise"]}, "text_column: a text pair is two different columns"),
+    ({"ingest.text_column": ["premise", "premise"]}, "text_column: a text pair is two different columns"),
+    ({"tokenize.truncation": "chunk"}, "tokenize.truncation: text pairs are cut with head only"),
+])
+def test_pair_params_are_checked(changes: dict, message: str, pair_project: Path) -> None:
+    with pytest.raises(PipelineError, match=message):
+        load_params(overrides=changes)
