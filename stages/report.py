@@ -176,25 +176,29 @@ def benchmark_sections(folder: Path, figures: Path) -> list[str]:
             ["method", "test accuracy", "macro-F1", "trainable params", "trainable %", "train s", "peak RSS MiB", "saved MB",
              "trained MB", "load avg"],
             [[r["name"], r["test_accuracy"], r["test_macro_f1"], f"{r['trainable_params']:,}",
-              f"{100 * r['trainable_params'] / r['total_params']:.2f}", r["train_seconds"], r["peak_rss_mib"], r["artifact_mb"],
-              r["trained_mb"], r.get("load_average_1m", "")] for r in rows]),
+              f"{100 * r['trainable_params'] / r['total_params']:.2f}", f"{r['train_seconds']:.0f}", f"{r['peak_rss_mib']:.0f}",
+              f"{r['artifact_mb']:.2f}", f"{r['trained_mb']:.2f}", _load(r)] for r in rows]),
             "*trained MB*: what a run adds beside the pretrained weights (the adapter and head for peft methods). "
             "*load avg*: the machine's 1-minute load when the run ended; about 2 means it ran alone on the 2 cores."]
     if "scratch" in parts:
         full = [r for r in parts.get("methods", {}).get("rows", []) if r["name"] == "full"]
         rows = full + parts["scratch"]["rows"]
         sections += ["### Pretrained vs randomly initialised (same architecture, data and budget)", provenance(parts["scratch"]),
-                     _table(["model", "test accuracy", "macro-F1", "train s"],
+                     _table(["model", "test accuracy", "macro-F1", "train s", "load avg"],
                             [["pretrained" if r["name"] == "full" else "random init", r["test_accuracy"], r["test_macro_f1"],
-                              r["train_seconds"]] for r in rows])]
+                              f"{r['train_seconds']:.0f}", _load(r)] for r in rows])]
     if "label_efficiency" in parts:
         rows = parts["label_efficiency"]["rows"]
         plot_label_efficiency(rows, figures / "label_efficiency.png")
         sections += ["### Label efficiency", provenance(parts["label_efficiency"]), _table(
-            ["train labels", "fine-tuned accuracy", "TF-IDF accuracy", "fine-tuned macro-F1", "TF-IDF macro-F1", "train s"],
-            [[r["train_examples"], r["test_accuracy"], r["baseline_accuracy"], r["test_macro_f1"], r["baseline_macro_f1"],
-              r["train_seconds"]] for r in rows]), "![label efficiency](figures/label_efficiency.png)"]
+            ["train labels", "fine-tuned accuracy", "TF-IDF accuracy", "fine-tuned macro-F1", "TF-IDF macro-F1", "train s", "load avg"],
+            [[f"{r['train_examples']:,}", r["test_accuracy"], r["baseline_accuracy"], r["test_macro_f1"], r["baseline_macro_f1"],
+              f"{r['train_seconds']:.0f}", _load(r)] for r in rows]), "![label efficiency](figures/label_efficiency.png)"]
     return sections
+
+
+def _load(row: dict) -> str:
+    return f"{row['load_average_1m']:.2f}" if "load_average_1m" in row else ""
 
 
 def plot_label_efficiency(rows: list[dict], target: Path) -> None:
