@@ -94,9 +94,10 @@ def prepare(params: Params, datasets: Any, labels: list[str], checkpoints: Path)
 
 
 def fit(params: Params, prepared: Prepared, model_out: Path, resume_from: str | None = None,
-        plots_out: Path | None = None) -> FitResult:
+        plots_out: Path | None = None, provenance: dict[str, Any] | None = None) -> FitResult:
     """Train and save the best model to `model_out` (and the learning curves to `plots_out`): the training
-    the stage runs, shared with the method-comparison benchmark so both measure the same thing."""
+    the stage runs, shared with the method-comparison benchmark so both measure the same thing.
+    `provenance` (run id, commit, hashes) heads the folder's training.json."""
     trainer = prepared.trainer
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
@@ -124,6 +125,7 @@ def fit(params: Params, prepared: Prepared, model_out: Path, resume_from: str | 
     )
     # What a Predictor needs to use the folder (labels, task, how texts were cut), and what it cost.
     data.write_json({
+        **(provenance or {}),
         "labels": prepared.labels,
         "task": params.task,
         "method": params.finetune.method,
@@ -157,7 +159,7 @@ def main() -> None:
     prepared = prepare(params, datasets, labels, paths.CHECKPOINTS)
 
     tracking.configure(params.mlflow.experiment_name)
-    with atomic_dir(paths.MODEL) as model_out, atomic_dir(paths.TRAIN_LOGS) as logs_out, _run(run_id) as run:
+    with atomic_dir(paths.MODEL) as model_out, atomic_dir(paths.TRAIN_LOGS) as logs_out, _start_run(run_id) as run:
         git = tracking.git_state()
         if resume_from is None:
             mlflow.log_params(training_params)
@@ -168,12 +170,10 @@ def main() -> None:
         if resume_from:
             print(f"finetune: resuming from {resume_from} (MLflow run {run.info.run_id})", file=sys.stderr)
         prepared.trainer.add_callback(MLflowCallback())  # per-step metrics into the active run
-        fitted = fit(params, prepared, model_out, resume_from, plots_out=logs_out)
-        metric_name = f"best_validation_{params.finetune.metric_for_best_model}"
-        info = data.read_json(model_out / INFO_FILE)
         provenance = {"mlflow_run_id": run.info.run_id, **git, "data_sha256": data_sha256,
                       "params_sha256": tracking.hash_json(training_params)}
-        data.write_json({**provenance, **info}, model_out / INFO_FILE)
+        fitted = fit(params, prepared, model_out, resume_from, plots_out=logs_out, provenance=provenance)
+        metric_name = f"best_validation_{params.finetune.metric_for_best_model}"
         mlflow.log_metrics({metric_name: fitted.best_metric, "train_seconds": fitted.train_seconds,
                             "trainable_params": fitted.trainable_params, "total_params": fitted.total_params,
                             "peak_rss_mib": fitted.peak_rss_mib, "artifact_bytes": fitted.artifact_bytes,
@@ -242,24 +242,14 @@ def _newest_complete_checkpoint(folder: Path) -> tuple[str | None, str | None]:
     return None, None
 
 
-class _run:
+def _start_run(run_id: str | None) -> Any:
     """mlflow.start_run, continuing `run_id` when resuming (a new run if the store no longer has it)."""
-
-    def __init__(self, run_id: str | None) -> None:
-        self.run_id = run_id
-
-    def __enter__(self) -> Any:
-        if self.run_id:
-            try:
-                self.active = mlflow.start_run(run_id=self.run_id)
-                return self.active.__enter__()
-            except mlflow.exceptions.MlflowException:
-                print(f"finetune: MLflow run {self.run_id} is gone; logging to a new run", file=sys.stderr)
-        self.active = mlflow.start_run()
-        return self.active.__enter__()
-
-    def __exit__(self, *exc: Any) -> Any:
-        return self.active.__exit__(*exc)
+    if run_id:
+        try:
+            return mlflow.start_run(run_id=run_id)
+        except mlflow.exceptions.MlflowException:
+            print(f"finetune: MLflow run {run_id} is gone; logging to a new run", file=sys.stderr)
+    return mlflow.start_run()
 
 
 def _model_hash(params: Params) -> str:

@@ -9,6 +9,7 @@ config and a `base/` copy of the pretrained encoder, so it loads with no access 
 from __future__ import annotations
 
 import inspect
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,7 @@ def load(model_dir: Path, auto_class: Any) -> Any:
 
     # The head loaded here is random; the adapter's saved copy of the trained head replaces it.
     base = auto_class.from_pretrained(model_dir / BASE_DIR, config=AutoConfig.from_pretrained(model_dir))
-    if '"PREFIX_TUNING"' in (model_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"):
+    if json.loads((model_dir / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("peft_type") == "PREFIX_TUNING":
         _accept_past_key_values(base)
     return PeftModel.from_pretrained(base, model_dir).eval()
 

@@ -199,5 +199,5 @@ def write_plots(log_history: list[dict[str, Any]], out_dir: Path) -> None:
                     and not key.endswith(("_runtime", "_per_second")):
                 name = f"eval/{key.removeprefix('eval_')}" if key.startswith("eval_") else f"train/{key}"
                 live.log_metric(name, value)
-        live.make_summary()
+    live.make_summary()  # the newest value of each metric
     live.end()
