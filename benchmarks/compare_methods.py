@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -33,8 +32,9 @@ from stages.inference import Predictor, score  # noqa: E402
 from stages.params import load_params  # noqa: E402
 from stages.report import train_baseline  # noqa: E402
 
+from results import OUT, load_average, write_results  # noqa: E402
+
 RUNS = Path(__file__).with_name("methods.yaml")
-OUT = ROOT / "reports" / "benchmarks"
 
 
 def run_one(overrides: dict[str, Any], train_size: int | None) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def in_child(name: str, overrides: dict[str, Any], train_size: int | None) -> di
         subprocess.run([sys.executable, __file__, "--child", spec], cwd=ROOT, check=True)
         result = json.loads(Path(out.name).read_text())
     # Other work on the machine would slow a run down: the load average shows whether it ran alone.
-    load = round(os.getloadavg()[0], 2)
+    load = load_average()
     print(f"{name}: test accuracy {result['test_accuracy']:.4f}, {result['train_seconds']} s training, "
           f"{time.perf_counter() - started:.0f} s in all, load average {load}", flush=True)
     return {"name": name, "overrides": overrides, **result, "load_average_1m": load}
@@ -92,14 +92,6 @@ def in_child(name: str, overrides: dict[str, Any], train_size: int | None) -> di
 
 def label_efficiency_overrides(size: int) -> dict[str, Any]:
     return {"finetune.num_train_epochs": min(30, max(3, 4096 // size)), "finetune.early_stopping_patience": 3}
-
-
-def write(part: str, rows: list[dict[str, Any]], started: float) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    meta = {"command": f"python benchmarks/compare_methods.py --part {part}", "machine": platform.node(),
-            "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "wall_seconds": round(time.perf_counter() - started)}
-    (OUT / f"{part}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
 
 
 def main() -> None:
@@ -122,7 +114,7 @@ def main() -> None:
             rows = [in_child(f"n={n}", label_efficiency_overrides(n), n) if n < total else _all_labels_row() for n in sizes]
         else:
             rows = [in_child(name, overrides or {}, None) for name, overrides in runs[part].items()]
-        write(part, rows, started)
+        write_results(part, f"python benchmarks/compare_methods.py --part {part}", rows, started)
 
 
 def _all_labels_row() -> dict[str, Any]:

@@ -158,8 +158,9 @@ def champion_section(this: dict, model: dict, gate: PromoteParams, summary: tupl
 
 def benchmark_sections(folder: Path, figures: Path) -> list[str]:
     """The method comparison, pretrained vs scratch, and label efficiency measured by
-    benchmarks/compare_methods.py (each part shown when its results file exists)."""
-    parts = {name: data.read_json(folder / f"{name}.json") for name in ("methods", "scratch", "label_efficiency")
+    benchmarks/compare_methods.py, and truncation of long documents by benchmarks/long_texts.py (each part
+    shown when its results file exists)."""
+    parts = {name: data.read_json(folder / f"{name}.json") for name in ("methods", "scratch", "label_efficiency", "long_texts")
              if (folder / f"{name}.json").is_file()}
     if not parts:
         return []
@@ -167,9 +168,9 @@ def benchmark_sections(folder: Path, figures: Path) -> list[str]:
     def provenance(result: dict) -> str:
         return f"`{result['command']}`, {result['cpus']} CPU cores, {result['date']}, {result['wall_seconds']} s in all."
 
-    sections = ["## Methods, pretraining and label efficiency (benchmarks)",
-                "Default data and model, test split; each run trains with the default `finetune` budget "
-                "(benchmarks/methods.yaml lists the per-method changes)."]
+    sections = ["## Benchmarks",
+                "Default data and model, test split; each run of the method, pretraining and label-efficiency tables trains "
+                "with the default `finetune` budget (benchmarks/methods.yaml lists the per-method changes)."]
     if "methods" in parts:
         rows = parts["methods"]["rows"]
         sections += ["### Fine-tuning methods", provenance(parts["methods"]), _table(
@@ -194,6 +195,19 @@ def benchmark_sections(folder: Path, figures: Path) -> list[str]:
             ["train labels", "fine-tuned accuracy", "TF-IDF accuracy", "fine-tuned macro-F1", "TF-IDF macro-F1", "train s", "load avg"],
             [[f"{r['train_examples']:,}", r["test_accuracy"], r["baseline_accuracy"], r["test_macro_f1"], r["baseline_macro_f1"],
               f"{r['train_seconds']:.0f}", _load(r)] for r in rows]), "![label efficiency](figures/label_efficiency.png)"]
+    if "long_texts" in parts:
+        setup = parts["long_texts"]["setup"]
+        sections += ["### Long documents: truncation", provenance(parts["long_texts"]),
+                     f"{setup['train_documents']:,} training and {setup['test_documents']:,} test documents of "
+                     f"{setup['snippets_per_document']} real snippets (about {setup['mean_test_tokens']} tokens), one decisive "
+                     f"snippet among weak ones; windows of {setup['window_tokens']} tokens; every variant trains "
+                     f"{setup['steps']} steps of {setup['batch_size']}. The decisive snippet starts inside the first window "
+                     f"in {setup['share_evidence_in_first_window']:.0%} of test documents.",
+                     _table(["truncation", "pooling", "training inputs", "epochs", "train s", "test accuracy (95 % CI)",
+                             "evidence in first window", "evidence beyond it", "load avg"],
+                            [[r["truncation"], r["pooling"], f"{r['training_inputs']:,}", f"{r['epochs']:.1f}", f"{r['train_seconds']:.0f}",
+                              f"{r['accuracy']:.4f} ± {r['accuracy_ci95']:.3f}", r["accuracy_evidence_in_first_window"],
+                              r["accuracy_evidence_beyond"], _load(r)] for r in parts["long_texts"]["rows"]])]
     return sections
 
 

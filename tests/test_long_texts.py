@@ -90,3 +90,46 @@ def test_long_text_params_are_checked(project: Path) -> None:
         load_params(overrides={"tokenize.truncation": "chunk", "tokenize.stride": 64})
     with pytest.raises(PipelineError, match=r"tokenize.truncation: Input should be 'head', 'tail', 'head\+tail' or 'chunk'"):
         load_params(overrides={"tokenize.truncation": "middle"})
+
+
+def _long_text_benchmark():
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        return importlib.import_module("long_texts"), importlib.import_module("results")
+    finally:
+        sys.path.pop(0)
+
+
+def test_long_document_benchmark_knows_where_the_evidence_starts_and_the_report_shows_it(tokenizer, tmp_path: Path) -> None:
+    long_texts, results = _long_text_benchmark()
+    snippets = pd.DataFrame({data.TEXT: [" ".join(WORDS[i:i + 5]) for i in range(12)],
+                             "rating": [2.5, -3.0, 0.5, -0.5, 0.2, -0.2, 0.9, -0.9, 0.1, 0.3, 2.0, -2.2]})
+    snippets[data.LABEL] = np.where(snippets["rating"] > 0, "positive", "negative")
+    documents = long_texts.long_documents(snippets, n=20, sentences=4, seed=0)
+    strong = set(snippets.loc[snippets["rating"].abs() >= 2, data.TEXT])
+    for text, label, start in zip(documents[data.TEXT], documents[data.LABEL], documents[long_texts.EVIDENCE_START]):
+        decisive = next(s for s in strong if text[start:].startswith(s))  # the polar snippet begins at evidence_start
+        assert snippets.set_index(data.TEXT).loc[decisive, data.LABEL] == label
+    assert set(documents[data.LABEL]) == {"positive", "negative"}
+
+    in_first = long_texts.evidence_in_first_window(documents, tokenizer, max_length=12)
+    for text, start, inside in zip(documents[data.TEXT], documents[long_texts.EVIDENCE_START], in_first):
+        assert inside == (len(tokenizer.tokenize(text[:start])) < 10)
+    assert 0 < in_first.sum() < len(documents)  # both kinds occur at this window size
+
+    row = {"truncation": "chunk", "pooling": "mean", "training_inputs": 812, "epochs": 1.2, "train_seconds": 90.0,
+           "accuracy": 0.81, "accuracy_ci95": 0.024, "macro_f1": 0.8, "accuracy_evidence_in_first_window": 0.83,
+           "accuracy_evidence_beyond": 0.79, "load_average_1m": 2.0}
+    setup = {"train_documents": 200, "test_documents": 100, "snippets_per_document": 4, "mean_test_tokens": 21,
+             "window_tokens": 12, "steps": 60, "batch_size": 16, "share_evidence_in_first_window": 0.55}
+    folder = tmp_path / "benchmarks"
+    results.write_results("long_texts", "python benchmarks/long_texts.py", [row], 0.0, out=folder, setup=setup)
+    from stages.report import benchmark_sections
+
+    text = "\n".join(benchmark_sections(folder, tmp_path))
+    assert "### Long documents: truncation" in text
+    assert "| chunk | mean | 812 | 1.2 | 90 | 0.8100 ± 0.024 | 0.8300 | 0.7900 | 2.00 |" in text
+    assert "starts inside the first window in 55% of test documents" in text
