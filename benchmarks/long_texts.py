@@ -140,11 +140,12 @@ def main() -> None:
             seconds = time.perf_counter() - train_started
             saved = Path(tmp) / "model"
             trainer.save_model(str(saved))
-            for pooling in ("mean", "max") if variant == "chunk" else ("-",):  # one trained model, scored with each pooling
-                data.write_json({"task": params.task, "labels": labels, "max_length": args.max_length,
-                                 "truncation": variant, "stride": tokenize_params.stride,
-                                 "pooling": "mean" if pooling == "-" else pooling}, saved / "training.json")
-                metrics, pairs = score(Predictor(saved), test, "long test documents")
+            data.write_json({"task": params.task, "labels": labels, "max_length": args.max_length, "truncation": variant,
+                             "stride": tokenize_params.stride, "pooling": "mean"}, saved / "training.json")
+            predictor = Predictor(saved)  # loaded once; the pooling only changes how window logits are combined
+            for pooling in ("mean", "max") if variant == "chunk" else ("-",):
+                predictor.pooling = "mean" if pooling == "-" else pooling
+                metrics, pairs = score(predictor, test, "long test documents")
                 correct = (pairs["actual"] == pairs["predicted"]).to_numpy()
                 rows.append({"truncation": variant, "pooling": pooling, "training_inputs": len(encoded),
                              "epochs": round(args.steps * args.batch_size / len(encoded), 2),
