@@ -96,6 +96,23 @@ def in_context(sentences: Sequence[Sequence[str]], documents: Sequence[Any] | No
     return out
 
 
+TITLE_MARKER, UPPER_MARKER = "§", "¶"  # one token each in BERT vocabularies, and absent from CoNLL-2003
+
+
+def mark_case(sentences: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Token classification with `tokenize.mark_case`: each word in ALL CAPS (two letters or more) gets
+    UPPER_MARKER appended, each other word that starts with a capital TITLE_MARKER. An uncased encoder
+    lowercases its input, and with it the capitalisation NER leans on; the marker survives as an extra
+    sub-token of the word (so the word's first sub-token, which carries its tag, is unchanged), and
+    headlines in capitals are told apart from names."""
+    def marked(word: str) -> str:
+        if word.isupper() and sum(c.isalpha() for c in word) >= 2:
+            return word + UPPER_MARKER
+        return word + TITLE_MARKER if word[:1].isupper() else word
+
+    return [[marked(word) for word in words] for words in sentences]
+
+
 def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
     """The special tokens the tokenizer puts before and after a text ([CLS] and [SEP] for BERT), read off
     one encoding: transformers 5 tokenizers no longer build inputs from ids."""

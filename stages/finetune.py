@@ -137,6 +137,7 @@ def fit(params: Params, prepared: Prepared, model_out: Path, resume_from: str | 
         "stride": params.tokenize.stride,
         "pooling": params.tokenize.pooling,
         "context": params.tokenize.context,
+        "mark_case": params.tokenize.mark_case,
         "text_pair": params.ingest.text_pair,
         "resumed_from_step": _step_of(resume_from),
         f"best_validation_{params.finetune.metric_for_best_model}": fitted.best_metric,

@@ -18,7 +18,7 @@ import torch
 
 from seqeval.metrics.sequence_labeling import get_entities
 
-from stages.encoding import encode_texts, in_context, pool
+from stages.encoding import encode_texts, in_context, mark_case, pool
 from safetensors import SafetensorError
 
 from stages import methods
@@ -41,8 +41,9 @@ class Predictor:
         self.truncation: str = info.get("truncation", "head")  # long texts are cut as in training
         self.stride: int = info.get("stride", 0)
         self.pooling: str = info.get("pooling", "mean")
-        self.context: str = info.get("context", "none")
-        self.text_pair: bool = info.get("text_pair", False)  # reads (text, text pair) inputs  # token tasks: sentences read inside their document
+        self.context: str = info.get("context", "none")  # token tasks: sentences read inside their document
+        self.mark_case: bool = info.get("mark_case", False)  # token tasks: case markers as in training
+        self.text_pair: bool = info.get("text_pair", False)  # reads (text, text pair) inputs
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         try:
@@ -83,7 +84,8 @@ class Predictor:
     def _tag_words(self, sentences: Sequence[Sequence[str]], documents: Sequence[object] | None = None) -> list[list[tuple[str, float]]]:
         if not len(sentences):
             return []
-        windows = in_context(sentences, documents if self.context == "document" else None, self.tokenizer, self.max_length)
+        inputs = mark_case(sentences) if self.mark_case else sentences
+        windows = in_context(inputs, documents if self.context == "document" else None, self.tokenizer, self.max_length)
         encoded = self.tokenizer([words for words, _ in windows], is_split_into_words=True, truncation=True, max_length=self.max_length)
         logits = self._forward(encoded["input_ids"])
         tagged = []

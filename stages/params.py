@@ -110,6 +110,7 @@ class TokenizeParams(Section):
     stride: int = Field(default=0, ge=0)  # chunk: tokens shared by neighbouring windows
     pooling: Literal["mean", "max"] = "mean"  # chunk: a document's logits from its windows'
     context: Literal["none", "document"] = "none"  # token_classification: surround each sentence with its document's
+    mark_case: bool = False  # token_classification: a marker after each capitalised word (for uncased encoders)
 
     @model_validator(mode="after")
     def _stride_fits(self) -> TokenizeParams:
@@ -273,6 +274,8 @@ class Params(Section):
                              f"(got {self.tokenize.truncation!r})")
         if not token_task and self.tokenize.context != "none":
             raise ValueError(f"tokenize.context: document context is for token_classification (task is {self.task})")
+        if not token_task and self.tokenize.mark_case:
+            raise ValueError(f"tokenize.mark_case: case markers are for token_classification (task is {self.task})")
         if token_task and self.tokenize.truncation != "head":
             raise ValueError(f"tokenize.truncation: token_classification supports head only (got {self.tokenize.truncation!r})")
         metrics = {"token_classification": ("f1", "accuracy", "loss"),

@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from stages import data
-from stages.encoding import encode_texts, in_context
+from stages.encoding import encode_texts, in_context, mark_case
 from stages.params import TokenizeParams
 
 IGNORE_INDEX = -100  # positions the loss and the metrics skip (transformers' convention)
@@ -211,6 +211,8 @@ class TokenClassification:
         ids, and the tag ids of the sentence's words on their first sub-tokens."""
         tag_ids = {tag: i for i, tag in enumerate(labels)}
         sentences = [list(tokens) for tokens in table[data.TOKENS]]
+        if params.mark_case:
+            sentences = mark_case(sentences)
         windows = in_context(sentences, documents(table, params.context), tokenizer, params.max_length)
         frame = pd.DataFrame({
             "tokens": [words for words, _ in windows],

@@ -14,7 +14,7 @@ import pytest
 from conftest import NER_PARAMS, write_conll
 from helpers import expect_user_error, set_params
 from stages import data, evaluate, finetune, ingest, paths, report, split, tokenize, tracking
-from stages.encoding import in_context
+from stages.encoding import TITLE_MARKER, UPPER_MARKER, in_context, mark_case
 from stages.errors import PipelineError
 from stages.inference import Predictor
 from stages.params import load_params
@@ -144,6 +144,48 @@ def test_document_context_is_input_only_and_lifts_nothing_into_the_labels(projec
     in_documents = predictor.predict_words(sentences, test[data.DOCUMENT].tolist())
     assert [len(tags) for tags in in_documents] == [len(s) for s in sentences]
     assert predictor.predict(["Anna visited Rome"])["entities"][0][0]["type"] == "PER"  # raw text: no context
+
+
+def test_case_markers_follow_capitalised_words_as_extra_sub_tokens_of_the_same_word(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    words = ["EU", "rejects", "German", "lamb", "3M", "I", "U.S."]
+    marked = mark_case([words])[0]
+    assert marked == ["EU" + UPPER_MARKER, "rejects", "German" + TITLE_MARKER, "lamb", "3M", "I" + TITLE_MARKER,
+                      "U.S." + UPPER_MARKER]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)  # uncased, like MiniLM: "German" and "german" read alike
+    plain, with_case = (tokenizer(w, is_split_into_words=True) for w in (words, marked))
+    assert len(with_case["input_ids"]) == len(plain["input_ids"]) + 4  # one more sub-token per marked word
+
+    def first_sub_tokens(encoded) -> list[int]:
+        ids, word_ids = encoded["input_ids"], encoded.word_ids()
+        return [ids[i] for i in range(len(ids)) if word_ids[i] is not None and word_ids[i] != word_ids[i - 1]]
+    assert first_sub_tokens(with_case) == first_sub_tokens(plain)  # the tag-carrying sub-token is the word's own
+
+
+def test_case_markers_are_applied_alike_in_training_and_prediction(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = write_conll(tmp_path / "conll")
+    set_params(project, {**NER_PARAMS, "ingest.source": str(folder), "tokenize.mark_case": True,
+                         "finetune.num_train_epochs": 1})
+    for stage in (ingest, split, tokenize, finetune):
+        stage.main()
+    test = pd.read_parquet(paths.SPLIT / "test.parquet")
+    trained_on = data.load_tokenized(paths.TOKENIZED)["test"]["input_ids"]
+    unmarked = [len(ids) for ids in Predictor(paths.MODEL).tokenizer([list(t) for t in test[data.TOKENS]], is_split_into_words=True)["input_ids"]]
+    assert sum(map(len, trained_on)) > sum(unmarked)  # the synthetic names are capitalised: markers were added
+
+    predictor = Predictor(paths.MODEL)
+    assert predictor.mark_case
+    seen: list[list[int]] = []
+    forward = predictor._forward
+    monkeypatch.setattr(predictor, "_forward", lambda encoded: seen.extend(encoded) or forward(encoded))
+    predictor.predict_words([list(t) for t in test[data.TOKENS]])
+    assert seen == [list(ids) for ids in trained_on]  # the model reads at prediction what it was trained on
+
+
+def test_case_markers_are_for_token_tasks_only(project: Path) -> None:
+    with pytest.raises(PipelineError, match="tokenize.mark_case: case markers are for token_classification"):
+        load_params(overrides={"tokenize.mark_case": True})
 
 
 def test_document_context_is_for_token_tasks_only(project: Path) -> None:
