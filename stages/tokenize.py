@@ -7,13 +7,23 @@ are encoded (token tasks align word tags to sub-word tokens).
 
 from __future__ import annotations
 
-from datasets import DatasetDict
+import pandas as pd
+from datasets import Dataset, DatasetDict
 
 from stages import data, paths
 from stages.errors import atomic_dir, stage_main
 from stages.modeling import load_tokenizer, resolve_model
 from stages.params import load_params
-from stages.tasks import get_task
+from stages.tasks import IGNORE_INDEX, get_task
+
+
+def _truncated(split: Dataset, table: pd.DataFrame, max_length: int) -> int:
+    """Examples that lost tokens to max_length. For token tasks, the sentences with words left untagged:
+    with document context every window is filled up to max_length by design, so its length says nothing."""
+    if data.TAGS in table.columns:
+        return int(sum(sum(label != IGNORE_INDEX for label in labels) < len(tags)
+                       for labels, tags in zip(split["labels"], table[data.TAGS])))
+    return int(sum(n >= max_length for n in split["length"]))
 
 
 @stage_main
@@ -23,14 +33,12 @@ def main() -> None:
     labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
     max_length = params.tokenize.max_length
     task = get_task(params.task)
-    splits = DatasetDict({
-        name: task.encode(data.read_table(paths.SPLIT / f"{name}.parquet"), labels, tokenizer, params.tokenize)
-        for name in paths.SPLITS
-    })
+    tables = {name: data.read_table(paths.SPLIT / f"{name}.parquet") for name in paths.SPLITS}
+    splits = DatasetDict({name: task.encode(tables[name], labels, tokenizer, params.tokenize) for name in paths.SPLITS})
     stats = {
         name: {
             "examples": len(split),
-            "truncated": int(sum(n >= max_length for n in split["length"])),
+            "truncated": _truncated(split, tables[name], max_length),
             "mean_tokens": round(sum(split["length"]) / max(len(split), 1), 2),
         }
         for name, split in splits.items()

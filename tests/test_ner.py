@@ -146,6 +146,23 @@ def test_document_context_is_input_only_and_lifts_nothing_into_the_labels(projec
     assert predictor.predict(["Anna visited Rome"])["entities"][0][0]["type"] == "PER"  # raw text: no context
 
 
+def test_only_sentences_that_lose_words_count_as_truncated_not_windows_filled_with_context(project: Path, tmp_path: Path, tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    folder = write_conll(tmp_path / "conll", document_size=4)
+    set_params(project, {**NER_PARAMS, "ingest.source": str(folder), "tokenize.context": "document", "tokenize.max_length": 14})
+    for stage in (ingest, split, tokenize):
+        stage.main()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)  # the project's model (conftest)
+    sentences = [list(t) for t in pd.read_parquet(paths.SPLIT / "train.parquet")[data.TOKENS]]
+    # a sentence loses a word when its last word's first sub-token lies beyond [CLS] + 12 tokens
+    too_long = sum(tokenizer(s, is_split_into_words=True).word_ids().index(len(s) - 1) > 12 for s in sentences)
+    stats = json.loads((paths.TOKENIZED / "stats.json").read_text())
+    assert 0 < stats["train"]["truncated"] == too_long
+    full = sum(len(ids) == 14 for ids in data.load_tokenized(paths.TOKENIZED)["train"]["input_ids"])
+    assert full > too_long  # most windows reach max_length with context, and are not counted
+
+
 def test_case_markers_follow_capitalised_words_as_extra_sub_tokens_of_the_same_word(tiny_model: Path) -> None:
     from transformers import AutoTokenizer
 
