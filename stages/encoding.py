@@ -49,16 +49,37 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int, truncati
     return ids, list(range(len(texts)))
 
 
+TITLE_MARKER, UPPER_MARKER = "§", "¶"  # one token each in BERT vocabularies, and absent from CoNLL-2003
+
+
+def mark_case(sentences: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Token classification with `tokenize.mark_case`: each word in ALL CAPS (two letters or more) gets
+    UPPER_MARKER appended, each other word that starts with a capital TITLE_MARKER. An uncased encoder
+    lowercases its input, and with it the capitalisation NER leans on; the marker survives as an extra
+    sub-token of the word (so the word's first sub-token, which carries its tag, is unchanged), and
+    headlines in capitals are told apart from names."""
+    def marked(word: str) -> str:
+        if word.isupper() and sum(c.isalpha() for c in word) >= 2:
+            return word + UPPER_MARKER
+        return word + TITLE_MARKER if word[:1].isupper() else word
+
+    return [[marked(word) for word in words] for words in sentences]
+
+
 def in_context(sentences: Sequence[Sequence[str]], documents: Sequence[Any] | None, tokenizer: Any,
-               max_length: int) -> list[tuple[list[str], int]]:
-    """Token classification with document context (`tokenize.context: document`): each sentence with the
-    words of the sentences around it in the same document, as many as fit in `max_length` sub-tokens
-    (half the room before, the rest after, whole words only). Returns each sentence's words in context and
-    the position of its first word; only the sentence's own words are labelled and predicted.
+               max_length: int, case_markers: bool = False) -> list[tuple[list[str], int]]:
+    """The words a token-classification model reads for each sentence, in training and prediction alike:
+    with document context (`tokenize.context: document`), the sentence with the words of the sentences
+    around it in the same document, as many as fit in `max_length` sub-tokens (half the room before, the
+    rest after, whole words only); with `case_markers` (`tokenize.mark_case`), words marked by mark_case.
+    Returns each sentence's words in context and the position of its first word; only the sentence's own
+    words are labelled and predicted.
 
     Sentences of one document are consecutive in `sentences`; None for `documents` means each sentence
     stands alone. Context from neighbouring sentences lifts CoNLL-2003 entity F1 (Schweter & Akbik, 2020,
     "FLERT"); transformers and datasets have no helper for it, hence this function."""
+    if case_markers:
+        sentences = mark_case(sentences)
     if documents is None:
         return [(list(words), 0) for words in sentences]
     cache: dict[str, int] = {}
@@ -94,23 +115,6 @@ def in_context(sentences: Sequence[Sequence[str]], documents: Sequence[Any] | No
             after += 1
         out.append((left + list(words) + right, len(left)))
     return out
-
-
-TITLE_MARKER, UPPER_MARKER = "§", "¶"  # one token each in BERT vocabularies, and absent from CoNLL-2003
-
-
-def mark_case(sentences: Sequence[Sequence[str]]) -> list[list[str]]:
-    """Token classification with `tokenize.mark_case`: each word in ALL CAPS (two letters or more) gets
-    UPPER_MARKER appended, each other word that starts with a capital TITLE_MARKER. An uncased encoder
-    lowercases its input, and with it the capitalisation NER leans on; the marker survives as an extra
-    sub-token of the word (so the word's first sub-token, which carries its tag, is unchanged), and
-    headlines in capitals are told apart from names."""
-    def marked(word: str) -> str:
-        if word.isupper() and sum(c.isalpha() for c in word) >= 2:
-            return word + UPPER_MARKER
-        return word + TITLE_MARKER if word[:1].isupper() else word
-
-    return [[marked(word) for word in words] for words in sentences]
 
 
 def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:

@@ -18,7 +18,7 @@ import torch
 
 from seqeval.metrics.sequence_labeling import get_entities
 
-from stages.encoding import encode_texts, in_context, mark_case, pool
+from stages.encoding import encode_texts, in_context, pool
 from safetensors import SafetensorError
 
 from stages import methods
@@ -84,8 +84,8 @@ class Predictor:
     def _tag_words(self, sentences: Sequence[Sequence[str]], documents: Sequence[object] | None = None) -> list[list[tuple[str, float]]]:
         if not len(sentences):
             return []
-        inputs = mark_case(sentences) if self.mark_case else sentences
-        windows = in_context(inputs, documents if self.context == "document" else None, self.tokenizer, self.max_length)
+        windows = in_context(sentences, documents if self.context == "document" else None, self.tokenizer,
+                             self.max_length, self.mark_case)
         encoded = self.tokenizer([words for words, _ in windows], is_split_into_words=True, truncation=True, max_length=self.max_length)
         logits = self._forward(encoded["input_ids"])
         tagged = []

@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from stages import data
-from stages.encoding import encode_texts, in_context, mark_case
+from stages.encoding import encode_texts, in_context
 from stages.params import TokenizeParams
 
 IGNORE_INDEX = -100  # positions the loss and the metrics skip (transformers' convention)
@@ -46,6 +46,10 @@ class SingleLabelClassification:
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification
+
+    def truncated(self, encoded: Any, table: pd.DataFrame, max_length: int) -> int:
+        """How many encoded inputs were cut at max_length."""
+        return int(sum(n >= max_length for n in encoded["length"]))
 
     def encode(self, table: pd.DataFrame, labels: list[str], tokenizer: Any, params: TokenizeParams) -> Any:
         """A datasets.Dataset of input ids (cut to max_length as `tokenize.truncation` says, not padded),
@@ -211,9 +215,7 @@ class TokenClassification:
         ids, and the tag ids of the sentence's words on their first sub-tokens."""
         tag_ids = {tag: i for i, tag in enumerate(labels)}
         sentences = [list(tokens) for tokens in table[data.TOKENS]]
-        if params.mark_case:
-            sentences = mark_case(sentences)
-        windows = in_context(sentences, documents(table, params.context), tokenizer, params.max_length)
+        windows = in_context(sentences, documents(table, params.context), tokenizer, params.max_length, params.mark_case)
         frame = pd.DataFrame({
             "tokens": [words for words, _ in windows],
             # Context words carry IGNORE_INDEX: they are input, not examples.
@@ -228,6 +230,12 @@ class TokenClassification:
             return encoded
 
         return Dataset.from_pandas(frame, preserve_index=False).map(encode, batched=True, remove_columns=["tokens", "tags"])
+
+    def truncated(self, encoded: Any, table: pd.DataFrame, max_length: int) -> int:
+        """How many sentences lost words to max_length (those words go untagged). Not the inputs that reach
+        max_length: with document context every window is filled up to it by design."""
+        return int(sum(sum(label != IGNORE_INDEX for label in labels) < len(tags)
+                       for labels, tags in zip(encoded["labels"], table[data.TAGS])))
 
     def collator(self, tokenizer: Any) -> Any:
         from transformers import DataCollatorForTokenClassification

@@ -7,23 +7,13 @@ are encoded (token tasks align word tags to sub-word tokens).
 
 from __future__ import annotations
 
-import pandas as pd
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 
 from stages import data, paths
 from stages.errors import atomic_dir, stage_main
 from stages.modeling import load_tokenizer, resolve_model
 from stages.params import load_params
-from stages.tasks import IGNORE_INDEX, get_task
-
-
-def _truncated(split: Dataset, table: pd.DataFrame, max_length: int) -> int:
-    """Examples that lost tokens to max_length. For token tasks, the sentences with words left untagged:
-    with document context every window is filled up to max_length by design, so its length says nothing."""
-    if data.TAGS in table.columns:
-        return int(sum(sum(label != IGNORE_INDEX for label in labels) < len(tags)
-                       for labels, tags in zip(split["labels"], table[data.TAGS])))
-    return int(sum(n >= max_length for n in split["length"]))
+from stages.tasks import get_task
 
 
 @stage_main
@@ -38,7 +28,7 @@ def main() -> None:
     stats = {
         name: {
             "examples": len(split),
-            "truncated": _truncated(split, tables[name], max_length),
+            "truncated": task.truncated(split, tables[name], max_length),
             "mean_tokens": round(sum(split["length"]) / max(len(split), 1), 2),
         }
         for name, split in splits.items()

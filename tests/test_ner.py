@@ -188,10 +188,10 @@ def test_case_markers_are_applied_alike_in_training_and_prediction(project: Path
         stage.main()
     test = pd.read_parquet(paths.SPLIT / "test.parquet")
     trained_on = data.load_tokenized(paths.TOKENIZED)["test"]["input_ids"]
-    unmarked = [len(ids) for ids in Predictor(paths.MODEL).tokenizer([list(t) for t in test[data.TOKENS]], is_split_into_words=True)["input_ids"]]
+    predictor = Predictor(paths.MODEL)
+    unmarked = [len(ids) for ids in predictor.tokenizer([list(t) for t in test[data.TOKENS]], is_split_into_words=True)["input_ids"]]
     assert sum(map(len, trained_on)) > sum(unmarked)  # the synthetic names are capitalised: markers were added
 
-    predictor = Predictor(paths.MODEL)
     assert predictor.mark_case
     seen: list[list[int]] = []
     forward = predictor._forward
