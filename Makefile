@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/torch.txt
 repro: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
+# Lint and format check first (seconds), then the tests.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean-venv:

@@ -1,6 +1,6 @@
-"""Batch prediction memory: peak RSS of `python -m stages.predict` on inputs 1x and 10x as large.
+"""Batch prediction memory: peak RSS of `python -m pipeline.predict` on inputs 1x and 10x as large.
 
-`stages.predict` reads, predicts and writes `--chunk-size` rows at a time, so its peak memory should not
+`pipeline.predict` reads, predicts and writes `--chunk-size` rows at a time, so its peak memory should not
 grow with the input. This builds a small random BERT (the model's size does not matter for the question)
 and Parquet files of N and 10*N short texts, runs the command on each in a fresh process, and prints each
 run's peak RSS and rows/s and the ratio of the two peaks, from one run:
@@ -22,6 +22,11 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.card import EncodingSpec, ModelCard  # noqa: E402
+from pipeline.tasks.classification import SingleLabelClassification  # noqa: E402
+
 WORDS = "the a film movie story plot cast is was great dull moving awful very quite really but and".split()
 
 
@@ -31,33 +36,63 @@ def tiny_model(folder: Path) -> Path:
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
     BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, num_labels=2)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        num_labels=2,
+    )
     BertForSequenceClassification(config).save_pretrained(folder)
-    (folder / "training.json").write_text(json.dumps({"task": "single_label_classification",
-                                                      "labels": ["negative", "positive"], "max_length": 64}))
+    ModelCard(
+        task=SingleLabelClassification.name, labels=["negative", "positive"], encoding=EncodingSpec(max_length=64)
+    ).write(folder)
     return folder
 
 
 def texts(n: int, seed: int) -> pd.DataFrame:
     rng = random.Random(seed)
-    return pd.DataFrame({"id": range(n), "text": [" ".join(rng.choices(WORDS, k=rng.randint(5, 40))) for _ in range(n)]})
+    return pd.DataFrame(
+        {"id": range(n), "text": [" ".join(rng.choices(WORDS, k=rng.randint(5, 40))) for _ in range(n)]}
+    )
 
 
 def run(model: Path, source: Path, target: Path, chunk_size: int) -> dict:
     """One prediction in a child process: its peak RSS (getrusage's ru_maxrss, KiB on Linux) and its speed."""
     script = (
-        "import resource, sys; from stages import predict; predict.run(sys.argv[1:]); "
+        "import resource, sys; from pipeline import predict; predict.run(sys.argv[1:]); "
         "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", script, "--model", str(model), "--input", str(source),
-                           "--output", str(target), "--chunk-size", str(chunk_size)],
-                          cwd=REPO, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "--model",
+            str(model),
+            "--input",
+            str(source),
+            "--output",
+            str(target),
+            "--chunk-size",
+            str(chunk_size),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     seconds = time.perf_counter() - started
     peak_kb = int(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("PEAK_KB")))
     rows = len(pd.read_parquet(target, columns=["id"]))
-    return {"input": source.name, "rows": rows, "peak_rss_mib": round(peak_kb / 1024, 1), "rows_per_s": round(rows / seconds)}
+    return {
+        "input": source.name,
+        "rows": rows,
+        "peak_rss_mib": round(peak_kb / 1024, 1),
+        "rows_per_s": round(rows / seconds),
+    }
 
 
 def main() -> None:
@@ -75,8 +110,10 @@ def main() -> None:
             results.append(run(model, source, folder / f"out_{factor}x.parquet", args.chunk_size))
             print(json.dumps(results[-1]), flush=True)
     small, large = results
-    print(f"\n10x the rows ({small['rows']} -> {large['rows']}): peak RSS {small['peak_rss_mib']} -> "
-          f"{large['peak_rss_mib']} MiB, ratio {large['peak_rss_mib'] / small['peak_rss_mib']:.2f}")
+    print(
+        f"\n10x the rows ({small['rows']} -> {large['rows']}): peak RSS {small['peak_rss_mib']} -> "
+        f"{large['peak_rss_mib']} MiB, ratio {large['peak_rss_mib'] / small['peak_rss_mib']:.2f}"
+    )
 
 
 if __name__ == "__main__":

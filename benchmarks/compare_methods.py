@@ -27,11 +27,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import data, finetune, paths  # noqa: E402
-from stages.inference import Predictor, score  # noqa: E402
-from stages.params import load_params  # noqa: E402
-from stages.report import train_baseline  # noqa: E402
-
+from pipeline import data, paths  # noqa: E402
+from pipeline.inference import Predictor, score  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
+from pipeline.tasks import get_task  # noqa: E402
+from pipeline.training import fit, prepare  # noqa: E402
 from results import OUT, load_average, write_results  # noqa: E402
 
 RUNS = Path(__file__).with_name("methods.yaml")
@@ -49,23 +49,29 @@ def run_one(overrides: dict[str, Any], train_size: int | None) -> dict[str, Any]
         # Tokenized rows are the split's rows in order (head truncation), so one index picks both.
         from sklearn.model_selection import train_test_split
 
-        keep, _ = train_test_split(list(range(len(train_table))), train_size=train_size, random_state=params.seed,
-                                   stratify=train_table[data.LABEL])
+        keep, _ = train_test_split(
+            list(range(len(train_table))),
+            train_size=train_size,
+            random_state=params.seed,
+            stratify=train_table[data.LABEL],
+        )
         keep = sorted(keep)
         datasets["train"] = datasets["train"].select(keep)
-        baseline = train_baseline(train_table.iloc[keep], test_table, labels, params.report.baseline, params.task)
+        baseline = get_task(params.task).baseline(train_table.iloc[keep], test_table, labels, params.report.baseline)
         row["baseline_accuracy"] = baseline["accuracy"]
         row["baseline_macro_f1"] = baseline["macro_f1"]
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = finetune.prepare(params, datasets, labels, Path(tmp) / "checkpoints")
-        fitted = finetune.fit(params, prepared, Path(tmp) / "model")
+        prepared = prepare(params, datasets, labels, Path(tmp) / "checkpoints")
+        fitted = fit(params, prepared, Path(tmp) / "model").training
         metrics, _ = score(Predictor(Path(tmp) / "model"), test_table)
     return {
         "train_examples": len(datasets["train"]),
         "test_accuracy": metrics["accuracy"],
         "test_macro_f1": metrics["macro_f1"],
         "best_validation_accuracy": fitted.best_metric,
-        "epochs_run": round(fitted.global_step / max(1, -(-len(datasets["train"]) // params.finetune.per_device_train_batch_size)), 2),
+        "epochs_run": round(
+            fitted.global_step / max(1, -(-len(datasets["train"]) // params.finetune.per_device_train_batch_size)), 2
+        ),
         "trainable_params": fitted.trainable_params,
         "total_params": fitted.total_params,
         "train_seconds": fitted.train_seconds,
@@ -85,8 +91,11 @@ def in_child(name: str, overrides: dict[str, Any], train_size: int | None) -> di
         result = json.loads(Path(out.name).read_text())
     # Other work on the machine would slow a run down: the load average shows whether it ran alone.
     load = load_average()
-    print(f"{name}: test accuracy {result['test_accuracy']:.4f}, {result['train_seconds']} s training, "
-          f"{time.perf_counter() - started:.0f} s in all, load average {load}", flush=True)
+    print(
+        f"{name}: test accuracy {result['test_accuracy']:.4f}, {result['train_seconds']} s training, "
+        f"{time.perf_counter() - started:.0f} s in all, load average {load}",
+        flush=True,
+    )
     return {"name": name, "overrides": overrides, **result, "load_average_1m": load}
 
 
@@ -111,7 +120,9 @@ def main() -> None:
         if part == "label_efficiency":
             total = len(data.read_table(paths.SPLIT / "train.parquet"))
             sizes = [total if s == "all" else int(s) for s in runs[part]["sizes"]]
-            rows = [in_child(f"n={n}", label_efficiency_overrides(n), n) if n < total else _all_labels_row() for n in sizes]
+            rows = [
+                in_child(f"n={n}", label_efficiency_overrides(n), n) if n < total else _all_labels_row() for n in sizes
+            ]
         else:
             rows = [in_child(name, overrides or {}, None) for name, overrides in runs[part].items()]
         write_results(part, f"python benchmarks/compare_methods.py --part {part}", rows, started)
@@ -121,13 +132,20 @@ def _all_labels_row() -> dict[str, Any]:
     """Every training label: the methods table's `full` run is exactly this run (same params), so it is
     reused rather than trained again; trained here when that table does not exist yet."""
     methods = OUT / "methods.json"
-    rows = [r for r in json.loads(methods.read_text())["rows"] if r["name"] == "full" and not r["overrides"]] \
-        if methods.is_file() else []
+    rows = (
+        [r for r in json.loads(methods.read_text())["rows"] if r["name"] == "full" and not r["overrides"]]
+        if methods.is_file()
+        else []
+    )
     row = dict(rows[0], name="n=all") if rows else in_child("n=all", {}, None)
     params = load_params()
     labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
-    baseline = train_baseline(data.read_table(paths.SPLIT / "train.parquet"), data.read_table(paths.SPLIT / "test.parquet"),
-                              labels, params.report.baseline, params.task)
+    baseline = get_task(params.task).baseline(
+        data.read_table(paths.SPLIT / "train.parquet"),
+        data.read_table(paths.SPLIT / "test.parquet"),
+        labels,
+        params.report.baseline,
+    )
     return {**row, "baseline_accuracy": baseline["accuracy"], "baseline_macro_f1": baseline["macro_f1"]}
 
 

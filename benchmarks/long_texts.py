@@ -37,14 +37,14 @@ from transformers import set_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages import data  # noqa: E402
-from stages.inference import Predictor, score  # noqa: E402
-from stages.modeling import load_for_training, load_tokenizer, resolve_model  # noqa: E402
-from stages.params import load_params  # noqa: E402
-from stages.sources import resolve  # noqa: E402
-from stages.tasks import get_task  # noqa: E402
-from stages.training import build_trainer, training_arguments  # noqa: E402
-
+from pipeline import data  # noqa: E402
+from pipeline.card import EncodingSpec, ModelCard  # noqa: E402
+from pipeline.inference import Predictor, score  # noqa: E402
+from pipeline.modeling import load_for_training, load_tokenizer, resolve_model  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
+from pipeline.sources import resolve  # noqa: E402
+from pipeline.tasks import get_task  # noqa: E402
+from pipeline.training import build_trainer, training_arguments  # noqa: E402
 from results import load_average, write_results  # noqa: E402
 
 EVIDENCE_START = "evidence_start"  # characters before the decisive snippet
@@ -99,11 +99,17 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64, help="tokens per window (tokenize.max_length)")
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps, the same for every variant")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=3e-5,
-                        help="below the default 1e-4: at 1e-4 head truncation's noisy labels (most windows hold no "
-                             "evidence) collapse the model to a constant prediction")
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=3e-5,
+        help="below the default 1e-4: at 1e-4 head truncation's noisy labels (most windows hold no "
+        "evidence) collapse the model to a constant prediction",
+    )
     parser.add_argument("--variants", default="head,chunk", help="any of head, tail, head+tail, chunk")
-    parser.add_argument("--no-save", action="store_true", help="print only; do not write reports/benchmarks/long_texts.json")
+    parser.add_argument(
+        "--no-save", action="store_true", help="print only; do not write reports/benchmarks/long_texts.json"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
 
@@ -118,59 +124,97 @@ def main() -> None:
     task = get_task(params.task)
     doc_tokens = [len(ids) for ids in tokenizer(test[data.TEXT].tolist())["input_ids"]]
     in_first = evidence_in_first_window(test, tokenizer, args.max_length)
-    print(f"documents: {len(train)} train, {len(test)} test; tokens per test document: mean {np.mean(doc_tokens):.0f}, "
-          f"max {max(doc_tokens)}; window {args.max_length} tokens; decisive snippet starts in the first window "
-          f"in {in_first.mean():.1%} of test documents", flush=True)
+    print(
+        f"documents: {len(train)} train, {len(test)} test; tokens per test document: mean {np.mean(doc_tokens):.0f}, "
+        f"max {max(doc_tokens)}; window {args.max_length} tokens; decisive snippet starts in the first window "
+        f"in {in_first.mean():.1%} of test documents",
+        flush=True,
+    )
 
     rows = []
     for variant in args.variants.split(","):
-        tokenize_params = params.tokenize.model_copy(update={"max_length": args.max_length, "truncation": variant,
-                                                             "stride": args.max_length // 4})
+        tokenize_params = params.tokenize.model_copy(
+            update={"max_length": args.max_length, "truncation": variant, "stride": args.max_length // 4}
+        )
         encoded = task.encode(train, labels, tokenizer, tokenize_params)
         set_seed(params.seed)
-        model = load_for_training(model_dir, params.task, labels)
+        model = load_for_training(model_dir, task, labels)
         with tempfile.TemporaryDirectory() as tmp:
-            finetune_params = params.finetune.model_copy(update={"max_steps": args.steps, "learning_rate": args.learning_rate,
-                                                                  "per_device_train_batch_size": args.batch_size})
-            training_args = training_arguments(finetune_params, params.seed, Path(tmp) / "checkpoints", eval_strategy="no",
-                                               save_strategy="no", load_best_model_at_end=False)
-            trainer = build_trainer(model, tokenizer, params.task, labels, training_args, encoded, None)
+            finetune_params = params.finetune.model_copy(
+                update={
+                    "max_steps": args.steps,
+                    "learning_rate": args.learning_rate,
+                    "per_device_train_batch_size": args.batch_size,
+                }
+            )
+            training_args = training_arguments(
+                finetune_params,
+                params.seed,
+                Path(tmp) / "checkpoints",
+                eval_strategy="no",
+                save_strategy="no",
+                load_best_model_at_end=False,
+            )
+            trainer = build_trainer(model, tokenizer, task, labels, training_args, encoded, None)
             train_started = time.perf_counter()
             trainer.train()
             seconds = time.perf_counter() - train_started
             saved = Path(tmp) / "model"
             trainer.save_model(str(saved))
-            data.write_json({"task": params.task, "labels": labels, "max_length": args.max_length, "truncation": variant,
-                             "stride": tokenize_params.stride, "pooling": "mean"}, saved / "training.json")
+            ModelCard(task=params.task, labels=labels, encoding=EncodingSpec(**tokenize_params.model_dump())).write(
+                saved
+            )
             predictor = Predictor(saved)  # loaded once; the pooling only changes how window logits are combined
             for pooling in ("mean", "max") if variant == "chunk" else ("-",):
-                predictor.pooling = "mean" if pooling == "-" else pooling
+                predictor.encoding = predictor.encoding.model_copy(
+                    update={"pooling": "mean" if pooling == "-" else pooling}
+                )
                 metrics, pairs = score(predictor, test, "long test documents")
                 correct = (pairs["actual"] == pairs["predicted"]).to_numpy()
-                rows.append({"truncation": variant, "pooling": pooling, "training_inputs": len(encoded),
-                             "epochs": round(args.steps * args.batch_size / len(encoded), 2),
-                             "train_seconds": round(seconds, 1), "accuracy": metrics["accuracy"],
-                             "accuracy_ci95": round(interval(correct), 4), "macro_f1": metrics["macro_f1"],
-                             "accuracy_evidence_in_first_window": float(correct[in_first].mean()),
-                             "accuracy_evidence_beyond": float(correct[~in_first].mean()),
-                             "load_average_1m": load_average()})
+                rows.append(
+                    {
+                        "truncation": variant,
+                        "pooling": pooling,
+                        "training_inputs": len(encoded),
+                        "epochs": round(args.steps * args.batch_size / len(encoded), 2),
+                        "train_seconds": round(seconds, 1),
+                        "accuracy": metrics["accuracy"],
+                        "accuracy_ci95": round(interval(correct), 4),
+                        "macro_f1": metrics["macro_f1"],
+                        "accuracy_evidence_in_first_window": float(correct[in_first].mean()),
+                        "accuracy_evidence_beyond": float(correct[~in_first].mean()),
+                        "load_average_1m": load_average(),
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
 
-    print("\n| truncation | pooling | training inputs | epochs | train s | test accuracy | evidence in first window | beyond |"
-          "\n|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| truncation | pooling | training inputs | epochs | train s | test accuracy | evidence in first window | "
+        "beyond |"
+        "\n|---|---|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['truncation']} | {r['pooling']} | {r['training_inputs']} | {r['epochs']} | {r['train_seconds']} | "
-              f"{r['accuracy']:.4f} ± {r['accuracy_ci95']:.3f} | {r['accuracy_evidence_in_first_window']:.4f} | "
-              f"{r['accuracy_evidence_beyond']:.4f} |")
+        print(
+            f"| {r['truncation']} | {r['pooling']} | {r['training_inputs']} | {r['epochs']} | {r['train_seconds']} | "
+            f"{r['accuracy']:.4f} ± {r['accuracy_ci95']:.3f} | {r['accuracy_evidence_in_first_window']:.4f} | "
+            f"{r['accuracy_evidence_beyond']:.4f} |"
+        )
     head = next((r for r in rows if r["truncation"] == "head"), None)
     for chunk in (r for r in rows if r["truncation"] == "chunk" and head):
         print(f"chunk ({chunk['pooling']}) - head: {chunk['accuracy'] - head['accuracy']:+.4f} accuracy")
     if not args.no_save:
         command = "python benchmarks/long_texts.py " + " ".join(sys.argv[1:])
-        setup = {"train_documents": len(train), "test_documents": len(test), "snippets_per_document": args.sentences,
-                 "mean_test_tokens": round(float(np.mean(doc_tokens))), "window_tokens": args.max_length,
-                 "steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                 "share_evidence_in_first_window": round(float(in_first.mean()), 4)}
+        setup = {
+            "train_documents": len(train),
+            "test_documents": len(test),
+            "snippets_per_document": args.sentences,
+            "mean_test_tokens": round(float(np.mean(doc_tokens))),
+            "window_tokens": args.max_length,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "share_evidence_in_first_window": round(float(in_first.mean()), 4),
+        }
         print(f"written: {write_results('long_texts', command.strip(), rows, started, setup=setup)}")
 
 

@@ -3,7 +3,7 @@
 All three train the default model (params.yaml `model`) on the default training split (params.yaml
 `ingest` and `split`) with the same batch size for the same number of optimizer steps:
 
-  pipeline       stages.training.build_trainer with the finetune params (what `dvc repro` runs)
+  pipeline       pipeline.training.build_trainer with the finetune params (what `dvc repro` runs)
   hf-padded      Trainer as run_glue.py configures it by default: every example padded to 128 tokens
   hf-dynamic     Trainer with DataCollatorWithPadding and length-grouped batches
 
@@ -36,12 +36,12 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.modeling import load_for_training, load_tokenizer, resolve_model  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
+from pipeline.tasks import get_task  # noqa: E402
+from pipeline.training import build_trainer, training_arguments  # noqa: E402
 from stages.ingest import ingest  # noqa: E402
-from stages.modeling import load_for_training, load_tokenizer, resolve_model  # noqa: E402
-from stages.params import load_params  # noqa: E402
 from stages.split import stratified_split  # noqa: E402
-from stages.tasks import get_task  # noqa: E402
-from stages.training import build_trainer, training_arguments  # noqa: E402
 
 GLUE_MAX_SEQ_LENGTH = 128  # run_glue.py's --max_seq_length default, with --pad_to_max_length True
 
@@ -87,7 +87,10 @@ def training_flops(config: Any, non_embedding_params: int, batches: list[tuple[i
     total = 0.0
     for _real, padded, lengths in batches:
         seq = padded // len(lengths)
-        total += 2 * non_embedding_params * padded + 4 * config.num_hidden_layers * config.hidden_size * seq * seq * len(lengths)
+        total += (
+            2 * non_embedding_params * padded
+            + 4 * config.num_hidden_layers * config.hidden_size * seq * seq * len(lengths)
+        )
     return 3 * total
 
 
@@ -128,7 +131,9 @@ def main() -> None:
     tokenizer = load_tokenizer(model_dir)
     dynamic_data = get_task(params.task).encode(train, labels, tokenizer, params.tokenize)
     padded_data = dynamic_data.map(
-        lambda batch: tokenizer.pad({"input_ids": batch["input_ids"]}, padding="max_length", max_length=GLUE_MAX_SEQ_LENGTH),
+        lambda batch: tokenizer.pad(
+            {"input_ids": batch["input_ids"]}, padding="max_length", max_length=GLUE_MAX_SEQ_LENGTH
+        ),
         batched=True,
         remove_columns=["input_ids", "attention_mask", "length"],
     )
@@ -137,23 +142,48 @@ def main() -> None:
 
     def fresh_model() -> Any:
         set_seed(params.seed)
-        return load_for_training(model_dir, params.task, labels)
+        return load_for_training(model_dir, get_task(params.task), labels)
 
     with tempfile.TemporaryDirectory() as scratch:
-        plain = dict(output_dir=scratch, per_device_train_batch_size=batch_size, max_steps=total_steps,
-                     learning_rate=params.finetune.learning_rate, report_to=[], save_strategy="no",
-                     logging_strategy="no", disable_tqdm=True, seed=params.seed, dataloader_pin_memory=False)
-        pipeline_args = training_arguments(params.finetune, params.seed, Path(scratch), max_steps=total_steps,
-                                           eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
-                                           logging_strategy="no")
+        plain = dict(
+            output_dir=scratch,
+            per_device_train_batch_size=batch_size,
+            max_steps=total_steps,
+            learning_rate=params.finetune.learning_rate,
+            report_to=[],
+            save_strategy="no",
+            logging_strategy="no",
+            disable_tqdm=True,
+            seed=params.seed,
+            dataloader_pin_memory=False,
+        )
+        pipeline_args = training_arguments(
+            params.finetune,
+            params.seed,
+            Path(scratch),
+            max_steps=total_steps,
+            eval_strategy="no",
+            save_strategy="no",
+            load_best_model_at_end=False,
+            logging_strategy="no",
+        )
         contenders = {
-            "pipeline": lambda: build_trainer(fresh_model(), tokenizer, params.task, labels, pipeline_args, dynamic_data, None),
-            "hf-padded": lambda: Trainer(model=fresh_model(), args=TrainingArguments(**plain),
-                                         train_dataset=padded_data, data_collator=default_data_collator),
-            "hf-dynamic": lambda: Trainer(model=fresh_model(),
-                                          args=TrainingArguments(**plain, train_sampling_strategy="group_by_length"),
-                                          train_dataset=dynamic_data, data_collator=DataCollatorWithPadding(tokenizer),
-                                          processing_class=tokenizer),
+            "pipeline": lambda: build_trainer(
+                fresh_model(), tokenizer, get_task(params.task), labels, pipeline_args, dynamic_data, None
+            ),
+            "hf-padded": lambda: Trainer(
+                model=fresh_model(),
+                args=TrainingArguments(**plain),
+                train_dataset=padded_data,
+                data_collator=default_data_collator,
+            ),
+            "hf-dynamic": lambda: Trainer(
+                model=fresh_model(),
+                args=TrainingArguments(**plain, train_sampling_strategy="group_by_length"),
+                train_dataset=dynamic_data,
+                data_collator=DataCollatorWithPadding(tokenizer),
+                processing_class=tokenizer,
+            ),
         }
         best: dict[str, dict[str, float]] = {}
         for _ in range(args.rounds):
@@ -165,20 +195,33 @@ def main() -> None:
 
     peak = matmul_gflops()
     print(f"\nmachine: {torch.get_num_threads()} threads, fp32 matmul {peak:.1f} GFLOP/s (2048x2048)")
-    print(f"model: {params.model.source}; batch size {batch_size}; {args.steps} timed steps after {args.warmup} "
-          f"warm-up; best of {args.rounds} rounds\n")
+    print(
+        f"model: {params.model.source}; batch size {batch_size}; {args.steps} timed steps after {args.warmup} "
+        f"warm-up; best of {args.rounds} rounds\n"
+    )
     print(f"{'contender':<12} {'samples/s':>10} {'tokens/s':>10} {'padding':>8} {'GFLOP/s':>8} {'% of peak':>9}")
     for r in results:
-        print(f"{r['name']:<12} {r['samples_per_s']:>10.1f} {r['real_tokens_per_s']:>10.0f} "
-              f"{r['padding_share']:>7.0%} {r['gflops']:>8.1f} {r['gflops'] / peak:>9.0%}")
+        print(
+            f"{r['name']:<12} {r['samples_per_s']:>10.1f} {r['real_tokens_per_s']:>10.0f} "
+            f"{r['padding_share']:>7.0%} {r['gflops']:>8.1f} {r['gflops'] / peak:>9.0%}"
+        )
     ours, glue, dyn = results
     vs_padded = ours["samples_per_s"] / glue["samples_per_s"]
     vs_dynamic = ours["samples_per_s"] / dyn["samples_per_s"]
     print(f"\npipeline / hf-padded : {vs_padded:.2f}x samples/s (target >= 3.00x)")
     print(f"pipeline / hf-dynamic: {vs_dynamic:.2f}x samples/s (target >= 1.00x, within noise)")
     if args.json:
-        args.json.write_text(json.dumps({"matmul_gflops": peak, "results": results,
-                                         "ratio_vs_padded": vs_padded, "ratio_vs_dynamic": vs_dynamic}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "matmul_gflops": peak,
+                    "results": results,
+                    "ratio_vs_padded": vs_padded,
+                    "ratio_vs_dynamic": vs_dynamic,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

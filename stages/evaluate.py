@@ -14,11 +14,12 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from stages import data, methods, paths, pyfunc_model, tracking
-from stages.errors import atomic_dir, stage_main
-from stages.inference import Predictor, score
-from stages.params import EvaluateParams, load_params
-from stages.tasks import get_task
+from pipeline import data, methods, paths, pyfunc_model, tracking
+from pipeline.card import ModelCard
+from pipeline.errors import atomic_dir, stage_main
+from pipeline.inference import Predictor, score
+from pipeline.params import EvaluateParams, load_params
+from pipeline.tasks import get_task
 
 
 def _pip_requirements(model_dir: Path) -> list[str]:
@@ -39,7 +40,7 @@ def input_example(rows: pd.DataFrame) -> list:
     return [[a, b] for a, b in zip(rows[data.TEXT], pairs)] if pairs else data.raw_texts(rows)
 
 
-def register(model_dir: Path, params: EvaluateParams, training: dict, metrics: dict, example: list) -> dict:
+def register(model_dir: Path, params: EvaluateParams, card: ModelCard, metrics: dict, example: list) -> dict:
     """Log the pyfunc model to the active run, register it as a new version with its provenance, and
     point the alias at it."""
     run = mlflow.active_run()
@@ -47,65 +48,85 @@ def register(model_dir: Path, params: EvaluateParams, training: dict, metrics: d
     info = mlflow.pyfunc.log_model(
         name="model",
         # A pair model's served signature takes [text, pair] lists: its own entry point.
-        python_model=str(Path(pyfunc_model.__file__).with_name("pyfunc_pair_model.py") if training.get("text_pair")
-                         else Path(pyfunc_model.__file__)),
+        python_model=str(
+            Path(pyfunc_model.__file__).with_name("pyfunc_pair_model.py")
+            if card.encoding.text_pair
+            else Path(pyfunc_model.__file__)
+        ),
         artifacts={"model_dir": str(model_dir)},
-        code_paths=[str(Path(__file__).parent)],  # the `stages` package, so loading needs no repository
+        code_paths=[str(Path(pyfunc_model.__file__).parent)],  # the `pipeline` package: loading needs no repository
         input_example=example,
         pip_requirements=_pip_requirements(model_dir),
         registered_model_name=params.registered_model_name,
     )
     version = str(info.registered_model_version)
     test_data_sha256 = tracking.hash_files([paths.SPLIT / "test.parquet"])
+    provenance = card.provenance
     tags = {
-        "git_commit": training["git_commit"],
-        "git_dirty": training["git_dirty"],
-        "data_sha256": training["data_sha256"],
+        **(provenance.model_dump(exclude={"mlflow_run_id"}) if provenance else {}),
         "test_data_sha256": test_data_sha256,
-        "params_sha256": training["params_sha256"],
         **tracking.dvc_lock_hashes("finetune"),
-        "task": training["task"],
-        "method": training["method"],
-        "base_model": training["base_model"],
-        "labels": json.dumps(training["labels"]),
+        "task": card.task,
+        "method": card.method,
+        "base_model": str(card.base_model),
+        "labels": json.dumps(card.labels),
         "mlflow_run_id": run.info.run_id,
         **{f"test_{k}": f"{v:.6f}" for k, v in scalars.items()},
     }
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(params.registered_model_name, version, key, value)
-    headline = get_task(training["task"]).headline_metric
+    headline = get_task(card.task).headline_metric
+    origin = (
+        f" (git {provenance.git_commit[:10]}{', dirty' if provenance.git_dirty == 'true' else ''})"
+        if provenance
+        else ""
+    )
     description = (
-        f"{training['task'].replace('_', ' ')} model, {training['method']} fine-tuning of {training['base_model']} "
-        f"on {training['train_examples']} examples (git {training['git_commit'][:10]}"
-        f"{', dirty' if training['git_dirty'] == 'true' else ''}), test {headline} {metrics[headline]:.4f}."
+        f"{card.task.replace('_', ' ')} model, {card.method} fine-tuning of {card.base_model} "
+        f"on {card.train_examples} examples{origin}, test {headline} {metrics[headline]:.4f}."
     )
     client.update_model_version(params.registered_model_name, version, description=description)
     client.set_registered_model_alias(params.registered_model_name, params.alias, version)
-    return {"name": params.registered_model_name, "version": version, "alias": params.alias,
-            "model_uri": f"models:/{params.registered_model_name}@{params.alias}", "run_id": run.info.run_id,
-            "test_data_sha256": test_data_sha256}
+    return {
+        "name": params.registered_model_name,
+        "version": version,
+        "alias": params.alias,
+        "model_uri": f"models:/{params.registered_model_name}@{params.alias}",
+        "run_id": run.info.run_id,
+        "test_data_sha256": test_data_sha256,
+    }
 
 
-def _training_run(training: dict) -> mlflow.ActiveRun:
+def _training_run(card: ModelCard) -> mlflow.ActiveRun:
     """Continue the finetune run; if the tracking store no longer has it (a new mlflow.db, another
-    server), open a new run that records the training provenance instead of failing."""
+    server) or the model was trained elsewhere, open a new run that records the training provenance."""
+    provenance = card.provenance
     try:
-        mlflow.MlflowClient().get_run(training["mlflow_run_id"])
+        if provenance is None:
+            raise mlflow.exceptions.MlflowException("the model card names no MLflow run")
+        mlflow.MlflowClient().get_run(provenance.mlflow_run_id)
     except mlflow.exceptions.MlflowException:
-        print(f"evaluate: MLflow run {training['mlflow_run_id']} not found in {tracking.tracking_uri()}; starting a new run")
+        print(
+            f"evaluate: MLflow run {provenance.mlflow_run_id if provenance else '(none)'} not found in "
+            f"{tracking.tracking_uri()}; starting a new run"
+        )
         run = mlflow.start_run(run_name="evaluate")
-        mlflow.set_tags({"git_commit": training["git_commit"], "git_dirty": training["git_dirty"],
-                         "data_sha256": training["data_sha256"], "task": training["task"],
-                         "finetune_run_id": training["mlflow_run_id"]})
+        mlflow.set_tags(
+            {
+                **(provenance.model_dump(exclude={"mlflow_run_id", "params_sha256"}) if provenance else {}),
+                "task": card.task,
+                "finetune_run_id": provenance.mlflow_run_id if provenance else "",
+            }
+        )
         return run
-    return mlflow.start_run(run_id=training["mlflow_run_id"])
+    return mlflow.start_run(run_id=provenance.mlflow_run_id)
 
 
 @stage_main
 def main() -> None:
     params = load_params()
-    training = data.read_json(paths.MODEL / "training.json")
+    card = ModelCard.read(paths.MODEL)
     test_file = paths.SPLIT / "test.parquet"
     test = data.read_table(test_file)
     metrics, pairs = score(Predictor(paths.MODEL), test, source=str(test_file))
@@ -115,16 +136,18 @@ def main() -> None:
         summary = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
         data.write_json(summary, out / "metrics.json")
         pairs.to_csv(out / "confusion.csv", index=False)
-        with _training_run(training):
+        with _training_run(card):
             mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)})
             mlflow.log_dict(metrics, "evaluation/test_metrics.json")
             # The test set travels with the run, so promotion can re-score another model on exactly it.
             mlflow.log_artifact(str(test_file), "evaluation")
-            registry = register(paths.MODEL, params.evaluate, training, metrics, input_example(test.head(3)))
+            registry = register(paths.MODEL, params.evaluate, card, metrics, input_example(test.head(3)))
         data.write_json(registry, out / "registry.json")
-    headline = get_task(training["task"]).headline_metric
-    print(f"evaluate: test {headline} {metrics[headline]:.4f}, macro-F1 {metrics['macro_f1']:.4f}; "
-          f"registered {registry['name']} version {registry['version']} as @{registry['alias']}")
+    headline = get_task(card.task).headline_metric
+    print(
+        f"evaluate: test {headline} {metrics[headline]:.4f}, macro-F1 {metrics['macro_f1']:.4f}; "
+        f"registered {registry['name']} version {registry['version']} as @{registry['alias']}"
+    )
 
 
 if __name__ == "__main__":

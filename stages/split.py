@@ -12,25 +12,16 @@ from __future__ import annotations
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from stages import data, paths
-from stages.errors import PipelineError, atomic_dir, stage_main
-from stages.params import SplitParams, load_params
+from pipeline import data, paths
+from pipeline.errors import PipelineError, atomic_dir, stage_main
+from pipeline.params import SplitParams, load_params
+from pipeline.tasks import Task, get_task
 
 
-def strata(table: pd.DataFrame, task: str) -> pd.Series:
-    """What the split stratifies on: the label; for label sets (multi-label), the rarest label of each set
-    ("none" for an empty set). That keeps every label in every split without iterative stratification,
-    at the cost of balancing co-occurrences only roughly."""
-    if task != "multi_label_classification":
-        return table[data.LABEL].astype(str)
-    frequency = table[data.LABEL].explode().value_counts()
-    return table[data.LABEL].map(lambda labels: min(labels, key=lambda l: (frequency[l], l)) if len(labels) else "none")
-
-
-def stratified_split(table: pd.DataFrame, params: SplitParams, seed: int,
-                     task: str = "single_label_classification") -> dict[str, pd.DataFrame]:
+def stratified_split(table: pd.DataFrame, params: SplitParams, seed: int, task: Task) -> dict[str, pd.DataFrame]:
+    """Train/validation/test, stratified on what the task says (`Task.strata`), seeded."""
     source = paths.INGESTED / "data.parquet"
-    table = table.assign(_stratum=strata(table, task))
+    table = table.assign(_stratum=task.strata(table))
     counts = table["_stratum"].value_counts()
     counts = counts[counts > 0]
     if counts.min() < len(paths.SPLITS):
@@ -42,11 +33,16 @@ def stratified_split(table: pd.DataFrame, params: SplitParams, seed: int,
     try:
         train, rest = train_test_split(table, train_size=params.train, stratify=table["_stratum"], random_state=seed)
         validation_share = params.validation / (params.validation + params.test)
-        validation, test = train_test_split(rest, train_size=validation_share, stratify=rest["_stratum"], random_state=seed)
+        validation, test = train_test_split(
+            rest, train_size=validation_share, stratify=rest["_stratum"], random_state=seed
+        )
     except ValueError as exc:
         raise PipelineError(f"{source}: cannot split with split.{{train,validation,test}} as given: {exc}") from None
-    return {"train": train.drop(columns="_stratum"), "validation": validation.drop(columns="_stratum"),
-            "test": test.drop(columns="_stratum")}
+    return {
+        "train": train.drop(columns="_stratum"),
+        "validation": validation.drop(columns="_stratum"),
+        "test": test.drop(columns="_stratum"),
+    }
 
 
 def predefined_split(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -70,8 +66,9 @@ def overlap(parts: dict[str, pd.DataFrame], policy: str) -> dict[str, int]:
             first = seen.setdefault(key, name)
             if first != name:
                 if policy == "error":
-                    raise PipelineError(f"split: the text '{key[:60]}' is in both {first} and {name} "
-                                        f"(split.overlap: warn accepts this)")
+                    raise PipelineError(
+                        f"split: the text '{key[:60]}' is in both {first} and {name} (split.overlap: warn accepts this)"
+                    )
                 counts[f"{name}_in_{first}"] = counts.get(f"{name}_in_{first}", 0) + 1
     return counts
 
@@ -79,16 +76,18 @@ def overlap(parts: dict[str, pd.DataFrame], policy: str) -> dict[str, int]:
 @stage_main
 def main() -> None:
     params = load_params()
+    task = get_task(params.task)
     table = data.read_table(paths.INGESTED / "data.parquet")
     if data.SPLIT in table.columns:
         parts = predefined_split(table)
     else:
-        parts = stratified_split(table, params.split, params.seed, params.task)
+        parts = stratified_split(table, params.split, params.seed, task)
     overlaps = overlap(parts, params.split.overlap)
-    parts = {name: part.sort_values(data.SOURCE_ROW, kind="stable").reset_index(drop=True) for name, part in parts.items()}
+    parts = {
+        name: part.sort_values(data.SOURCE_ROW, kind="stable").reset_index(drop=True) for name, part in parts.items()
+    }
     labels = data.read_json(paths.INGESTED / "labels.json")["labels"]
-    describe = data.describe_tokens if params.task == "token_classification" else data.describe
-    card = {name: describe(part) for name, part in parts.items()}
+    card = {name: task.describe(part) for name, part in parts.items()}
     if overlaps:
         card["overlap"] = overlaps
         print(f"split: warning: texts in two splits: {overlaps}")

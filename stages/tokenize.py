@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from datasets import DatasetDict
 
-from stages import data, paths
-from stages.errors import atomic_dir, stage_main
-from stages.modeling import load_tokenizer, resolve_model
-from stages.params import load_params
-from stages.tasks import get_task
+from pipeline import data, paths
+from pipeline.errors import atomic_dir, stage_main
+from pipeline.modeling import load_tokenizer, resolve_model
+from pipeline.params import load_params
+from pipeline.tasks import get_task
 
 
 @stage_main

@@ -20,7 +20,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 POSITIVE = ["great", "wonderful", "moving", "brilliant", "funny", "charming", "superb", "delightful"]
 NEGATIVE = ["dull", "awful", "boring", "tedious", "clumsy", "bland", "painful", "messy"]
-FILLER = ["the", "film", "movie", "story", "is", "was", "a", "and", "cast", "plot", "very", "quite", "really", "but", "this"]
+FILLER = [
+    "the",
+    "film",
+    "movie",
+    "story",
+    "is",
+    "was",
+    "a",
+    "and",
+    "cast",
+    "plot",
+    "very",
+    "quite",
+    "really",
+    "but",
+    "this",
+]
 
 
 def sentiment_rows(n: int, seed: int = 0) -> list[tuple[float, str]]:
@@ -29,7 +45,9 @@ def sentiment_rows(n: int, seed: int = 0) -> list[tuple[float, str]]:
     rows, seen = [], set()
     while len(rows) < n:
         positive = len(rows) % 2 == 0
-        words = rng.sample(FILLER, rng.randint(3, 9)) + rng.sample(POSITIVE if positive else NEGATIVE, rng.randint(1, 2))
+        words = rng.sample(FILLER, rng.randint(3, 9)) + rng.sample(
+            POSITIVE if positive else NEGATIVE, rng.randint(1, 2)
+        )
         rng.shuffle(words)
         text = " ".join(words)
         if text in seen:
@@ -53,13 +71,23 @@ def build_tiny_model(folder: Path) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(POSITIVE + NEGATIVE + FILLER)) + list("abcdefghijklmnopqrstuvwxyz")
+    vocab = (
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        + sorted(set(POSITIVE + NEGATIVE + FILLER))
+        + list("abcdefghijklmnopqrstuvwxyz")
+    )
     vocab += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
     # transformers 5 takes the vocabulary as `vocab` (a `vocab_file` argument is silently ignored).
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
     tokenizer.save_pretrained(folder)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=128,
+    )
     import torch
 
     torch.manual_seed(0)
@@ -87,8 +115,13 @@ def tiny_params(data_file: Path, model_dir: Path) -> dict:
     params["ingest"].update(source=str(data_file), sha256=None)
     params["model"].update(source=str(model_dir), sha256=None)
     params["tokenize"]["max_length"] = 32
-    params["finetune"].update(num_train_epochs=2, per_device_train_batch_size=8, per_device_eval_batch_size=16,
-                              logging_steps=2, learning_rate=1e-3)
+    params["finetune"].update(
+        num_train_epochs=2,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        logging_steps=2,
+        learning_rate=1e-3,
+    )
     params["report"]["baseline"]["max_features"] = 500
     return params
 
@@ -96,7 +129,8 @@ def tiny_params(data_file: Path, model_dir: Path) -> dict:
 def make_project(root: Path, data_file: Path, model_dir: Path, *, repo: bool = False) -> Path:
     """A copy of the project (code, dvc.yaml, params) with tiny params; with `repo`, also a git + DVC repo."""
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("stages", "pipeline"):
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "reports" / "benchmarks", root / "reports" / "benchmarks")  # a report dependency
@@ -145,7 +179,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[
     """Two fine-tuned tiny models — `good` (trained to fit the fixture data) and `bad` (one step at a tiny
     learning rate) — and two splits of the same data (`split_a`, `split_b`: other seed, other test set)."""
     from helpers import set_params
-    from stages import finetune, ingest, paths, split, tokenize
+    from pipeline import paths
+    from stages import finetune, ingest, split, tokenize
 
     base = tmp_path_factory.mktemp("trained")
     data_file = write_sentiment_tsv(base / "reviews.tsv", n=300)
@@ -155,7 +190,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[
         for stage in (ingest, split, tokenize):
             stage.main()
         shutil.copytree(paths.SPLIT, out["split_a"])
-        set_params(root, {"finetune.num_train_epochs": 4, "finetune.learning_rate": 5e-3, "finetune.early_stopping_patience": 4})
+        set_params(
+            root,
+            {"finetune.num_train_epochs": 4, "finetune.learning_rate": 5e-3, "finetune.early_stopping_patience": 4},
+        )
         finetune.main()
         shutil.copytree(paths.MODEL, out["good"])
         set_params(root, {"finetune.max_steps": 1, "finetune.learning_rate": 1e-7})
@@ -173,7 +211,8 @@ def register(project: Path, trained: dict[str, Path]) -> Callable[..., str]:
     registers it (new version, @challenger) in the project's mlflow.db; returns the version. The project's
     promotion gate is set to floor 0.8, minimum improvement 0.05."""
     from helpers import set_params
-    from stages import evaluate, paths
+    from pipeline import paths
+    from stages import evaluate
 
     def run(model: str, split: str = "split_a") -> str:
         for source, target in ((trained[model], paths.MODEL), (trained[split], paths.SPLIT)):
@@ -208,7 +247,9 @@ def tokenized_project(tokenized: Path, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from helpers import set_params
 
-    set_params(root, {"finetune.num_train_epochs": 3, "finetune.learning_rate": 5e-3, "finetune.early_stopping_patience": None})
+    set_params(
+        root, {"finetune.num_train_epochs": 3, "finetune.learning_rate": 5e-3, "finetune.early_stopping_patience": None}
+    )
     return root
 
 
@@ -231,7 +272,9 @@ def conll_sentences(n: int, seed: int = 0) -> list[list[tuple[str, str]]]:
     return sentences
 
 
-def write_conll(folder: Path, sizes: dict[str, int] | None = None, seed: int = 0, document_size: int | None = None) -> Path:
+def write_conll(
+    folder: Path, sizes: dict[str, int] | None = None, seed: int = 0, document_size: int | None = None
+) -> Path:
     """train.txt / valid.txt / test.txt in CoNLL-2003's layout: word POS chunk NER, -DOCSTART-, blank lines
     (a new document every `document_size` sentences; one document per file by default)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.errors import EXIT_USER_ERROR
+from pipeline.errors import EXIT_USER_ERROR
 
 
 def set_params(root: Path, changes: dict[str, object]) -> None:
@@ -50,7 +50,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(cmd: list[str], ready_url: str, env: dict[str, str], log: Path, timeout: float = 120) -> Iterator[None]:
+def running_server(
+    cmd: list[str], ready_url: str, env: dict[str, str], log: Path, timeout: float = 120
+) -> Iterator[None]:
     """Start a server process, wait until `ready_url` answers 200, and stop it afterwards."""
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -11,9 +11,11 @@ import mlflow
 import pandas as pd
 import pytest
 
-from helpers import expect_user_error, set_params
-from stages import evaluate, finetune, ingest, paths, split, tokenize, tracking
-from stages.inference import Predictor
+from helpers import expect_user_error
+from pipeline import paths, tracking
+from pipeline.card import ModelCard
+from pipeline.inference import Predictor
+from stages import evaluate, finetune, ingest, split, tokenize
 
 
 def run_through_evaluate() -> dict:
@@ -30,21 +32,23 @@ def evaluated(project: Path) -> dict:
 def test_model_folder_is_complete(evaluated: dict) -> None:
     files = {p.name for p in paths.MODEL.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "training.json"} <= files
-    info = json.loads((paths.MODEL / "training.json").read_text())
+    card = ModelCard.read(paths.MODEL)
     config = json.loads((paths.MODEL / "config.json").read_text())
-    assert info["labels"] == ["negative", "positive"]
+    assert card.labels == ["negative", "positive"]
     assert config["id2label"] == {"0": "negative", "1": "positive"}
-    assert info["global_step"] > 0 and info["best_checkpoint_step"] is not None
+    assert card.training.global_step > 0 and card.training.best_checkpoint_step is not None
     assert not paths.CHECKPOINTS.exists()  # checkpoints are cleaned once the model is saved
 
 
 def test_dvc_plots_hold_per_step_loss_and_per_epoch_validation(evaluated: dict) -> None:
     loss = pd.read_csv(paths.TRAIN_LOGS / "plots/metrics/train/loss.tsv", sep="\t")
     accuracy = pd.read_csv(paths.TRAIN_LOGS / "plots/metrics/eval/accuracy.tsv", sep="\t")
-    info = json.loads((paths.MODEL / "training.json").read_text())
-    assert loss["step"].tolist() == list(range(2, info["global_step"] + 1, 2))  # logging_steps: 2
-    assert len(accuracy) == 2 and accuracy["step"].iloc[-1] == info["global_step"]  # one row per epoch
-    assert json.loads((paths.TRAIN_LOGS / "metrics.json").read_text())["eval"]["accuracy"] == accuracy["accuracy"].iloc[-1]
+    steps = ModelCard.read(paths.MODEL).training.global_step
+    assert loss["step"].tolist() == list(range(2, steps + 1, 2))  # logging_steps: 2
+    assert len(accuracy) == 2 and accuracy["step"].iloc[-1] == steps  # one row per epoch
+    assert (
+        json.loads((paths.TRAIN_LOGS / "metrics.json").read_text())["eval"]["accuracy"] == accuracy["accuracy"].iloc[-1]
+    )
 
 
 def test_test_metrics_match_the_predictions(evaluated: dict) -> None:
@@ -57,16 +61,19 @@ def test_test_metrics_match_the_predictions(evaluated: dict) -> None:
 
 
 def test_mlflow_run_has_params_step_metrics_and_provenance(evaluated: dict) -> None:
-    info = json.loads((paths.MODEL / "training.json").read_text())
+    card = ModelCard.read(paths.MODEL)
     tracking.configure("sentiment-finetune")
     client = mlflow.MlflowClient()
-    run = client.get_run(info["mlflow_run_id"])
+    run = client.get_run(card.provenance.mlflow_run_id)
     assert run.data.params["finetune.learning_rate"] == "0.001"
-    assert run.data.tags["data_sha256"] == info["data_sha256"] == tracking.hash_files(
-        [paths.SPLIT / n for n in ("train.parquet", "validation.parquet", "labels.json")])
+    assert (
+        run.data.tags["data_sha256"]
+        == card.provenance.data_sha256
+        == tracking.hash_files([paths.SPLIT / n for n in ("train.parquet", "validation.parquet", "labels.json")])
+    )
     assert "git_commit" in run.data.tags
     history = client.get_metric_history(run.info.run_id, "loss")
-    assert len(history) == info["global_step"] // 2 and len({m.step for m in history}) == len(history)
+    assert len(history) == card.training.global_step // 2 and len({m.step for m in history}) == len(history)
     assert run.data.metrics["test_accuracy"] == pytest.approx(evaluated["accuracy"])
 
 
@@ -106,10 +113,14 @@ def test_evaluate_after_the_tracking_store_was_lost_opens_a_new_run(evaluated: d
     # A new process, as under `dvc repro`: this one still holds a connection to the deleted database.
     subprocess.run([sys.executable, "-m", "stages.evaluate"], check=True, capture_output=True)
     registry = json.loads((paths.EVAL / "registry.json").read_text())
-    info = json.loads((paths.MODEL / "training.json").read_text())
-    read_tags = (f"import json, mlflow; from stages import tracking; tracking.configure('sentiment-finetune'); "
-                 f"print(json.dumps(mlflow.MlflowClient().get_run('{registry['run_id']}').data.tags))")
-    tags = json.loads(subprocess.run([sys.executable, "-c", read_tags], check=True, capture_output=True, text=True).stdout)
-    assert registry["run_id"] != info["mlflow_run_id"] and registry["version"] == "1"
-    assert tags["finetune_run_id"] == info["mlflow_run_id"]
-    assert tags["data_sha256"] == info["data_sha256"]
+    finetune_run = ModelCard.read(paths.MODEL).provenance.mlflow_run_id
+    read_tags = (
+        f"import json, mlflow; from pipeline import tracking; tracking.configure('sentiment-finetune'); "
+        f"print(json.dumps(mlflow.MlflowClient().get_run('{registry['run_id']}').data.tags))"
+    )
+    tags = json.loads(
+        subprocess.run([sys.executable, "-c", read_tags], check=True, capture_output=True, text=True).stdout
+    )
+    assert registry["run_id"] != finetune_run and registry["version"] == "1"
+    assert tags["finetune_run_id"] == finetune_run
+    assert tags["data_sha256"] == ModelCard.read(paths.MODEL).provenance.data_sha256

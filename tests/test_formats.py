@@ -12,11 +12,18 @@ import pytest
 
 from conftest import sentiment_rows
 from helpers import expect_user_error, set_params
-from stages import ingest, paths, split
+from pipeline import paths
+from stages import ingest, split
 
 ROWS = [(("positive" if rating > 0 else "negative"), text) for rating, text in sentiment_rows(60, seed=5)]
-PLAIN = {"ingest.format": None, "ingest.score_to_label": None, "ingest.column_names": None, "ingest.header": True,
-         "ingest.label_column": "label", "ingest.text_column": "text"}
+PLAIN = {
+    "ingest.format": None,
+    "ingest.score_to_label": None,
+    "ingest.column_names": None,
+    "ingest.header": True,
+    "ingest.label_column": "label",
+    "ingest.text_column": "text",
+}
 
 
 def ingested() -> pd.DataFrame:
@@ -33,8 +40,9 @@ def test_fasttext_plain_text(project: Path, tmp_path: Path) -> None:
     assert table["source_row"].tolist()[:3] == [1, 2, 3]
 
 
-def test_fasttext_line_with_two_labels_is_an_error_for_single_label(project: Path, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_fasttext_line_with_two_labels_is_an_error_for_single_label(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     source = tmp_path / "train.txt"
     source.write_text("__label__positive a great film\n__label__positive __label__negative dull but great\n")
     set_params(project, {**PLAIN, "ingest.format": "text", "ingest.source": str(source)})
@@ -52,8 +60,9 @@ def test_one_folder_per_class(project: Path, tmp_path: Path) -> None:
     assert table["source_row"].iloc[0].startswith(("negative/", "positive/"))
 
 
-def test_undecodable_file_in_a_class_folder_is_named(project: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_undecodable_file_in_a_class_folder_is_named(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for label in ("negative", "positive"):
         (tmp_path / "corpus" / label).mkdir(parents=True)
         (tmp_path / "corpus" / label / "a.txt").write_text("fine text")
@@ -68,24 +77,37 @@ def dataset_dict(tmp_path: Path) -> Path:
 
     frame = pd.DataFrame(ROWS, columns=["sentiment", "sentence"])
     parts = {"train": frame.iloc[:40], "dev": frame.iloc[40:50], "test": frame.iloc[50:]}
-    DatasetDict({k: Dataset.from_pandas(v, preserve_index=False) for k, v in parts.items()}).save_to_disk(str(tmp_path / "dd"))
+    DatasetDict({k: Dataset.from_pandas(v, preserve_index=False) for k, v in parts.items()}).save_to_disk(
+        str(tmp_path / "dd")
+    )
     return tmp_path / "dd"
 
 
 def test_saved_dataset_dict_keeps_its_splits(project: Path, dataset_dict: Path) -> None:
-    set_params(project, {**PLAIN, "ingest.format": "datasets", "ingest.source": str(dataset_dict),
-                         "ingest.text_column": "sentence", "ingest.label_column": "sentiment",
-                         "ingest.splits": {"train": "train", "validation": "dev", "test": "test"}})
+    set_params(
+        project,
+        {
+            **PLAIN,
+            "ingest.format": "datasets",
+            "ingest.source": str(dataset_dict),
+            "ingest.text_column": "sentence",
+            "ingest.label_column": "sentiment",
+            "ingest.splits": {"train": "train", "validation": "dev", "test": "test"},
+        },
+    )
     ingest.main()
     split.main()
     sizes = {name: len(pd.read_parquet(paths.SPLIT / f"{name}.parquet")) for name in paths.SPLITS}
     assert sizes == {"train": 40, "validation": 10, "test": 10}
 
 
-def test_dataset_dict_without_named_splits_asks_for_them(project: Path, dataset_dict: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_dataset_dict_without_named_splits_asks_for_them(
+    project: Path, dataset_dict: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     set_params(project, {**PLAIN, "ingest.format": "datasets", "ingest.source": str(dataset_dict)})
-    assert "a DatasetDict with splits ['train', 'dev', 'test']; name them in ingest.splits" in expect_user_error(ingest.main, capsys)
+    assert "a DatasetDict with splits ['train', 'dev', 'test']; name them in ingest.splits" in expect_user_error(
+        ingest.main, capsys
+    )
 
 
 def test_hf_dataset_source_goes_through_load_dataset(project: Path, tmp_path: Path) -> None:
@@ -93,16 +115,24 @@ def test_hf_dataset_source_goes_through_load_dataset(project: Path, tmp_path: Pa
     folder.mkdir()
     pd.DataFrame(ROWS[:45], columns=["label", "text"]).to_csv(folder / "train.csv", index=False)
     pd.DataFrame(ROWS[45:], columns=["label", "text"]).to_csv(folder / "test.csv", index=False)
-    set_params(project, {**PLAIN, "ingest.format": "datasets", "ingest.source": f"hf:{folder}",
-                         "ingest.splits": {"train": "train", "validation": "test", "test": "test"},
-                         "split.overlap": "warn"})
+    set_params(
+        project,
+        {
+            **PLAIN,
+            "ingest.format": "datasets",
+            "ingest.source": f"hf:{folder}",
+            "ingest.splits": {"train": "train", "validation": "test", "test": "test"},
+            "split.overlap": "warn",
+        },
+    )
     table = ingested()
     assert len(table) == 45 + 15 + 15 and set(table["split"]) == {"train", "validation", "test"}
     assert json.loads((paths.INGESTED / "card.json").read_text())["source"] == f"hf:{folder}"
 
 
-def test_unreachable_hf_dataset_is_a_one_line_error(project: Path, capsys: pytest.CaptureFixture[str],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_hf_dataset_is_a_one_line_error(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     set_params(project, {**PLAIN, "ingest.format": "datasets", "ingest.source": "hf:no-such-org/no-such-dataset"})

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import write_sentiment_tsv
 from helpers import expect_user_error, set_params
-from stages import ingest, paths
+from pipeline import paths
+from stages import ingest
 
 
 def raw_file(project: Path) -> Path:
@@ -22,7 +23,9 @@ def raw_file(project: Path) -> Path:
 
 
 def test_ratings_become_labels_by_sign_and_zero_is_dropped(project: Path, tmp_path: Path) -> None:
-    source = write_sentiment_tsv(tmp_path / "zeros.tsv", n=40, extra=[(900, 0, "a neutral line"), (901, 0.0, "another one")])
+    source = write_sentiment_tsv(
+        tmp_path / "zeros.tsv", n=40, extra=[(900, 0, "a neutral line"), (901, 0.0, "another one")]
+    )
     set_params(project, {"ingest.source": str(source)})
     ingest.main()
     table = pd.read_parquet(paths.INGESTED / "data.parquet")
@@ -39,7 +42,12 @@ def test_ratings_become_labels_by_sign_and_zero_is_dropped(project: Path, tmp_pa
 
 
 def test_duplicates_are_dropped_and_conflicts_removed(project: Path, tmp_path: Path) -> None:
-    extra = [(801, 1.0, "Same  TEXT here"), (802, 2.0, "same text here"), (803, 1.0, "torn text"), (804, -1.0, "torn text")]
+    extra = [
+        (801, 1.0, "Same  TEXT here"),
+        (802, 2.0, "same text here"),
+        (803, 1.0, "torn text"),
+        (804, -1.0, "torn text"),
+    ]
     source = write_sentiment_tsv(tmp_path / "dups.tsv", n=20, extra=extra)
     set_params(project, {"ingest.source": str(source)})
     ingest.main()
@@ -53,9 +61,19 @@ def test_duplicates_are_dropped_and_conflicts_removed(project: Path, tmp_path: P
 def test_declared_labels_fix_the_label_order(project: Path, tmp_path: Path) -> None:
     source = tmp_path / "labels.csv"
     source.write_text("review,sentiment\ngood film,pos\nbad film,neg\nfine film,pos\n")
-    set_params(project, {"ingest.source": str(source), "ingest.format": "csv", "ingest.header": True,
-                         "ingest.column_names": None, "ingest.text_column": "review", "ingest.label_column": "sentiment",
-                         "ingest.score_to_label": None, "ingest.labels": ["pos", "neg"]})
+    set_params(
+        project,
+        {
+            "ingest.source": str(source),
+            "ingest.format": "csv",
+            "ingest.header": True,
+            "ingest.column_names": None,
+            "ingest.text_column": "review",
+            "ingest.label_column": "sentiment",
+            "ingest.score_to_label": None,
+            "ingest.labels": ["pos", "neg"],
+        },
+    )
     ingest.main()
     table = pd.read_parquet(paths.INGESTED / "data.parquet")
     assert list(table["label"].cat.categories) == ["pos", "neg"]

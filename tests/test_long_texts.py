@@ -12,11 +12,12 @@ import pytest
 
 from conftest import write_sentiment_tsv
 from helpers import set_params
-from stages import data, evaluate, finetune, ingest, paths, split, tokenize
-from stages.encoding import encode_texts, pool
-from stages.errors import PipelineError
-from stages.inference import Predictor
-from stages.params import load_params
+from pipeline import data, paths
+from pipeline.encoding import encode_texts, pool
+from pipeline.errors import PipelineError
+from pipeline.inference import Predictor
+from pipeline.params import load_params
+from stages import evaluate, finetune, ingest, split, tokenize
 
 WORDS = "the film is a great and moving story but the plot was very dull and the cast quite awful".split()
 
@@ -63,10 +64,20 @@ def test_pooling_by_mean_or_max() -> None:
 
 
 def test_chunked_training_and_prediction_score_documents_not_windows(project: Path, tmp_path: Path) -> None:
-    long_rows = [(900 + i, 2.0 if i % 2 else -2.0, " ".join(WORDS * 3) + (" great" if i % 2 else " dull")) for i in range(10)]
+    long_rows = [
+        (900 + i, 2.0 if i % 2 else -2.0, " ".join(WORDS * 3) + (" great" if i % 2 else " dull")) for i in range(10)
+    ]
     source = write_sentiment_tsv(tmp_path / "long.tsv", n=100, extra=long_rows)
-    set_params(project, {"ingest.source": str(source), "tokenize.max_length": 16, "tokenize.truncation": "chunk",
-                         "tokenize.stride": 4, "tokenize.pooling": "max"})
+    set_params(
+        project,
+        {
+            "ingest.source": str(source),
+            "tokenize.max_length": 16,
+            "tokenize.truncation": "chunk",
+            "tokenize.stride": 4,
+            "tokenize.pooling": "max",
+        },
+    )
     for stage in (ingest, split, tokenize):
         stage.main()
     train = pd.read_parquet(paths.SPLIT / "train.parquet")
@@ -78,7 +89,7 @@ def test_chunked_training_and_prediction_score_documents_not_windows(project: Pa
     metrics = json.loads((paths.EVAL / "metrics.json").read_text())
     assert sum(c["support"] for c in metrics["per_class"].values()) == len(test)  # one prediction per document
     predictor = Predictor(paths.MODEL)
-    assert (predictor.truncation, predictor.stride, predictor.pooling) == ("chunk", 4, "max")
+    assert (predictor.encoding.truncation, predictor.encoding.stride, predictor.encoding.pooling) == ("chunk", 4, "max")
     texts = test["text"].tolist()
     encoded, source_of = encode_texts(predictor.tokenizer, texts, 16, "chunk", 4)
     windows_logits = np.stack(predictor._forward(encoded))
@@ -88,7 +99,9 @@ def test_chunked_training_and_prediction_score_documents_not_windows(project: Pa
 def test_long_text_params_are_checked(project: Path) -> None:
     with pytest.raises(PipelineError, match=r"tokenize: stride must be below max_length / 2"):
         load_params(overrides={"tokenize.truncation": "chunk", "tokenize.stride": 64})
-    with pytest.raises(PipelineError, match=r"tokenize.truncation: Input should be 'head', 'tail', 'head\+tail' or 'chunk'"):
+    with pytest.raises(
+        PipelineError, match=r"tokenize.truncation: Input should be 'head', 'tail', 'head\+tail' or 'chunk'"
+    ):
         load_params(overrides={"tokenize.truncation": "middle"})
 
 
@@ -103,10 +116,16 @@ def _long_text_benchmark():
         sys.path.pop(0)
 
 
-def test_long_document_benchmark_knows_where_the_evidence_starts_and_the_report_shows_it(tokenizer, tmp_path: Path) -> None:
+def test_long_document_benchmark_knows_where_the_evidence_starts_and_the_report_shows_it(
+    tokenizer, tmp_path: Path
+) -> None:
     long_texts, results = _long_text_benchmark()
-    snippets = pd.DataFrame({data.TEXT: [" ".join(WORDS[i:i + 5]) for i in range(12)],
-                             "rating": [2.5, -3.0, 0.5, -0.5, 0.2, -0.2, 0.9, -0.9, 0.1, 0.3, 2.0, -2.2]})
+    snippets = pd.DataFrame(
+        {
+            data.TEXT: [" ".join(WORDS[i : i + 5]) for i in range(12)],
+            "rating": [2.5, -3.0, 0.5, -0.5, 0.2, -0.2, 0.9, -0.9, 0.1, 0.3, 2.0, -2.2],
+        }
+    )
     snippets[data.LABEL] = np.where(snippets["rating"] > 0, "positive", "negative")
     documents = long_texts.long_documents(snippets, n=20, sentences=4, seed=0)
     strong = set(snippets.loc[snippets["rating"].abs() >= 2, data.TEXT])
@@ -120,11 +139,29 @@ def test_long_document_benchmark_knows_where_the_evidence_starts_and_the_report_
         assert inside == (len(tokenizer.tokenize(text[:start])) < 10)
     assert 0 < in_first.sum() < len(documents)  # both kinds occur at this window size
 
-    row = {"truncation": "chunk", "pooling": "mean", "training_inputs": 812, "epochs": 1.2, "train_seconds": 90.0,
-           "accuracy": 0.81, "accuracy_ci95": 0.024, "macro_f1": 0.8, "accuracy_evidence_in_first_window": 0.83,
-           "accuracy_evidence_beyond": 0.79, "load_average_1m": 2.0}
-    setup = {"train_documents": 200, "test_documents": 100, "snippets_per_document": 4, "mean_test_tokens": 21,
-             "window_tokens": 12, "steps": 60, "batch_size": 16, "share_evidence_in_first_window": 0.55}
+    row = {
+        "truncation": "chunk",
+        "pooling": "mean",
+        "training_inputs": 812,
+        "epochs": 1.2,
+        "train_seconds": 90.0,
+        "accuracy": 0.81,
+        "accuracy_ci95": 0.024,
+        "macro_f1": 0.8,
+        "accuracy_evidence_in_first_window": 0.83,
+        "accuracy_evidence_beyond": 0.79,
+        "load_average_1m": 2.0,
+    }
+    setup = {
+        "train_documents": 200,
+        "test_documents": 100,
+        "snippets_per_document": 4,
+        "mean_test_tokens": 21,
+        "window_tokens": 12,
+        "steps": 60,
+        "batch_size": 16,
+        "share_evidence_in_first_window": 0.55,
+    }
     folder = tmp_path / "benchmarks"
     results.write_results("long_texts", "python benchmarks/long_texts.py", [row], 0.0, out=folder, setup=setup)
     from stages.report import benchmark_sections

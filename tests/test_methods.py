@@ -4,7 +4,6 @@ the saved model — from its folder and from the MLflow registry — gives the l
 from __future__ import annotations
 
 import copy
-import json
 import re
 import shutil
 from pathlib import Path
@@ -15,8 +14,10 @@ import pytest
 import torch
 
 from helpers import expect_user_error, set_params
-from stages import evaluate, finetune, methods, paths, tracking
-from stages.inference import Predictor, load_predictor
+from pipeline import methods, paths, tracking
+from pipeline.card import CARD_FILE, ModelCard
+from pipeline.inference import Predictor, load_predictor
+from stages import evaluate, finetune
 
 TEXTS = ["a great and wonderful film", "dull boring plot", "the cast", "superb charming story but tedious"]
 
@@ -77,7 +78,8 @@ def in_memory_logits(model: torch.nn.Module, texts: list[str]) -> np.ndarray:
 
 @pytest.mark.parametrize("variant", list(METHOD_PARAMS))
 def test_method_trains_what_it_says_and_reloads_to_identical_logits(
-        variant: str, tokenized_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    variant: str, tokenized_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     changes = {"finetune.method": variant, **METHOD_PARAMS[variant]}
     method = changes["finetune.method"]
     set_params(tokenized_project, changes)
@@ -98,19 +100,20 @@ def test_method_trains_what_it_says_and_reloads_to_identical_logits(
         assert adapter and all(re.search(ADAPTER_NAMES[method], n) for n in adapter), sorted(adapter)[:5]
         assert adapter & changed
 
-    info = json.loads((paths.MODEL / "training.json").read_text())
+    card = ModelCard.read(paths.MODEL)
+    stats = card.training
     total = sum(p.numel() for p in recorder.trained.parameters())
-    assert info["method"] == method and 0 < info["trainable_params"] <= info["total_params"]
+    assert card.method == method and 0 < stats.trainable_params <= stats.total_params
     if method in ("full",):
-        assert info["trainable_params"] == info["total_params"] == total
+        assert stats.trainable_params == stats.total_params == total
     else:
-        assert info["trainable_params"] < info["total_params"]
-    assert info["train_seconds"] > 0 and info["peak_rss_mib"] > 100
-    assert info["artifact_bytes"] == methods.folder_bytes(paths.MODEL, exclude="training.json")  # written after
+        assert stats.trainable_params < stats.total_params
+    assert stats.train_seconds > 0 and stats.peak_rss_mib > 100
+    assert stats.artifact_bytes == methods.folder_bytes(paths.MODEL, exclude=CARD_FILE)  # the card is written after
     adapter_folder = method in ("lora", "adalora", "prefix", "ia3") and not changes.get("finetune.merge_adapter")
     assert (paths.MODEL / "adapter_config.json").exists() == adapter_folder
     if adapter_folder:
-        assert info["trained_bytes"] < info["artifact_bytes"] / 2  # the adapter is small beside the base copy
+        assert stats.trained_bytes < stats.artifact_bytes / 2  # the adapter is small beside the base copy
 
     # From the folder, in a new Predictor: the logits of the model in memory (merging rounds a little).
     expected = in_memory_logits(recorder.saved, TEXTS)
@@ -124,12 +127,14 @@ def test_method_trains_what_it_says_and_reloads_to_identical_logits(
     tracking.configure("sentiment-finetune")
     registered = load_predictor("models:/sentiment-classifier@challenger")
     np.testing.assert_allclose(registered.logits(TEXTS), expected, atol=tolerance)
-    run = mlflow.MlflowClient().get_run(info["mlflow_run_id"])
-    assert run.data.metrics["trainable_params"] == info["trainable_params"]
+    run = mlflow.MlflowClient().get_run(card.provenance.mlflow_run_id)
+    assert run.data.metrics["trainable_params"] == stats.trainable_params
     assert {"train_seconds", "peak_rss_mib", "artifact_bytes", "total_params"} <= set(run.data.metrics)
 
 
-def test_adapter_folder_loads_without_the_pretrained_source(tokenized_project: Path, tiny_model: Path, tmp_path: Path) -> None:
+def test_adapter_folder_loads_without_the_pretrained_source(
+    tokenized_project: Path, tiny_model: Path, tmp_path: Path
+) -> None:
     set_params(tokenized_project, {"finetune.method": "lora"})
     finetune.main()
     moved = tmp_path / "elsewhere"
@@ -143,15 +148,25 @@ def test_adapter_folder_loads_without_the_pretrained_source(tokenized_project: P
     np.testing.assert_allclose(logits, Predictor(paths.MODEL).logits(TEXTS), atol=1e-6)
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"finetune.method": "freeze", "finetune.freeze.top_k_layers": 3}, "finetune.freeze.top_k_layers: 3 exceeds the model's 2"),
-    ({"finetune.adalora.tinit": 0.5, "finetune.adalora.tfinal": 0.5}, "finetune.adalora: tinit + tfinal must leave steps"),
-    ({"finetune.class_weights": [1.0, 2.0, 3.0]}, "finetune.class_weights: 3 weights for 2 labels"),
-    ({"finetune.method": "prefix", "finetune.merge_adapter": True}, "merge_adapter: only lora, adalora and ia3"),
-    ({"finetune.method": "lora", "finetune.lora.target_modules": ["nonexistent"]}, "finetune.lora"),
-])
-def test_impossible_method_settings_are_one_line_errors(changes: dict, message: str, tokenized_project: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"finetune.method": "freeze", "finetune.freeze.top_k_layers": 3},
+            "finetune.freeze.top_k_layers: 3 exceeds the model's 2",
+        ),
+        (
+            {"finetune.adalora.tinit": 0.5, "finetune.adalora.tfinal": 0.5},
+            "finetune.adalora: tinit + tfinal must leave steps",
+        ),
+        ({"finetune.class_weights": [1.0, 2.0, 3.0]}, "finetune.class_weights: 3 weights for 2 labels"),
+        ({"finetune.method": "prefix", "finetune.merge_adapter": True}, "merge_adapter: only lora, adalora and ia3"),
+        ({"finetune.method": "lora", "finetune.lora.target_modules": ["nonexistent"]}, "finetune.lora"),
+    ],
+)
+def test_impossible_method_settings_are_one_line_errors(
+    changes: dict, message: str, tokenized_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     set_params(tokenized_project, changes)
     assert message in expect_user_error(finetune.main, capsys)
     assert not paths.MODEL.exists()

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import FILLER, NEGATIVE, POSITIVE
 from helpers import set_params
-from stages import evaluate, finetune, ingest, paths, report, split, tokenize, tracking
+from pipeline import paths, tracking
+from stages import evaluate, finetune, ingest, report, split, tokenize
 
 CLASSES = {"praise": POSITIVE, "complaint": NEGATIVE, "neutral": []}
 
@@ -36,10 +37,21 @@ def write_topics(path: Path, n: int = 240, seed: int = 0) -> Path:
 @pytest.fixture
 def topics(project: Path, tmp_path: Path) -> Path:
     source = write_topics(tmp_path / "topics.jsonl")
-    set_params(project, {"ingest.source": str(source), "ingest.format": "jsonl", "ingest.text_column": "review",
-                         "ingest.label_column": "kind", "ingest.score_to_label": None, "ingest.column_names": None,
-                         "finetune.learning_rate": 5e-3, "finetune.num_train_epochs": 5,
-                         "finetune.early_stopping_patience": 5, "finetune.metric_for_best_model": "macro_f1"})
+    set_params(
+        project,
+        {
+            "ingest.source": str(source),
+            "ingest.format": "jsonl",
+            "ingest.text_column": "review",
+            "ingest.label_column": "kind",
+            "ingest.score_to_label": None,
+            "ingest.column_names": None,
+            "finetune.learning_rate": 5e-3,
+            "finetune.num_train_epochs": 5,
+            "finetune.early_stopping_patience": 5,
+            "finetune.metric_for_best_model": "macro_f1",
+        },
+    )
     return source
 
 
@@ -51,7 +63,9 @@ def test_three_classes_get_per_class_metrics_and_averages(topics: Path) -> None:
     assert set(metrics["per_class"]) == {"complaint", "neutral", "praise"}
     assert {"accuracy", "macro_f1", "micro_f1", "weighted_f1"} <= set(metrics)
     assert metrics["micro_f1"] == pytest.approx(metrics["accuracy"])  # single-label: micro F1 is accuracy
-    assert sum(c["support"] for c in metrics["per_class"].values()) == len(pd.read_parquet(paths.SPLIT / "test.parquet"))
+    assert sum(c["support"] for c in metrics["per_class"].values()) == len(
+        pd.read_parquet(paths.SPLIT / "test.parquet")
+    )
     assert metrics["macro_f1"] >= 0.8, metrics
     tracking.configure("sentiment-finetune")
     served = mlflow.pyfunc.load_model("models:/sentiment-classifier@challenger").predict(["a great film", "the plot"])

@@ -14,7 +14,9 @@ import pytest
 
 from conftest import FILLER, NEGATIVE, POSITIVE
 from helpers import expect_user_error, set_params
-from stages import evaluate, finetune, ingest, paths, report, split, tokenize, tracking
+from pipeline import paths, tracking
+from pipeline.card import ModelCard
+from stages import evaluate, finetune, ingest, report, split, tokenize
 
 
 def label_set_rows(n: int, seed: int = 0) -> list[tuple[str, list[str]]]:
@@ -43,21 +45,37 @@ def label_set_rows(n: int, seed: int = 0) -> list[tuple[str, list[str]]]:
 def multilabel(project: Path, tmp_path: Path) -> Path:
     source = tmp_path / "sets.jsonl"
     source.write_text("".join(json.dumps({"text": t, "topics": labels}) + "\n" for t, labels in label_set_rows(240)))
-    set_params(project, {"task": "multi_label_classification", "ingest.source": str(source), "ingest.format": "jsonl",
-                         "ingest.label_column": "topics", "ingest.score_to_label": None, "ingest.column_names": None,
-                         "finetune.metric_for_best_model": "micro_f1", "finetune.learning_rate": 2e-3,
-                         "finetune.num_train_epochs": 10, "finetune.early_stopping_patience": 10})
+    set_params(
+        project,
+        {
+            "task": "multi_label_classification",
+            "ingest.source": str(source),
+            "ingest.format": "jsonl",
+            "ingest.label_column": "topics",
+            "ingest.score_to_label": None,
+            "ingest.column_names": None,
+            "finetune.metric_for_best_model": "micro_f1",
+            "finetune.learning_rate": 2e-3,
+            "finetune.num_train_epochs": 10,
+            "finetune.early_stopping_patience": 10,
+        },
+    )
     return source
 
 
-def test_list_column_and_delimited_string_give_the_same_label_sets(multilabel: Path, project: Path, tmp_path: Path) -> None:
+def test_list_column_and_delimited_string_give_the_same_label_sets(
+    multilabel: Path, project: Path, tmp_path: Path
+) -> None:
     ingest.main()
     from_list = pd.read_parquet(paths.INGESTED / "data.parquet")
     csv_file = tmp_path / "sets.csv"
-    pd.DataFrame({"text": [t for t, _ in label_set_rows(240)],
-                  "topics": ["|".join(labels) for _, labels in label_set_rows(240)]}).to_csv(csv_file, index=False)
-    set_params(project, {"ingest.source": str(csv_file), "ingest.format": "csv", "ingest.header": True,
-                         "ingest.label_delimiter": "|"})
+    pd.DataFrame(
+        {"text": [t for t, _ in label_set_rows(240)], "topics": ["|".join(labels) for _, labels in label_set_rows(240)]}
+    ).to_csv(csv_file, index=False)
+    set_params(
+        project,
+        {"ingest.source": str(csv_file), "ingest.format": "csv", "ingest.header": True, "ingest.label_delimiter": "|"},
+    )
     ingest.main()
     from_csv = pd.read_parquet(paths.INGESTED / "data.parquet")
     assert from_list["label"].map(list).tolist() == from_csv["label"].map(list).tolist()
@@ -77,8 +95,8 @@ def test_trains_with_bce_and_tuned_thresholds_and_reports_set_metrics(multilabel
     set_params(project, {"finetune.tune_thresholds": True})
     for stage in (ingest, split, tokenize, finetune, evaluate, report):
         stage.main()
-    training = json.loads((paths.MODEL / "training.json").read_text())
-    assert len(training["thresholds"]) == 2 and all(0.05 <= t <= 0.95 for t in training["thresholds"])
+    thresholds = ModelCard.read(paths.MODEL).thresholds
+    assert len(thresholds) == 2 and all(0.05 <= t <= 0.95 for t in thresholds)
     assert json.loads((paths.MODEL / "config.json").read_text())["problem_type"] == "multi_label_classification"
     metrics = json.loads((paths.EVAL / "metrics.json").read_text())
     assert {"micro_f1", "macro_f1", "weighted_f1", "subset_accuracy"} <= set(metrics)
@@ -88,7 +106,7 @@ def test_trains_with_bce_and_tuned_thresholds_and_reports_set_metrics(multilabel
     served = mlflow.pyfunc.load_model("models:/sentiment-classifier@challenger")
     predicted = served.predict(["a great film", "the plot", "a great but awful film", "dull"])
     for _, row in predicted.iterrows():  # a label is predicted exactly when its probability reaches its threshold
-        expected = [l for l, t in zip(["complaint", "praise"], training["thresholds"]) if row[f"score_{l}"] >= t]
+        expected = [label for label, t in zip(["complaint", "praise"], thresholds) if row[f"score_{label}"] >= t]
         assert list(row["labels"]) == expected
     assert "subset_accuracy" in Path("reports/report.md").read_text()
 
@@ -97,11 +115,12 @@ def test_global_threshold_is_used_for_every_label(multilabel: Path, project: Pat
     set_params(project, {"finetune.threshold": 0.3, "finetune.max_steps": 2})
     for stage in (ingest, split, tokenize, finetune):
         stage.main()
-    assert json.loads((paths.MODEL / "training.json").read_text())["thresholds"] == [0.3, 0.3]
+    assert ModelCard.read(paths.MODEL).thresholds == [0.3, 0.3]
 
 
-def test_label_outside_the_declared_set_is_named(multilabel: Path, project: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_label_outside_the_declared_set_is_named(
+    multilabel: Path, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     set_params(project, {"ingest.labels": ["praise"]})
     err = expect_user_error(ingest.main, capsys)
     assert "sets.jsonl: line 3: label 'complaint' is not in ingest.labels" in err

@@ -13,19 +13,29 @@ import pytest
 
 from conftest import NER_PARAMS, write_conll
 from helpers import expect_user_error, set_params
-from stages import data, evaluate, finetune, ingest, paths, report, split, tokenize, tracking
-from stages.encoding import TITLE_MARKER, UPPER_MARKER, in_context, mark_case
-from stages.errors import PipelineError
-from stages.inference import Predictor
-from stages.params import load_params
-from stages.tasks import IGNORE_INDEX
+from pipeline import data, paths, tracking
+from pipeline.card import ModelCard
+from pipeline.encoding import TITLE_MARKER, UPPER_MARKER, in_context, mark_case
+from pipeline.errors import PipelineError
+from pipeline.inference import Predictor
+from pipeline.params import load_params
+from pipeline.tasks import IGNORE_INDEX
+from stages import evaluate, finetune, ingest, report, split, tokenize
 
 
 @pytest.fixture
 def ner_project(project: Path, tmp_path: Path) -> Path:
     folder = write_conll(tmp_path / "conll")
-    set_params(project, {**NER_PARAMS, "ingest.source": str(folder), "finetune.learning_rate": 5e-3,
-                         "finetune.num_train_epochs": 6, "finetune.early_stopping_patience": 6})
+    set_params(
+        project,
+        {
+            **NER_PARAMS,
+            "ingest.source": str(folder),
+            "finetune.learning_rate": 5e-3,
+            "finetune.num_train_epochs": 6,
+            "finetune.early_stopping_patience": 6,
+        },
+    )
     return folder
 
 
@@ -66,8 +76,10 @@ def test_ner_trains_scores_entities_and_serves_spans(ner_project: Path) -> None:
     served = mlflow.pyfunc.load_model("models:/ner-tagger@challenger")
     text = "the film  Anna  visited New York"
     entities = served.predict([text])["entities"][0]
-    assert [(e["type"], e["text"], text[e["start"]:e["end"]]) for e in entities] == [
-        ("PER", "Anna", "Anna"), ("LOC", "New York", "New York")]
+    assert [(e["type"], e["text"], text[e["start"] : e["end"]]) for e in entities] == [
+        ("PER", "Anna", "Anna"),
+        ("LOC", "New York", "New York"),
+    ]
     assert served.predict([])["entities"].tolist() == []
     page = Path("reports/report.md").read_text()
     assert "| LOC |" in page and "word-feature logistic regression" in page and "| f1 |" in page
@@ -82,7 +94,9 @@ def test_a_line_with_too_few_columns_names_its_line(ner_project: Path, capsys: p
     assert f"{test_file}: line 5: 1 column(s)" in err and not paths.INGESTED.exists()
 
 
-def test_i_tag_after_o_is_an_error_unless_repair_is_asked(ner_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_i_tag_after_o_is_an_error_unless_repair_is_asked(
+    ner_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     train = ner_project / "train.txt"
     train.write_text(train.read_text().replace("B-PER", "I-PER", 1))
     err = expect_user_error(ingest.main, capsys)
@@ -112,16 +126,29 @@ def test_document_context_surrounds_a_sentence_with_its_neighbours_in_the_same_d
     sentences = [["the", "film"], ["is", "a"], ["story"], ["cast"]]
     # max_length 7: [CLS] and [SEP] leave 5 tokens; "is a" leaves 3 for context, 1 before and 2 after.
     windows = in_context(sentences, [0, 0, 0, 1], tokenizer, max_length=7)
-    assert windows == [(["the", "film", "is", "a", "story"], 0), (["film", "is", "a", "story"], 1),
-                       (["is", "a", "story"], 2), (["cast"], 0)]
+    assert windows == [
+        (["the", "film", "is", "a", "story"], 0),
+        (["film", "is", "a", "story"], 1),
+        (["is", "a", "story"], 2),
+        (["cast"], 0),
+    ]
     assert in_context(sentences, None, tokenizer, max_length=7) == [(s, 0) for s in sentences]
 
 
 def test_document_context_is_input_only_and_lifts_nothing_into_the_labels(project: Path, tmp_path: Path) -> None:
     folder = write_conll(tmp_path / "conll", document_size=4)
-    set_params(project, {**NER_PARAMS, "ingest.source": str(folder), "tokenize.context": "document",
-                         "tokenize.max_length": 64, "finetune.learning_rate": 5e-3, "finetune.num_train_epochs": 6,
-                         "finetune.early_stopping_patience": 6})
+    set_params(
+        project,
+        {
+            **NER_PARAMS,
+            "ingest.source": str(folder),
+            "tokenize.context": "document",
+            "tokenize.max_length": 64,
+            "finetune.learning_rate": 5e-3,
+            "finetune.num_train_epochs": 6,
+            "finetune.early_stopping_patience": 6,
+        },
+    )
     for stage in (ingest, split, tokenize):
         stage.main()
     table = pd.read_parquet(paths.SPLIT / "train.parquet")
@@ -136,7 +163,7 @@ def test_document_context_is_input_only_and_lifts_nothing_into_the_labels(projec
 
     for stage in (finetune, evaluate):
         stage.main()
-    assert json.loads((paths.MODEL / "training.json").read_text())["context"] == "document"
+    assert ModelCard.read(paths.MODEL).encoding.context == "document"
     assert json.loads((paths.EVAL / "metrics.json").read_text())["f1"] >= 0.9
     predictor = Predictor(paths.MODEL)
     test = pd.read_parquet(paths.SPLIT / "test.parquet")
@@ -146,11 +173,15 @@ def test_document_context_is_input_only_and_lifts_nothing_into_the_labels(projec
     assert predictor.predict(["Anna visited Rome"])["entities"][0][0]["type"] == "PER"  # raw text: no context
 
 
-def test_only_sentences_that_lose_words_count_as_truncated_not_windows_filled_with_context(project: Path, tmp_path: Path, tiny_model: Path) -> None:
+def test_only_sentences_that_lose_words_count_as_truncated_not_windows_filled_with_context(
+    project: Path, tmp_path: Path, tiny_model: Path
+) -> None:
     from transformers import AutoTokenizer
 
     folder = write_conll(tmp_path / "conll", document_size=4)
-    set_params(project, {**NER_PARAMS, "ingest.source": str(folder), "tokenize.context": "document", "tokenize.max_length": 14})
+    set_params(
+        project, {**NER_PARAMS, "ingest.source": str(folder), "tokenize.context": "document", "tokenize.max_length": 14}
+    )
     for stage in (ingest, split, tokenize):
         stage.main()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)  # the project's model (conftest)
@@ -168,8 +199,15 @@ def test_case_markers_follow_capitalised_words_as_extra_sub_tokens_of_the_same_w
 
     words = ["EU", "rejects", "German", "lamb", "3M", "I", "U.S."]
     marked = mark_case([words])[0]
-    assert marked == ["EU" + UPPER_MARKER, "rejects", "German" + TITLE_MARKER, "lamb", "3M", "I" + TITLE_MARKER,
-                      "U.S." + UPPER_MARKER]
+    assert marked == [
+        "EU" + UPPER_MARKER,
+        "rejects",
+        "German" + TITLE_MARKER,
+        "lamb",
+        "3M",
+        "I" + TITLE_MARKER,
+        "U.S." + UPPER_MARKER,
+    ]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)  # uncased, like MiniLM: "German" and "german" read alike
     plain, with_case = (tokenizer(w, is_split_into_words=True) for w in (words, marked))
     assert len(with_case["input_ids"]) == len(plain["input_ids"]) + 4  # one more sub-token per marked word
@@ -177,22 +215,30 @@ def test_case_markers_follow_capitalised_words_as_extra_sub_tokens_of_the_same_w
     def first_sub_tokens(encoded) -> list[int]:
         ids, word_ids = encoded["input_ids"], encoded.word_ids()
         return [ids[i] for i in range(len(ids)) if word_ids[i] is not None and word_ids[i] != word_ids[i - 1]]
+
     assert first_sub_tokens(with_case) == first_sub_tokens(plain)  # the tag-carrying sub-token is the word's own
 
 
-def test_case_markers_are_applied_alike_in_training_and_prediction(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_case_markers_are_applied_alike_in_training_and_prediction(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = write_conll(tmp_path / "conll")
-    set_params(project, {**NER_PARAMS, "ingest.source": str(folder), "tokenize.mark_case": True,
-                         "finetune.num_train_epochs": 1})
+    set_params(
+        project,
+        {**NER_PARAMS, "ingest.source": str(folder), "tokenize.mark_case": True, "finetune.num_train_epochs": 1},
+    )
     for stage in (ingest, split, tokenize, finetune):
         stage.main()
     test = pd.read_parquet(paths.SPLIT / "test.parquet")
     trained_on = data.load_tokenized(paths.TOKENIZED)["test"]["input_ids"]
     predictor = Predictor(paths.MODEL)
-    unmarked = [len(ids) for ids in predictor.tokenizer([list(t) for t in test[data.TOKENS]], is_split_into_words=True)["input_ids"]]
+    unmarked = [
+        len(ids)
+        for ids in predictor.tokenizer([list(t) for t in test[data.TOKENS]], is_split_into_words=True)["input_ids"]
+    ]
     assert sum(map(len, trained_on)) > sum(unmarked)  # the synthetic names are capitalised: markers were added
 
-    assert predictor.mark_case
+    assert predictor.encoding.mark_case
     seen: list[list[int]] = []
     forward = predictor._forward
     monkeypatch.setattr(predictor, "_forward", lambda encoded: seen.extend(encoded) or forward(encoded))

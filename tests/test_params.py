@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.errors import PipelineError
-from stages.params import load_params
+from pipeline.errors import PipelineError
+from pipeline.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,8 +80,104 @@ def test_check_command_exits_nonzero_with_one_line(tmp_path: Path) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["finetune"]["learning_rate"] = -1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, "-m", "stages.params"], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.params"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "finetune.learning_rate" in proc.stderr
+
+
+def params_keys(model: type = None, prefix: str = "") -> dict[str, object]:
+    """Every dotted key of the params schema with its pydantic field."""
+    from pydantic import BaseModel
+
+    from pipeline.params import Params
+
+    out = {}
+    for name, field in (model or Params).model_fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        out[key] = field
+        sub = next(
+            (
+                a
+                for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ),
+            None,
+        )
+        if sub is not None:
+            out.update(params_keys(sub, key))
+    return out
+
+
+def yaml_key_lines() -> dict[str, tuple[str, bool]]:
+    """Each key of params.yaml: (its line and a comment-only line right above it, whether it is inside a
+    one-line {flow} mapping). A long value has its comment above."""
+    text = (REPO / "params.yaml").read_text()
+    lines = text.splitlines()
+    found: dict[str, tuple[str, bool]] = {}
+
+    def walk(node: yaml.Node, prefix: str, flow: bool) -> None:
+        for key_node, value in node.value:
+            key = f"{prefix}.{key_node.value}" if prefix else key_node.value
+            line = key_node.start_mark.line
+            above = lines[line - 1] if line and lines[line - 1].lstrip().startswith("#") else ""
+            found[key] = (above + lines[line], flow)
+            if isinstance(value, yaml.MappingNode):
+                walk(value, key, flow or value.flow_style)
+
+    walk(yaml.compose(text), "", False)
+    return found
+
+
+def test_every_param_is_described_where_it_is_defined_and_commented_in_params_yaml() -> None:
+    fields, in_yaml = params_keys(), yaml_key_lines()
+    undescribed = [key for key, field in fields.items() if not (field.description or "").strip()]
+    assert not undescribed, f"fields without a description in pipeline/params.py: {undescribed}"
+    missing = sorted(set(fields) - set(in_yaml) - {k for k in fields if k.startswith("ingest.splits.")})
+    assert not missing, f"params.yaml lacks {missing}"
+    uncommented = [key for key, (line, _) in in_yaml.items() if "#" not in line]
+    assert not uncommented, f"params.yaml keys without a comment on (or right above) their line: {uncommented}"
+
+
+def test_the_comment_on_task_lists_every_registered_task() -> None:
+    from pipeline.tasks import TASKS
+
+    text = (REPO / "params.yaml").read_text()
+    task_comment = text[text.index("\ntask:") : text.index("\nmlflow:")]
+    assert [name for name in TASKS if name not in task_comment] == []
+
+
+def test_explain_prints_description_type_default_and_allowed_values() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.params", "--explain", "tokenize.truncation"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert (
+        "longer texts: head | tail" in out
+        and "default: 'head'" in out
+        and "allowed: head, tail, head+tail, chunk" in out
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.params", "--explain", "task"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "token_classification (NER" in out and "default: none (required)" in out
+    bad = subprocess.run(
+        [sys.executable, "-m", "pipeline.params", "--explain", "finetune.nope"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: finetune.nope: no such params key"

@@ -11,11 +11,14 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from conftest import make_project, write_sentiment_tsv
 from helpers import set_params, venv_env
+from pipeline.card import ModelCard
 
 ALL_STAGES = ["ingest", "split", "tokenize", "finetune", "evaluate", "report"]
 
@@ -49,7 +52,10 @@ def test_repro_runs_every_stage_in_order(repo: Path) -> None:
     assert repro(repo) == ALL_STAGES
     assert (repo / "reports" / "report.md").read_text().startswith("# Sentiment fine-tuning report")
     assert {p.name for p in (repo / "reports" / "figures").iterdir()} >= {
-        "learning_curves.png", "confusion_matrix.png", "per_class_f1.png"}
+        "learning_curves.png",
+        "confusion_matrix.png",
+        "per_class_f1.png",
+    }
     assert (repo / "mlflow.db").is_file()
     commit(repo, "first run")
 
@@ -58,8 +64,10 @@ def test_registered_version_carries_the_dvc_lock_hashes(repo: Path) -> None:
     """Under `dvc repro`, evaluate runs after dvc.lock has the finetune entry: the version names its md5s."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["finetune"]
     train_md5 = next(dep["md5"] for dep in lock["deps"] if dep["path"] == "data/split/train.parquet")
-    script = ("import json, mlflow; from stages import registry; c = registry.client(); "
-              "print(json.dumps(c.get_model_version_by_alias('sentiment-classifier', 'challenger').tags))")
+    script = (
+        "import json, mlflow; from pipeline import registry; c = registry.client(); "
+        "print(json.dumps(c.get_model_version_by_alias('sentiment-classifier', 'challenger').tags))"
+    )
     tags = json.loads(sh(repo, "python", "-c", script).strip().splitlines()[-1])
     assert tags["dvc_lock.data.data/split/train.parquet"] == train_md5
     assert (tags["git_commit"], tags["git_dirty"]) == (sh(repo, "git", "rev-parse", "HEAD~1").strip(), "false")
@@ -112,8 +120,14 @@ def test_a_finetune_killed_under_dvc_repro_resumes_on_the_next_repro(tmp_path: P
     (hook / "sitecustomize.py").write_text(SLOW_STEPS)
     env = venv_env(PIPELINE_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(hook))
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen(["dvc", "repro"], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["dvc", "repro"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     marker = root / "checkpoints" / "checkpoint-8" / "trainer_state.json"
     deadline = time.monotonic() + 180
     while not marker.exists():
@@ -123,6 +137,25 @@ def test_a_finetune_killed_under_dvc_repro_resumes_on_the_next_repro(tmp_path: P
     proc.wait()
 
     assert repro(root) == ["finetune", "evaluate", "report"]
-    info = json.loads((root / "models" / "model" / "training.json").read_text())
-    assert info["resumed_from_step"] >= 8 and info["global_step"] == 16
+    stats = ModelCard.read(root / "models" / "model").training
+    assert stats.resumed_from_step >= 8 and stats.global_step == 16
     assert "changed" not in sh(root, "dvc", "status")
+
+
+def test_a_pooling_change_reaches_the_evaluated_model(repo: Path) -> None:
+    """`tokenize.pooling` acts at prediction, but the model folder carries it: the stages that write and
+    evaluate the model re-run, and the evaluated model pools its windows the new way."""
+    from pipeline.inference import Predictor
+
+    set_params(repo, {"tokenize.truncation": "chunk", "tokenize.max_length": 8, "tokenize.stride": 2})
+    assert repro(repo) == ["tokenize", "finetune", "evaluate", "report"]
+    mean_model = Predictor(repo / "models" / "model")
+    set_params(repo, {"tokenize.pooling": "max"})
+    assert repro(repo) == ["tokenize", "finetune", "evaluate", "report"]  # finetune writes pooling into the card
+    max_model = Predictor(repo / "models" / "model")
+    assert (mean_model.encoding.pooling, max_model.encoding.pooling) == ("mean", "max")
+    long_text = ["the film was great but the story was dull and the cast was bland and boring"]
+    assert not np.allclose(max_model.logits(long_text), mean_model.logits(long_text))
+    metrics = json.loads((repo / "reports" / "eval" / "metrics.json").read_text())
+    expected = max_model.task.score(max_model, pd.read_parquet(repo / "data" / "split" / "test.parquet"), "test")[0]
+    assert metrics["accuracy"] == expected["accuracy"]  # evaluate scored the max-pooling model

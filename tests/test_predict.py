@@ -3,7 +3,6 @@ predictions; streamed in chunks; bad input stops with the row and leaves no outp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -11,8 +10,8 @@ import pytest
 
 from conftest import sentiment_rows
 from helpers import expect_user_error
-from stages import predict
-from stages.inference import Predictor
+from pipeline import predict
+from pipeline.inference import Predictor
 
 
 @pytest.fixture
@@ -41,15 +40,33 @@ def read(path: Path) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("source,target", [("csv", "parquet"), ("jsonl", "csv"), ("parquet", "jsonl"), ("tsv", "tsv")])
-def test_predictions_equal_in_process_predictions(trained: dict[str, Path], texts: pd.DataFrame, tmp_path: Path,
-                                                  source: str, target: str) -> None:
+def test_predictions_equal_in_process_predictions(
+    trained: dict[str, Path], texts: pd.DataFrame, tmp_path: Path, source: str, target: str
+) -> None:
     source_file = write(texts, tmp_path / f"in.{source}")
     target_file = tmp_path / "out" / f"predictions.{target}"
-    predict.run(["--model", str(trained["good"]), "--input", str(source_file), "--output", str(target_file),
-                 "--text-column", "review", "--chunk-size", "7", "--batch-size", "4"])
+    predict.run(
+        [
+            "--model",
+            str(trained["good"]),
+            "--input",
+            str(source_file),
+            "--output",
+            str(target_file),
+            "--text-column",
+            "review",
+            "--chunk-size",
+            "7",
+            "--batch-size",
+            "4",
+        ]
+    )
     out = read(target_file)
     expected = Predictor(trained["good"]).predict(texts["review"].tolist())
-    assert out["id"].astype(str).tolist() == texts["id"].astype(str).tolist() and out["review"].tolist() == texts["review"].tolist()
+    assert (
+        out["id"].astype(str).tolist() == texts["id"].astype(str).tolist()
+        and out["review"].tolist() == texts["review"].tolist()
+    )
     assert out["predicted_label"].tolist() == expected["label"].tolist()
     for column in ("score", "score_negative", "score_positive"):
         assert out[f"predicted_{column}"].to_numpy() == pytest.approx(expected[column].to_numpy(), abs=1e-6)
@@ -58,56 +75,118 @@ def test_predictions_equal_in_process_predictions(trained: dict[str, Path], text
 def test_predicts_from_a_registry_uri(register, tmp_path: Path, texts: pd.DataFrame) -> None:
     register("good")
     source_file = write(texts, tmp_path / "in.csv")
-    predict.run(["--model", "models:/sentiment-classifier@challenger", "--input", str(source_file),
-                 "--output", str(tmp_path / "out.parquet"), "--text-column", "review"])
+    predict.run(
+        [
+            "--model",
+            "models:/sentiment-classifier@challenger",
+            "--input",
+            str(source_file),
+            "--output",
+            str(tmp_path / "out.parquet"),
+            "--text-column",
+            "review",
+        ]
+    )
     assert len(pd.read_parquet(tmp_path / "out.parquet")) == 50
 
 
-def test_reads_and_writes_in_chunks(trained: dict[str, Path], texts: pd.DataFrame, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reads_and_writes_in_chunks(
+    trained: dict[str, Path], texts: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[int] = []
     original = Predictor.predict
-    monkeypatch.setattr(Predictor, "predict", lambda self, batch, pairs=None: seen.append(len(batch)) or original(self, batch, pairs))
+    monkeypatch.setattr(
+        Predictor, "predict", lambda self, batch, pairs=None: seen.append(len(batch)) or original(self, batch, pairs)
+    )
     source_file = write(texts, tmp_path / "in.parquet")
-    predict.run(["--model", str(trained["good"]), "--input", str(source_file), "--output", str(tmp_path / "o.parquet"),
-                 "--text-column", "review", "--chunk-size", "16"])
+    predict.run(
+        [
+            "--model",
+            str(trained["good"]),
+            "--input",
+            str(source_file),
+            "--output",
+            str(tmp_path / "o.parquet"),
+            "--text-column",
+            "review",
+            "--chunk-size",
+            "16",
+        ]
+    )
     assert seen == [16, 16, 16, 2]
 
 
-def test_an_empty_text_names_its_row_and_writes_nothing(trained: dict[str, Path], texts: pd.DataFrame, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_empty_text_names_its_row_and_writes_nothing(
+    trained: dict[str, Path],
+    texts: pd.DataFrame,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     texts.loc[37, "review"] = "   "
     source_file = write(texts, tmp_path / "in.jsonl")
     target = tmp_path / "out.csv"
     target.write_text("previous results\n")
-    monkeypatch.setattr("sys.argv", ["predict", "--model", str(trained["good"]), "--input", str(source_file),
-                                     "--output", str(target), "--text-column", "review", "--chunk-size", "10"])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "predict",
+            "--model",
+            str(trained["good"]),
+            "--input",
+            str(source_file),
+            "--output",
+            str(target),
+            "--text-column",
+            "review",
+            "--chunk-size",
+            "10",
+        ],
+    )
     err = expect_user_error(predict.main, capsys)
     assert "row 38" in err and "review" in err
     assert target.read_text() == "previous results\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_an_unquoted_separator_is_an_error_not_lost_text(trained: dict[str, Path], tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unquoted_separator_is_an_error_not_lost_text(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "in.csv").write_text("text\na great, moving film\n")
-    monkeypatch.setattr("sys.argv", ["predict", "--model", str(trained["good"]), "--input", str(tmp_path / "in.csv"),
-                                     "--output", str(tmp_path / "out.csv")])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "predict",
+            "--model",
+            str(trained["good"]),
+            "--input",
+            str(tmp_path / "in.csv"),
+            "--output",
+            str(tmp_path / "out.csv"),
+        ],
+    )
     assert "more fields than the header" in expect_user_error(predict.main, capsys)
     assert not (tmp_path / "out.csv").exists()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--text-column", "body"], "no column 'body'"),
-    (["--input", "missing.csv"], "input file not found"),
-    (["--output", "out.xlsx"], "unknown file type '.xlsx'"),
-    (["--model", "no/such/dir"], "no such model folder"),
-])
-def test_bad_arguments_are_one_line_errors(trained: dict[str, Path], texts: pd.DataFrame, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-                                           args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--text-column", "body"], "no column 'body'"),
+        (["--input", "missing.csv"], "input file not found"),
+        (["--output", "out.xlsx"], "unknown file type '.xlsx'"),
+        (["--model", "no/such/dir"], "no such model folder"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(
+    trained: dict[str, Path],
+    texts: pd.DataFrame,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    message: str,
+) -> None:
     monkeypatch.chdir(tmp_path)
     write(texts, tmp_path / "in.csv")
     base = {"--model": str(trained["good"]), "--input": "in.csv", "--output": "out.csv", "--text-column": "review"}
@@ -117,15 +196,32 @@ def test_bad_arguments_are_one_line_errors(trained: dict[str, Path], texts: pd.D
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_a_corrupt_model_file_is_a_one_line_error(trained: dict[str, Path], texts: pd.DataFrame, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_corrupt_model_file_is_a_one_line_error(
+    trained: dict[str, Path],
+    texts: pd.DataFrame,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import shutil
 
     model = tmp_path / "model"
     shutil.copytree(trained["good"], model)
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
-    monkeypatch.setattr("sys.argv", ["predict", "--model", str(model), "--input", str(write(texts, tmp_path / "in.csv")),
-                                     "--output", str(tmp_path / "out.csv"), "--text-column", "review"])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "predict",
+            "--model",
+            str(model),
+            "--input",
+            str(write(texts, tmp_path / "in.csv")),
+            "--output",
+            str(tmp_path / "out.csv"),
+            "--text-column",
+            "review",
+        ],
+    )
     assert "cannot load the model" in expect_user_error(predict.main, capsys)
     assert not (tmp_path / "out.csv").exists()

@@ -16,8 +16,9 @@ import pytest
 
 from conftest import REPO
 from helpers import expect_user_error, set_params
-from stages import paths, promote, registry
-from stages.inference import Predictor, score
+from pipeline import paths, promote, registry
+from pipeline.card import ModelCard
+from pipeline.inference import Predictor, score
 
 NAME = "sentiment-classifier"
 
@@ -43,11 +44,11 @@ def test_the_fixture_models_differ_enough_to_gate(register: Callable[..., str]) 
 def test_a_version_records_its_provenance_and_metrics(register: Callable[..., str]) -> None:
     registered = register("good")
     version = client().get_model_version(NAME, registered)
-    training = json.loads((paths.MODEL / "training.json").read_text())
+    provenance = ModelCard.read(paths.MODEL).provenance
     metrics = json.loads((paths.EVAL / "metrics.json").read_text())
     tags = version.tags
-    assert tags["git_commit"] == training["git_commit"] and tags["git_dirty"] in ("true", "false")
-    assert tags["data_sha256"] == training["data_sha256"] and tags["params_sha256"] == training["params_sha256"]
+    assert tags["git_commit"] == provenance.git_commit and tags["git_dirty"] in ("true", "false")
+    assert tags["data_sha256"] == provenance.data_sha256 and tags["params_sha256"] == provenance.params_sha256
     assert tags["task"] == "single_label_classification" and tags["method"] == "full"
     assert json.loads(tags["labels"]) == ["negative", "positive"]
     assert tags["mlflow_run_id"] == version.run_id
@@ -57,28 +58,29 @@ def test_a_version_records_its_provenance_and_metrics(register: Callable[..., st
 
 
 def test_the_logged_model_loads_without_the_repository(register: Callable[..., str], tmp_path: Path) -> None:
-    """In a fresh interpreter outside the repo, the `stages` code comes from the model's own artifact."""
+    """In a fresh interpreter outside the repo, the `pipeline` code comes from the model's own artifact."""
     register("good")
     script = (
         "import json, sys, mlflow\n"
         "m = mlflow.pyfunc.load_model('models:/sentiment-classifier@challenger')\n"
         "p = m.predict(['a great wonderful film'])\n"
-        "print(json.dumps({'stages': sys.modules['stages'].__file__, 'label': p['label'][0],\n"
+        "print(json.dumps({'pipeline': sys.modules['pipeline'].__file__, 'label': p['label'][0],\n"
         "                  'signature': str(m.metadata.signature.inputs)}))\n"
     )
     env = {"MLFLOW_TRACKING_URI": registry.tracking.tracking_uri(), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert "/artifacts/code/stages/" in out["stages"]  # not the project's stages/, not the editable install
-    assert not out["stages"].startswith((str(Path.cwd() / "stages"), str(REPO)))
+    assert "/artifacts/code/pipeline/" in out["pipeline"]  # not the project's pipeline/, not the editable install
+    assert not out["pipeline"].startswith((str(Path.cwd() / "pipeline"), str(REPO)))
     assert out["label"] in ("negative", "positive") and "string" in out["signature"]
     model_files = {p.name for p in Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@challenger")).rglob("*")}
     assert {"model.safetensors", "tokenizer.json", "training.json", "input_example.json", "MLmodel"} <= model_files
 
 
-def test_first_model_becomes_champion_only_above_the_floor(register: Callable[..., str], project: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_first_model_becomes_champion_only_above_the_floor(
+    register: Callable[..., str], project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = register("bad")
     assert promote.run([]) == promote.EXIT_REFUSED
     assert f"refused v{bad}" in capsys.readouterr().err and champion() is None
@@ -87,8 +89,9 @@ def test_first_model_becomes_champion_only_above_the_floor(register: Callable[..
     assert champion() == good
 
 
-def test_promoting_the_champion_again_changes_nothing(register: Callable[..., str],
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_promoting_the_champion_again_changes_nothing(
+    register: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
     good = register("good")
     promote.run([])
     assert promote.run([]) == 0 and "already is @champion" in capsys.readouterr().out
@@ -105,8 +108,9 @@ def test_challenger_that_wins_by_the_margin_is_promoted(register: Callable[..., 
     assert client().get_model_version(NAME, good).tags[registry.PREVIOUS_CHAMPION_TAG] == bad
 
 
-def test_challenger_that_loses_is_refused_with_both_numbers(register: Callable[..., str],
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_challenger_that_loses_is_refused_with_both_numbers(
+    register: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
     good = register("good")
     assert promote.run([]) == 0
     bad = register("bad")
@@ -147,8 +151,9 @@ def test_force_promotes_a_loser_and_records_the_reason(register: Callable[..., s
     assert last["candidate_value"] == accuracy(bad) and last["champion_value"] == accuracy(last["champion"])
 
 
-def test_rollback_returns_to_the_previous_champion(register: Callable[..., str], project: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_rollback_returns_to_the_previous_champion(
+    register: Callable[..., str], project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     set_params(project, {"promote.floor": 0.0})
     bad = register("bad")
     promote.run([])
@@ -165,7 +170,7 @@ def test_rollback_returns_to_the_previous_champion(register: Callable[..., str],
 
 
 def command(argv: list[str]) -> Callable[[], None]:
-    """`python -m stages.promote ARGV` as a callable, for expect_user_error."""
+    """`python -m pipeline.promote ARGV` as a callable, for expect_user_error."""
 
     def main() -> None:
         saved = sys.argv
@@ -178,8 +183,9 @@ def command(argv: list[str]) -> Callable[[], None]:
     return main
 
 
-def test_history_lists_every_decision_with_who_and_why(register: Callable[..., str],
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_history_lists_every_decision_with_who_and_why(
+    register: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
     good = register("good")
     promote.run([])
     bad = register("bad")
@@ -192,9 +198,9 @@ def test_history_lists_every_decision_with_who_and_why(register: Callable[..., s
     assert "refused" in lines[1] and f"v{bad} over v{good}" in lines[1]
 
 
-def test_champion_from_another_test_set_is_rescored_on_the_challengers(register: Callable[..., str], project: Path,
-                                                                       trained: dict[str, Path],
-                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_champion_from_another_test_set_is_rescored_on_the_challengers(
+    register: Callable[..., str], project: Path, trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     set_params(project, {"promote.min_improvement": 0.0})
     good = register("good", split="split_a")
     promote.run([])
@@ -214,9 +220,12 @@ def test_promotions_wait_for_each_other(register: Callable[..., str], project: P
     register("bad")
     promote.run([])
     first, second = register("good"), register("good")
-    cmd = [sys.executable, "-m", "stages.promote", "--version"]
+    cmd = [sys.executable, "-m", "pipeline.promote", "--version"]
     with registry.exclusive(NAME):
-        procs = [subprocess.Popen([*cmd, v], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in (first, second)]
+        procs = [
+            subprocess.Popen([*cmd, v], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for v in (first, second)
+        ]
         lock = registry.lock_path(NAME).resolve()
         deadline = time.monotonic() + 90
         while not all(holds_open(p.pid, lock) for p in procs):  # both reached the lock and wait there
@@ -243,7 +252,8 @@ def holds_open(pid: int, path: Path) -> bool:
 
 
 def test_promote_without_a_tracking_store_or_challenger_is_a_one_line_error(
-        register: Callable[..., str], capsys: pytest.CaptureFixture[str]) -> None:
+    register: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
     err = expect_user_error(command([]), capsys)
     assert "mlflow.db: no MLflow tracking store" in err and not Path("mlflow.db").exists()
     register("good")
@@ -260,8 +270,8 @@ def test_force_needs_a_reason(project: Path) -> None:
 
 
 def test_report_shows_the_champion_and_the_gates_verdict(register: Callable[..., str]) -> None:
+    from pipeline.params import load_params
     from stages import report
-    from stages.params import load_params
 
     def section() -> str:
         registered = json.loads((paths.EVAL / "registry.json").read_text())

@@ -19,10 +19,18 @@ from safetensors.torch import load_file
 
 from conftest import inside
 from helpers import expect_user_error, set_params
-from stages import finetune, paths, tracking
+from pipeline import paths, tracking
+from pipeline.card import ModelCard
+from pipeline.checkpoints import RUN_FILE
+from stages import finetune
 
-SCHEDULE = {"finetune.max_steps": 16, "finetune.eval_steps": 4, "finetune.logging_steps": 1,
-            "finetune.per_device_train_batch_size": 8, "finetune.early_stopping_patience": None}
+SCHEDULE = {
+    "finetune.max_steps": 16,
+    "finetune.eval_steps": 4,
+    "finetune.logging_steps": 1,
+    "finetune.per_device_train_batch_size": 8,
+    "finetune.early_stopping_patience": None,
+}
 
 # Loaded by the killed process only: each training step sleeps, so the test can kill it between checkpoints.
 SLOW_STEPS = """
@@ -57,8 +65,13 @@ def runs(tokenized: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     (hook / "sitecustomize.py").write_text(SLOW_STEPS)
     child_env = {**os.environ, **env, "PYTHONPATH": str(hook)}
     child_env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "stages.finetune"], cwd=root, env=child_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.finetune"],
+        cwd=root,
+        env=child_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     marker = root / "checkpoints" / "checkpoint-8" / "trainer_state.json"
     deadline = time.monotonic() + 120
     while not marker.exists():
@@ -81,23 +94,27 @@ def interrupted(runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_killed_finetune_resumes_in_the_same_run_and_ends_like_an_uninterrupted_one(
-        interrupted: Path, runs: dict[str, Path]) -> None:
-    killed_run = json.loads((paths.CHECKPOINTS / finetune.RUN_FILE).read_text())["mlflow_run_id"]
-    newest = max(int(p.name.split("-")[1]) for p in paths.CHECKPOINTS.glob("checkpoint-*")
-                 if (p / "trainer_state.json").exists())
+    interrupted: Path, runs: dict[str, Path]
+) -> None:
+    killed_run = json.loads((paths.CHECKPOINTS / RUN_FILE).read_text())["mlflow_run_id"]
+    newest = max(
+        int(p.name.split("-")[1]) for p in paths.CHECKPOINTS.glob("checkpoint-*") if (p / "trainer_state.json").exists()
+    )
     finetune.main()
-    info = json.loads((paths.MODEL / "training.json").read_text())
-    reference = json.loads((runs["reference"] / "training.json").read_text())
-    assert info["resumed_from_step"] == newest >= 8 and reference["resumed_from_step"] is None
-    assert info["mlflow_run_id"] == killed_run != reference["mlflow_run_id"]
-    assert info["global_step"] == reference["global_step"] == 16
-    assert info["best_validation_accuracy"] == reference["best_validation_accuracy"]
+    card, reference = ModelCard.read(paths.MODEL), ModelCard.read(runs["reference"])
+    assert card.training.resumed_from_step == newest >= 8 and reference.training.resumed_from_step is None
+    assert card.provenance.mlflow_run_id == killed_run != reference.provenance.mlflow_run_id
+    assert card.training.global_step == reference.training.global_step == 16
+    assert card.training.best_metric == reference.training.best_metric
     resumed, expected = weights(paths.MODEL), weights(runs["reference"])
     assert resumed.keys() == expected.keys()
     for name in expected:
         assert (resumed[name] == expected[name]).all(), name
     # The learning curves hold the steps from before the kill, read back from the checkpoint.
-    loss_steps = [int(line.split("\t")[0]) for line in (paths.TRAIN_LOGS / "plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
+    loss_steps = [
+        int(line.split("\t")[0])
+        for line in (paths.TRAIN_LOGS / "plots/metrics/train/loss.tsv").read_text().splitlines()[1:]
+    ]
     assert loss_steps == list(range(1, 17))
     tracking.configure("sentiment-finetune")
     run = mlflow.MlflowClient().get_run(killed_run)
@@ -111,22 +128,25 @@ def test_cut_short_checkpoint_is_skipped_for_the_complete_one_before_it(interrup
     shutil.copytree(complete, partial)
     (partial / "trainer_state.json").unlink()
     finetune.main()
-    assert json.loads((paths.MODEL / "training.json").read_text())["resumed_from_step"] == int(complete.name.split("-")[1])
+    assert ModelCard.read(paths.MODEL).training.resumed_from_step == int(complete.name.split("-")[1])
 
 
-def test_checkpoints_of_other_params_are_refused_then_discarded_when_asked(interrupted: Path,
-                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_checkpoints_of_other_params_are_refused_then_discarded_when_asked(
+    interrupted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     set_params(interrupted, {"finetune.learning_rate": 0.01})
     before = sorted(str(p) for p in paths.CHECKPOINTS.rglob("*"))
     err = expect_user_error(finetune.main, capsys)
-    assert err == ("error: checkpoints: comes from other params, data or model; delete it, "
-                   "or set finetune.on_bad_checkpoint: restart")
+    assert err == (
+        "error: checkpoints: comes from other params, data or model; delete it, "
+        "or set finetune.on_bad_checkpoint: restart"
+    )
     assert sorted(str(p) for p in paths.CHECKPOINTS.rglob("*")) == before and not paths.MODEL.exists()
 
     set_params(interrupted, {"finetune.on_bad_checkpoint": "restart"})
     finetune.main()
-    info = json.loads((paths.MODEL / "training.json").read_text())
-    assert info["resumed_from_step"] is None and info["global_step"] == 16
+    stats = ModelCard.read(paths.MODEL).training
+    assert stats.resumed_from_step is None and stats.global_step == 16
     assert "training from the start" in capsys.readouterr().err
 
 
@@ -142,11 +162,12 @@ def test_unreadable_checkpoint_is_refused(interrupted: Path, capsys: pytest.Capt
 def test_resume_false_starts_over(interrupted: Path) -> None:
     set_params(interrupted, {"finetune.resume": False})
     finetune.main()
-    assert json.loads((paths.MODEL / "training.json").read_text())["resumed_from_step"] is None
+    assert ModelCard.read(paths.MODEL).training.resumed_from_step is None
 
 
-def test_an_interrupted_adalora_run_starts_over(tokenized_project: Path, monkeypatch: pytest.MonkeyPatch,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_interrupted_adalora_run_starts_over(
+    tokenized_project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import transformers
 
     set_params(tokenized_project, {**SCHEDULE, "finetune.method": "adalora", "finetune.adalora.delta_t": 2})
@@ -163,6 +184,6 @@ def test_an_interrupted_adalora_run_starts_over(tokenized_project: Path, monkeyp
     assert (paths.CHECKPOINTS / "checkpoint-8").is_dir()
     monkeypatch.setattr(transformers.Trainer, "training_step", step)
     finetune.main()
-    info = json.loads((paths.MODEL / "training.json").read_text())
-    assert info["resumed_from_step"] is None and info["global_step"] == 16
+    stats = ModelCard.read(paths.MODEL).training
+    assert stats.resumed_from_step is None and stats.global_step == 16
     assert "cannot be resumed" in capsys.readouterr().err

@@ -15,8 +15,9 @@ import pytest
 
 from conftest import inside, make_project
 from helpers import free_port, running_server, venv_env
-from stages import evaluate, paths, promote, tracking
-from stages.inference import Predictor
+from pipeline import paths, promote, tracking
+from pipeline.inference import Predictor
+from stages import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,21 @@ def served(trained: dict[str, Path], tiny_model: Path, tmp_path_factory: pytest.
         assert promote.run([]) == 0
         uri = tracking.tracking_uri()
     port = free_port()
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/sentiment-classifier@champion",
-           "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        "models:/sentiment-classifier@champion",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with running_server(cmd, f"http://127.0.0.1:{port}/ping", venv_env(MLFLOW_TRACKING_URI=uri), base / "serve.log"):
         yield f"http://127.0.0.1:{port}/invocations"
 
@@ -67,12 +81,15 @@ def test_a_100_kb_text_is_truncated_not_refused(served: str) -> None:
     assert status == 200 and answer["predictions"][0]["label"] in ("negative", "positive")
 
 
-@pytest.mark.parametrize("body", [
-    json.dumps({"inputs": [1, 2]}).encode(),        # not strings
-    json.dumps({"inputs": ["fine", None]}).encode(),
-    json.dumps({"texts": ["a"]}).encode(),           # unknown key
-    b"{not json",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps({"inputs": [1, 2]}).encode(),  # not strings
+        json.dumps({"inputs": ["fine", None]}).encode(),
+        json.dumps({"texts": ["a"]}).encode(),  # unknown key
+        b"{not json",
+    ],
+)
 def test_bad_requests_get_a_400_with_a_message(served: str, body: bytes) -> None:
     status, answer = post(served, body)
     assert status == 400, answer

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.errors import PipelineError
-from stages.sources import resolve
+from pipeline.errors import PipelineError
+from pipeline.sources import resolve
 
 
 def _tar_gz(files: dict[str, bytes]) -> bytes:
@@ -36,11 +36,15 @@ def index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         whl.writestr("demo_pkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: demo_pkg\nVersion: 1.0\n")
         whl.writestr("demo_pkg-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         whl.writestr("demo_pkg-1.0.dist-info/RECORD", "")
-    (links / "demo_pkg-1.0.tar.gz").write_bytes(_tar_gz({
-        "demo_pkg-1.0/setup.py": b"from setuptools import setup\nsetup(name='demo_pkg', version='1.0')\n",
-        "demo_pkg-1.0/PKG-INFO": b"Metadata-Version: 2.1\nName: demo_pkg\nVersion: 1.0\n",
-        "demo_pkg-1.0/extra/resources.tar.gz": inner,
-    }))
+    (links / "demo_pkg-1.0.tar.gz").write_bytes(
+        _tar_gz(
+            {
+                "demo_pkg-1.0/setup.py": b"from setuptools import setup\nsetup(name='demo_pkg', version='1.0')\n",
+                "demo_pkg-1.0/PKG-INFO": b"Metadata-Version: 2.1\nName: demo_pkg\nVersion: 1.0\n",
+                "demo_pkg-1.0/extra/resources.tar.gz": inner,
+            }
+        )
+    )
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(links))
     monkeypatch.setenv("PIP_NO_BUILD_ISOLATION", "0")  # build the sdist's metadata with the installed setuptools

@@ -11,7 +11,8 @@ from datasets import load_from_disk
 
 from conftest import write_sentiment_tsv
 from helpers import expect_user_error, set_params
-from stages import ingest, paths, split, tokenize
+from pipeline import paths
+from stages import ingest, split, tokenize
 
 
 def read_splits() -> dict[str, pd.DataFrame]:
@@ -47,7 +48,10 @@ def test_texts_differing_only_in_case_or_spacing_never_cross_splits(project: Pat
     set_params(project, {"ingest.source": str(source)})
     ingest.main()
     split.main()
-    hits = {name: part["text"].str.casefold().str.split().str.join(" ").eq("a twin text").sum() for name, part in read_splits().items()}
+    hits = {
+        name: part["text"].str.casefold().str.split().str.join(" ").eq("a twin text").sum()
+        for name, part in read_splits().items()
+    }
     assert sum(hits.values()) == 1
 
 
@@ -88,8 +92,13 @@ def predefined(project: Path, tmp_path: Path) -> Path:
     folder.mkdir()
     for offset, (name, n) in enumerate((("train.tsv", 60), ("dev.tsv", 20), ("test.tsv", 20))):
         write_sentiment_tsv(folder / name, n=n, seed=10 + offset)
-    set_params(project, {"ingest.source": str(folder), "ingest.splits": {"train": "train.tsv", "validation": "dev.tsv",
-                                                                          "test": "test.tsv"}})
+    set_params(
+        project,
+        {
+            "ingest.source": str(folder),
+            "ingest.splits": {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"},
+        },
+    )
     return folder
 
 
@@ -103,7 +112,8 @@ def test_predefined_splits_are_kept_not_resplit(predefined: Path) -> None:
 
 
 def test_a_text_in_two_predefined_splits_is_an_error_or_a_counted_warning(
-        predefined: Path, project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    predefined: Path, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     shared = (predefined / "train.tsv").read_text().splitlines()[0].split("\t")[2]
     with (predefined / "test.tsv").open("a") as fh:
         fh.write(f"999\t1.5\t{shared.upper()}\r\n")  # differs only in case: still the same text

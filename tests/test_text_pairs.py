@@ -13,13 +13,20 @@ import pytest
 
 from conftest import sentiment_rows
 from helpers import expect_user_error, set_params
-from stages import data, evaluate, finetune, ingest, paths, predict, split, tokenize, tracking
-from stages.errors import PipelineError
-from stages.inference import Predictor
-from stages.params import load_params
+from pipeline import data, paths, predict, tracking
+from pipeline.errors import PipelineError
+from pipeline.inference import Predictor
+from pipeline.params import load_params
+from stages import evaluate, finetune, ingest, split, tokenize
 
-PAIR_PARAMS = {"ingest.format": "csv", "ingest.header": True, "ingest.column_names": None, "ingest.score_to_label": None,
-               "ingest.text_column": ["premise", "reply"], "ingest.label_column": "label"}
+PAIR_PARAMS = {
+    "ingest.format": "csv",
+    "ingest.header": True,
+    "ingest.column_names": None,
+    "ingest.score_to_label": None,
+    "ingest.text_column": ["premise", "reply"],
+    "ingest.label_column": "label",
+}
 
 
 def pair_rows(n: int) -> pd.DataFrame:
@@ -29,16 +36,29 @@ def pair_rows(n: int) -> pd.DataFrame:
     replies = sentiment_rows(n, seed=11)
     premises = [text for _, text in sentiment_rows(n, seed=12)]
     rng.shuffle(premises)
-    return pd.DataFrame({"premise": premises, "reply": [t for _, t in replies],
-                         "label": ["agree" if r > 0 else "disagree" for r, _ in replies]})
+    return pd.DataFrame(
+        {
+            "premise": premises,
+            "reply": [t for _, t in replies],
+            "label": ["agree" if r > 0 else "disagree" for r, _ in replies],
+        }
+    )
 
 
 @pytest.fixture
 def pair_project(project: Path, tmp_path: Path) -> Path:
     source = tmp_path / "pairs.csv"
     pair_rows(400).to_csv(source, index=False)
-    set_params(project, {**PAIR_PARAMS, "ingest.source": str(source), "finetune.learning_rate": 5e-3,
-                         "finetune.num_train_epochs": 10, "finetune.early_stopping_patience": 10})
+    set_params(
+        project,
+        {
+            **PAIR_PARAMS,
+            "ingest.source": str(source),
+            "finetune.learning_rate": 5e-3,
+            "finetune.num_train_epochs": 10,
+            "finetune.early_stopping_patience": 10,
+        },
+    )
     return source
 
 
@@ -74,12 +94,34 @@ def test_pair_model_trains_serves_pairs_and_predicts_files(pair_project: Path, t
 
     batch = tmp_path / "pairs.csv"
     pd.DataFrame({"first": [a for a, _ in pairs], "second": [b for _, b in pairs]}).to_csv(batch, index=False)
-    predict.run(["--model", str(paths.MODEL), "--input", str(batch), "--output", str(tmp_path / "out.csv"),
-                 "--text-column", "first", "--pair-column", "second"])
+    predict.run(
+        [
+            "--model",
+            str(paths.MODEL),
+            "--input",
+            str(batch),
+            "--output",
+            str(tmp_path / "out.csv"),
+            "--text-column",
+            "first",
+            "--pair-column",
+            "second",
+        ]
+    )
     assert pd.read_csv(tmp_path / "out.csv")["predicted_label"].tolist() == expected["label"].tolist()
     with pytest.raises(PipelineError, match="--pair-column"):
-        predict.run(["--model", str(paths.MODEL), "--input", str(batch), "--output", str(tmp_path / "x.csv"),
-                     "--text-column", "first"])
+        predict.run(
+            [
+                "--model",
+                str(paths.MODEL),
+                "--input",
+                str(batch),
+                "--output",
+                str(tmp_path / "x.csv"),
+                "--text-column",
+                "first",
+            ]
+        )
 
 
 def test_an_empty_second_text_names_its_column_and_row(pair_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,9 +133,13 @@ def test_an_empty_second_text_names_its_column_and_row(pair_project: Path, capsy
 
 
 def test_same_pair_with_two_labels_is_dropped_but_a_shared_first_text_is_not(pair_project: Path) -> None:
-    table = pd.DataFrame({"premise": ["the film", "the film", "the cast", "the cast"] + ["the plot"] * 2,
-                          "reply": ["great", "dull", "superb", "superb", "moving", "awful"],
-                          "label": ["agree", "disagree", "agree", "disagree", "agree", "disagree"]})
+    table = pd.DataFrame(
+        {
+            "premise": ["the film", "the film", "the cast", "the cast"] + ["the plot"] * 2,
+            "reply": ["great", "dull", "superb", "superb", "moving", "awful"],
+            "label": ["agree", "disagree", "agree", "disagree", "agree", "disagree"],
+        }
+    )
     pd.concat([pd.read_csv(pair_project), table]).to_csv(pair_project, index=False)
     ingest.main()
     card = json.loads((paths.INGESTED / "card.json").read_text())
@@ -102,11 +148,14 @@ def test_same_pair_with_two_labels_is_dropped_but_a_shared_first_text_is_not(pai
     assert ((kept[data.TEXT] == "the film") & kept[data.TEXT_PAIR].isin(["great", "dull"])).sum() == 2
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"ingest.text_column": ["premise"]}, "text_column: a text pair is two different columns"),
-    ({"ingest.text_column": ["premise", "premise"]}, "text_column: a text pair is two different columns"),
-    ({"tokenize.truncation": "chunk"}, "tokenize.truncation: text pairs are cut with head only"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"ingest.text_column": ["premise"]}, "text_column: a text pair is two different columns"),
+        ({"ingest.text_column": ["premise", "premise"]}, "text_column: a text pair is two different columns"),
+        ({"tokenize.truncation": "chunk"}, "tokenize.truncation: text pairs are cut with head only"),
+    ],
+)
 def test_pair_params_are_checked(changes: dict, message: str, pair_project: Path) -> None:
     with pytest.raises(PipelineError, match=message):
         load_params(overrides=changes)

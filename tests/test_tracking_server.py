@@ -4,7 +4,6 @@ MLFLOW_TRACKING_URI changes."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -17,7 +16,9 @@ import mlflow
 import pytest
 
 from helpers import free_port, running_server, set_params, venv_env
-from stages import evaluate, finetune, ingest, paths, promote, registry, split, tokenize
+from pipeline import paths, promote, registry
+from pipeline.card import ModelCard
+from stages import evaluate, finetune, ingest, split, tokenize
 
 
 @pytest.fixture
@@ -36,8 +37,17 @@ def postgres() -> Iterator[str]:
     run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
     try:
         run("initdb", "-D", str(folder / "data"), "-A", "trust", "-U", "mlflow")
-        run("pg_ctl", "-D", str(folder / "data"), "-l", str(folder / "log"), "-w", "-o",
-            f"-p {port} -h 127.0.0.1 -k {folder}", "start")
+        run(
+            "pg_ctl",
+            "-D",
+            str(folder / "data"),
+            "-l",
+            str(folder / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -h 127.0.0.1 -k {folder}",
+            "start",
+        )
         yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run([*as_user, "pg_ctl", "-D", str(folder / "data"), "-m", "immediate", "stop"], capture_output=True)
@@ -51,14 +61,26 @@ def backend_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres")
 
 
-def test_pipeline_tracks_registers_and_promotes_on_a_tracking_server(project: Path, tmp_path: Path, backend_store: str,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pipeline_tracks_registers_and_promotes_on_a_tracking_server(
+    project: Path, tmp_path: Path, backend_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     port = free_port()
     server_dir = tmp_path / "server"
     server_dir.mkdir()
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--backend-store-uri", backend_store,
-           "--artifacts-destination", str(server_dir / "artifacts")]
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend_store,
+        "--artifacts-destination",
+        str(server_dir / "artifacts"),
+    ]
     url = f"http://127.0.0.1:{port}"
     with running_server(cmd, f"{url}/health", venv_env(), server_dir / "server.log"):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
@@ -67,9 +89,8 @@ def test_pipeline_tracks_registers_and_promotes_on_a_tracking_server(project: Pa
             stage.main()
         assert promote.run([]) == 0
 
-        info = json.loads((paths.MODEL / "training.json").read_text())
         client = mlflow.MlflowClient(url)
-        run = client.get_run(info["mlflow_run_id"])
+        run = client.get_run(ModelCard.read(paths.MODEL).provenance.mlflow_run_id)
         assert run.data.params["finetune.learning_rate"] == "0.001" and "test_accuracy" in run.data.metrics
         assert len(client.get_metric_history(run.info.run_id, "loss")) > 0
         champion = client.get_model_version_by_alias("sentiment-classifier", registry.CHAMPION)

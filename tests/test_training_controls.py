@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -11,27 +12,28 @@ import torch
 from datasets import Dataset
 
 from helpers import set_params
-from stages import data, finetune, methods, paths
-from stages.params import load_params
-from stages.training import class_weights, loss_function
+from pipeline import data, methods, paths
+from pipeline.params import load_params
+from pipeline.tasks import get_task
+from pipeline.training import Prepared, class_weights, fit, loss_function, prepare
 
 TRAIN_EXAMPLES = 128  # the tokenized fixture: 160 texts, 80 % in train
 
 
-def prepared(root: Path, **changes: object) -> finetune.Prepared:
+def prepared(root: Path, **changes: object) -> Prepared:
     set_params(root, {f"finetune.{k}": v for k, v in changes.items()})
     params = load_params()
     labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
-    return finetune.prepare(params, data.load_tokenized(paths.TOKENIZED), labels, root / "checkpoints")
+    return prepare(params, data.load_tokenized(paths.TOKENIZED), labels, root / "checkpoints")
 
 
-def trained(root: Path, **changes: object) -> finetune.Prepared:
+def trained(root: Path, **changes: object) -> Prepared:
     run = prepared(root, **changes)
-    finetune.fit(load_params(), run, root / "model")
+    fit(load_params(), run, root / "model")
     return run
 
 
-def logged(run: finetune.Prepared, key: str) -> list[tuple[int, float]]:
+def logged(run: Prepared, key: str) -> list[tuple[int, float]]:
     return [(row["step"], row[key]) for row in run.trainer.state.log_history if key in row]
 
 
@@ -49,7 +51,9 @@ def test_sgd_uses_momentum_and_adamw_skips_decay_on_biases_and_layer_norms(token
 
 
 def test_head_has_its_own_learning_rate_through_the_schedule(tokenized_project: Path) -> None:
-    run = trained(tokenized_project, learning_rate=1e-4, head_learning_rate=1e-2, max_steps=3, lr_scheduler_type="linear")
+    run = trained(
+        tokenized_project, learning_rate=1e-4, head_learning_rate=1e-2, max_steps=3, lr_scheduler_type="linear"
+    )
     model = run.trainer.model
     names = {id(p): n for n, p in model.named_parameters()}
     ratios = set()
@@ -62,27 +66,45 @@ def test_head_has_its_own_learning_rate_through_the_schedule(tokenized_project: 
     assert any(n.startswith("classifier.") for n in names.values())
 
 
-@pytest.mark.parametrize("scheduler, quarter", [("constant", 1.0), ("linear", 0.75), ("cosine", 0.5 * (1 + math.cos(math.pi / 4)))])
+@pytest.mark.parametrize(
+    "scheduler, quarter", [("constant", 1.0), ("linear", 0.75), ("cosine", 0.5 * (1 + math.cos(math.pi / 4)))]
+)
 def test_learning_rate_schedule(scheduler: str, quarter: float, tokenized_project: Path) -> None:
-    run = trained(tokenized_project, lr_scheduler_type=scheduler, warmup_ratio=0.0, max_steps=16, logging_steps=1,
-                  learning_rate=1e-3)
+    run = trained(
+        tokenized_project,
+        lr_scheduler_type=scheduler,
+        warmup_ratio=0.0,
+        max_steps=16,
+        logging_steps=1,
+        learning_rate=1e-3,
+    )
     rates = dict(logged(run, "learning_rate"))
     # The rate logged at step s is the one step s used: (s - 1) / 16 of the decay was done.
     assert rates[5] == pytest.approx(1e-3 * quarter, rel=1e-6)
 
 
 def test_warmup_rises_to_the_learning_rate_then_decays(tokenized_project: Path) -> None:
-    run = trained(tokenized_project, lr_scheduler_type="linear", warmup_ratio=0.25, max_steps=16, logging_steps=1,
-                  learning_rate=1e-3)
+    run = trained(
+        tokenized_project,
+        lr_scheduler_type="linear",
+        warmup_ratio=0.25,
+        max_steps=16,
+        logging_steps=1,
+        learning_rate=1e-3,
+    )
     rates = [lr for _, lr in logged(run, "learning_rate")]
     peak = rates.index(max(rates))
     assert max(rates) == pytest.approx(1e-3) and peak == 4 and rates[0] == 0.0  # 4 warmup steps, from 0
-    assert rates[:peak + 1] == sorted(rates[:peak + 1]) and rates[peak:] == sorted(rates[peak:], reverse=True)
+    assert rates[: peak + 1] == sorted(rates[: peak + 1]) and rates[peak:] == sorted(rates[peak:], reverse=True)
 
 
 def test_dropout_overrides_reach_the_model(tokenized_project: Path) -> None:
     model = prepared(tokenized_project, dropout={"hidden": 0.3, "attention": 0.2, "classifier": 0.4}).trainer.model
-    assert (model.config.hidden_dropout_prob, model.config.attention_probs_dropout_prob, model.config.classifier_dropout) == (0.3, 0.2, 0.4)
+    assert (
+        model.config.hidden_dropout_prob,
+        model.config.attention_probs_dropout_prob,
+        model.config.classifier_dropout,
+    ) == (0.3, 0.2, 0.4)
     assert model.dropout.p == 0.4
     assert model.bert.embeddings.dropout.p == 0.3
     assert model.bert.encoder.layer[0].attention.self.dropout.p == 0.2
@@ -90,7 +112,9 @@ def test_dropout_overrides_reach_the_model(tokenized_project: Path) -> None:
 
 def test_gradient_accumulation_takes_one_step_per_accumulated_batch(tokenized_project: Path) -> None:
     plain = trained(tokenized_project, num_train_epochs=1, per_device_train_batch_size=8, gradient_accumulation_steps=1)
-    accumulated = trained(tokenized_project, num_train_epochs=1, per_device_train_batch_size=8, gradient_accumulation_steps=4)
+    accumulated = trained(
+        tokenized_project, num_train_epochs=1, per_device_train_batch_size=8, gradient_accumulation_steps=4
+    )
     assert plain.trainer.state.global_step == TRAIN_EXAMPLES // 8
     assert accumulated.trainer.state.global_step == TRAIN_EXAMPLES // 32
 
@@ -102,8 +126,17 @@ def _change(before: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
 @pytest.mark.parametrize("max_grad_norm, bounded", [(1e-3, True), (1e3, False)])
 def test_gradient_clipping_bounds_the_step(max_grad_norm: float, bounded: bool, tokenized_project: Path) -> None:
     # Plain SGD at learning rate 1: the update is the gradient, so its norm is the clipped gradient norm.
-    run = prepared(tokenized_project, optimizer="sgd", momentum=0.0, learning_rate=1.0, weight_decay=0.0, warmup_ratio=0.0,
-                   lr_scheduler_type="constant", max_steps=1, max_grad_norm=max_grad_norm)
+    run = prepared(
+        tokenized_project,
+        optimizer="sgd",
+        momentum=0.0,
+        learning_rate=1.0,
+        weight_decay=0.0,
+        warmup_ratio=0.0,
+        lr_scheduler_type="constant",
+        max_steps=1,
+        max_grad_norm=max_grad_norm,
+    )
     before = {n: p.detach().clone() for n, p in run.trainer.model.named_parameters()}
     run.trainer.args.load_best_model_at_end = False  # compare with the weights after the one step
     run.trainer.train()
@@ -119,21 +152,36 @@ def test_max_steps_overrides_epochs_and_eval_steps_sets_the_evaluations(tokenize
 
 def test_early_stopping_stops_after_patience_evaluations_without_improvement(tokenized_project: Path) -> None:
     # A minimum improvement of 1.0 in accuracy is impossible: every evaluation after the first is "no better".
-    run = trained(tokenized_project, num_train_epochs=20, eval_steps=2, early_stopping_patience=2, early_stopping_threshold=1.0)
+    run = trained(
+        tokenized_project, num_train_epochs=20, eval_steps=2, early_stopping_patience=2, early_stopping_threshold=1.0
+    )
     assert [step for step, _ in logged(run, "eval_accuracy")] == [2, 4, 6]
     assert run.trainer.state.global_step == 6
 
 
 def test_without_patience_training_runs_every_epoch(tokenized_project: Path) -> None:
-    run = trained(tokenized_project, num_train_epochs=3, per_device_train_batch_size=32, early_stopping_patience=None,
-                  early_stopping_threshold=1.0)
+    run = trained(
+        tokenized_project,
+        num_train_epochs=3,
+        per_device_train_batch_size=32,
+        early_stopping_patience=None,
+        early_stopping_threshold=1.0,
+    )
     assert run.trainer.state.global_step == 3 * TRAIN_EXAMPLES // 32
 
 
-@pytest.mark.parametrize("metric, mode, pick", [("accuracy", "min", min), ("loss", "auto", min), ("accuracy", "auto", max)])
+@pytest.mark.parametrize(
+    "metric, mode, pick", [("accuracy", "min", min), ("loss", "auto", min), ("accuracy", "auto", max)]
+)
 def test_best_checkpoint_follows_the_metric_and_mode(metric: str, mode: str, pick, tokenized_project: Path) -> None:
-    run = trained(tokenized_project, num_train_epochs=3, eval_steps=4, metric_for_best_model=metric, early_stopping_mode=mode,
-                  early_stopping_patience=None)
+    run = trained(
+        tokenized_project,
+        num_train_epochs=3,
+        eval_steps=4,
+        metric_for_best_model=metric,
+        early_stopping_mode=mode,
+        early_stopping_patience=None,
+    )
     values = [value for _, value in logged(run, f"eval_{metric}")]
     assert len(values) == 3 * TRAIN_EXAMPLES // 8 // 4
     assert run.trainer.state.best_metric == pick(values)
@@ -141,30 +189,38 @@ def test_best_checkpoint_follows_the_metric_and_mode(metric: str, mode: str, pic
 
 def test_auto_class_weights_are_inverse_train_frequencies() -> None:
     single = Dataset.from_dict({"labels": [0, 0, 0, 1]})
-    np.testing.assert_allclose(class_weights("auto", single, "single_label_classification", 2), [4 / 6, 4 / 2])
+    np.testing.assert_allclose(
+        class_weights("auto", single, get_task("single_label_classification"), 2), [4 / 6, 4 / 2]
+    )
     tokens = Dataset.from_dict({"labels": [[-100, 0, 0, 1, -100], [-100, 0, 2, -100]]})
-    np.testing.assert_allclose(class_weights("auto", tokens, "token_classification", 3), [5 / 9, 5 / 3, 5 / 3])
+    np.testing.assert_allclose(
+        class_weights("auto", tokens, get_task("token_classification"), 3), [5 / 9, 5 / 3, 5 / 3]
+    )
     multi = Dataset.from_dict({"labels": [[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]})
-    np.testing.assert_allclose(class_weights("auto", multi, "multi_label_classification", 2), [1 / 3, 3 / 1])
-    assert class_weights([1.0, 5.0], single, "single_label_classification", 2).tolist() == [1.0, 5.0]
+    np.testing.assert_allclose(class_weights("auto", multi, get_task("multi_label_classification"), 2), [1 / 3, 3 / 1])
+    assert class_weights([1.0, 5.0], single, get_task("single_label_classification"), 2).tolist() == [1.0, 5.0]
 
 
 def test_class_weights_and_label_smoothing_change_the_loss() -> None:
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.2], [-3.0, 3.0]])
     labels = torch.tensor([0, 1, 1])
     plain = torch.nn.functional.cross_entropy(logits, labels)
-    assert loss_function("single_label_classification", None, 0.0) is None  # the model's own loss
-    weighted = loss_function("single_label_classification", torch.tensor([1.0, 4.0]), 0.0)({"logits": logits}, labels)
+    assert loss_function(get_task("single_label_classification"), None, 0.0) is None  # the model's own loss
+    weighted = loss_function(get_task("single_label_classification"), torch.tensor([1.0, 4.0]), 0.0)(
+        {"logits": logits}, labels
+    )
     per_example = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     assert weighted == pytest.approx(float((per_example * torch.tensor([1.0, 4.0, 4.0])).sum() / 3))
     assert weighted != pytest.approx(float(plain))
-    smoothed = loss_function("single_label_classification", None, 0.2)({"logits": logits}, labels)
+    smoothed = loss_function(get_task("single_label_classification"), None, 0.2)({"logits": logits}, labels)
     assert smoothed == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.2)))
     assert smoothed > plain  # confident right answers are pulled towards the other class
-    multi = loss_function("multi_label_classification", torch.tensor([1.0, 3.0]), 0.0)(
-        {"logits": logits[:2]}, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    multi = loss_function(get_task("multi_label_classification"), torch.tensor([1.0, 3.0]), 0.0)(
+        {"logits": logits[:2]}, torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    )
     expected = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits[:2], torch.tensor([[1.0, 0.0], [0.0, 1.0]]), pos_weight=torch.tensor([1.0, 3.0]))
+        logits[:2], torch.tensor([[1.0, 0.0], [0.0, 1.0]]), pos_weight=torch.tensor([1.0, 3.0])
+    )
     assert multi == pytest.approx(float(expected))
 
 
@@ -182,3 +238,34 @@ def test_the_seed_decides_the_weights(tokenized_project: Path) -> None:
     first = weights(1)
     assert torch.equal(first, weights(1))
     assert not torch.equal(first, weights(2))
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_is_a_bar_on_a_terminal_and_one_line_per_logging_step_in_logs(tokenized_project: Path) -> None:
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from pipeline.training import ProgressLines, show_progress
+
+    run = prepared(tokenized_project, max_steps=6, logging_steps=2, eval_steps=3)
+    show_progress(run.trainer, _Stream(tty=True))
+    kinds = {type(c) for c in run.trainer.callback_handler.callbacks}
+    assert ProgressCallback in kinds and ProgressLines not in kinds and PrinterCallback not in kinds
+
+    log = _Stream(tty=False)
+    show_progress(run.trainer, log)
+    kinds = {type(c) for c in run.trainer.callback_handler.callbacks}
+    assert ProgressLines in kinds and ProgressCallback not in kinds and PrinterCallback not in kinds
+    run.trainer.train()
+    lines = log.getvalue().splitlines()
+    steps = [line.split()[2] for line in lines]
+    assert steps == ["2/6", "3/6", "4/6", "6/6", "6/6"], lines  # loss at 2, 4, 6; validation at 3 and 6
+    assert all(line.startswith("finetune: step ") and "samples/s | ETA " in line for line in lines)
+    assert "loss " in lines[0] and "accuracy " in lines[1] and "{" not in log.getvalue()  # no dict lines

@@ -10,7 +10,9 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DB = Path("mlflow.db")
 DEFAULT_ARTIFACTS = Path("mlartifacts")
@@ -95,3 +97,15 @@ def dvc_lock_hashes(stage: str, lock_file: Path = Path("dvc.lock")) -> dict[str,
 def _md5(path: Path) -> str:
     with path.open("rb") as fh:
         return hashlib.file_digest(fh, "md5").hexdigest()
+
+
+def start_or_resume_run(run_id: str | None) -> Any:
+    """mlflow.start_run, continuing `run_id` when resuming (a new run if the store no longer has it)."""
+    import mlflow
+
+    if run_id:
+        try:
+            return mlflow.start_run(run_id=run_id)
+        except mlflow.exceptions.MlflowException:
+            print(f"finetune: MLflow run {run_id} is gone; logging to a new run", file=sys.stderr)
+    return mlflow.start_run()

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from stages.errors import PipelineError
-from stages.params import PEFT_METHODS, FinetuneParams
+from pipeline.errors import PipelineError
+from pipeline.params import PEFT_METHODS, FinetuneParams
 
 BASE_DIR = "base"  # inside an adapter model folder: the pretrained encoder the adapter applies to
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def prepare(model: Any, params: FinetuneParams, task_name: str, total_steps: int) -> Any:
+def prepare(model: Any, params: FinetuneParams, peft_task_type: str, total_steps: int) -> Any:
     """The model ready to train with `params.method`: parameters frozen or wrapped by a peft adapter."""
     if params.method == "freeze":
         _freeze(model, params)
@@ -31,7 +31,7 @@ def prepare(model: Any, params: FinetuneParams, task_name: str, total_steps: int
     if params.method in PEFT_METHODS:
         from peft import get_peft_model
 
-        config = peft_config(params, task_name, total_steps)
+        config = peft_config(params, peft_task_type, total_steps)
         if params.method == "prefix":
             _accept_past_key_values(model)
         try:
@@ -55,32 +55,56 @@ def _accept_past_key_values(model: Any) -> None:
     extra = inspect.Parameter("past_key_values", inspect.Parameter.KEYWORD_ONLY, default=None)
     parameters = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
     forward_with_prefix.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=parameters + [extra] + [p for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD])
+        parameters=parameters
+        + [extra]
+        + [p for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+    )
     model.forward = forward_with_prefix
 
 
-def peft_config(params: FinetuneParams, task_name: str, total_steps: int) -> Any:
+def peft_config(params: FinetuneParams, peft_task_type: str, total_steps: int) -> Any:
+    """The peft config of `params.method`; `peft_task_type` is the task's (Task.peft_task_type): SEQ_CLS and
+    TOKEN_CLS make peft add the task head ("classifier"/"score") to modules_to_save."""
     from peft import AdaLoraConfig, IA3Config, LoraConfig, PrefixTuningConfig, TaskType
 
-    # SEQ_CLS / TOKEN_CLS make peft add the task head ("classifier"/"score") to modules_to_save.
-    task_type = TaskType.TOKEN_CLS if task_name == "token_classification" else TaskType.SEQ_CLS
+    task_type = TaskType[peft_task_type]
     if params.method == "lora":
         lora = params.lora
-        return LoraConfig(task_type=task_type, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                          target_modules=lora.target_modules)
+        return LoraConfig(
+            task_type=task_type,
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+        )
     if params.method == "adalora":
         ada = params.adalora
         # Shares of the run -> steps; tinit + tfinal < 1 (checked in params) leaves at least one pruning step.
         tinit, tfinal = int(ada.tinit * total_steps), int(ada.tfinal * total_steps)
-        return AdaLoraConfig(task_type=task_type, init_r=ada.init_r, target_r=ada.target_r, tinit=tinit, tfinal=tfinal,
-                             deltaT=ada.delta_t, total_step=total_steps, lora_alpha=ada.alpha, lora_dropout=ada.dropout,
-                             target_modules=ada.target_modules)
+        return AdaLoraConfig(
+            task_type=task_type,
+            init_r=ada.init_r,
+            target_r=ada.target_r,
+            tinit=tinit,
+            tfinal=tfinal,
+            deltaT=ada.delta_t,
+            total_step=total_steps,
+            lora_alpha=ada.alpha,
+            lora_dropout=ada.dropout,
+            target_modules=ada.target_modules,
+        )
     if params.method == "prefix":
-        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=params.prefix.num_virtual_tokens,
-                                  prefix_projection=params.prefix.projection)
+        return PrefixTuningConfig(
+            task_type=task_type,
+            num_virtual_tokens=params.prefix.num_virtual_tokens,
+            prefix_projection=params.prefix.projection,
+        )
     if params.method == "ia3":
-        return IA3Config(task_type=task_type, target_modules=params.ia3.target_modules,
-                         feedforward_modules=params.ia3.feedforward_modules)
+        return IA3Config(
+            task_type=task_type,
+            target_modules=params.ia3.target_modules,
+            feedforward_modules=params.ia3.feedforward_modules,
+        )
     raise ValueError(f"not a peft method: {params.method}")
 
 
@@ -150,7 +174,9 @@ def save(model: Any, out_dir: Path, pretrained_dir: Path, merge: bool) -> Any:
     base = out_dir / BASE_DIR
     base.mkdir()
     for file in pretrained_dir.iterdir():  # the encoder's weights and config; tokenizer files live beside
-        if file.is_file() and (file.suffix == ".safetensors" or file.name in ("config.json", "model.safetensors.index.json")):
+        if file.is_file() and (
+            file.suffix == ".safetensors" or file.name in ("config.json", "model.safetensors.index.json")
+        ):
             shutil.copy2(file, base / file.name)
     return model
 
@@ -170,4 +196,8 @@ def load(model_dir: Path, auto_class: Any) -> Any:
 
 
 def folder_bytes(folder: Path, exclude: str | None = None) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not (exclude and exclude in f.relative_to(folder).parts))
+    return sum(
+        f.stat().st_size
+        for f in folder.rglob("*")
+        if f.is_file() and not (exclude and exclude in f.relative_to(folder).parts)
+    )

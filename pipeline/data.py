@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.errors import PipelineError
-from stages.params import ConllParams, IngestParams
+from pipeline.errors import PipelineError
+from pipeline.params import ConllParams, IngestParams
 
 TEXT, LABEL, SOURCE_ROW = "text", "label", "source_row"
 TEXT_PAIR = "text_pair"  # the second text of a pair (ingest.text_column: [first, second])
@@ -114,8 +114,13 @@ def _read_class_folders(path: Path, params: IngestParams) -> tuple[pd.DataFrame,
     rows = []
     for class_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for file in sorted(class_dir.glob("*.txt")):
-            rows.append({params.text_column: decode_text_file(file, params.encoding), params.label_column: class_dir.name,
-                         SOURCE_ROW: f"{class_dir.name}/{file.name}"})
+            rows.append(
+                {
+                    params.text_column: decode_text_file(file, params.encoding),
+                    params.label_column: class_dir.name,
+                    SOURCE_ROW: f"{class_dir.name}/{file.name}",
+                }
+            )
     if not rows:
         raise PipelineError(f"{path}: no class sub-folders with .txt files (ingest.format folder)")
     return pd.DataFrame(rows), "file"
@@ -127,8 +132,9 @@ def _read_saved_dataset(path: Path) -> tuple[pd.DataFrame, str]:
 
     if (path / "dataset_dict.json").is_file():
         names = json.loads((path / "dataset_dict.json").read_text())["splits"]
-        raise PipelineError(f"{path}: a DatasetDict with splits {names}; name them in ingest.splits "
-                            f"(e.g. {{train: {names[0]}, ...}})")
+        raise PipelineError(
+            f"{path}: a DatasetDict with splits {names}; name them in ingest.splits (e.g. {{train: {names[0]}, ...}})"
+        )
     try:
         dataset = load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:
@@ -168,15 +174,20 @@ def read_conll(path: Path, encoding: str, params: ConllParams) -> tuple[pd.DataF
                 document += 1  # a -DOCSTART- after some sentences opens the next document
             continue
         if len(columns) < needed:
-            raise PipelineError(f"{path}: line {number}: {len(columns)} column(s), expected at least {needed} "
-                                f"(ingest.conll.token_column/tag_column)")
+            raise PipelineError(
+                f"{path}: line {number}: {len(columns)} column(s), expected at least {needed} "
+                f"(ingest.conll.token_column/tag_column)"
+            )
         tag = columns[params.tag_column]
         if tag != "O" and not re.fullmatch(r"[BI]-\S+", tag):
             raise PipelineError(f"{path}: line {number}: tag '{tag}' is not IOB2 (O, B-TYPE or I-TYPE)")
         if tag.startswith("I-") and (not tags or tags[-1][2:] != tag[2:]):
             if not params.repair_iob:
-                raise PipelineError(f"{path}: line {number}: '{tag}' does not continue an entity "
-                                    f"(after '{tags[-1] if tags else 'sentence start'}'); set ingest.conll.repair_iob to repair it to B-")
+                raise PipelineError(
+                    f"{path}: line {number}: '{tag}' does not continue an entity "
+                    f"(after '{tags[-1] if tags else 'sentence start'}'); set ingest.conll.repair_iob to repair it to "
+                    f"B-"
+                )
             tag, repaired = "B-" + tag[2:], repaired + 1
         if not tokens:
             start = number
@@ -221,61 +232,85 @@ def describe_tokens(table: pd.DataFrame) -> dict[str, Any]:
         "rows": int(len(table)),
         "tokens": int(lengths.sum()),
         "labels": {str(k): int(v) for k, v in entities.value_counts().sort_index().items()},
-        "text_words": {"mean": round(float(lengths.mean()), 2), "median": round(float(lengths.median()), 2),
-                       "p95": round(float(lengths.quantile(0.95)), 2), "max": int(lengths.max())},
+        "text_words": {
+            "mean": round(float(lengths.mean()), 2),
+            "median": round(float(lengths.median()), 2),
+            "p95": round(float(lengths.quantile(0.95)), 2),
+            "max": int(lengths.max()),
+        },
     }
 
 
-def normalise(frame: pd.DataFrame, path: Path, where: str, params: IngestParams,
-              multi_label: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Select and check text and label, map scores to classes, drop duplicates.
-
-    Single-label: `label` becomes a Categorical in label-id order. Multi-label: `label` becomes a sorted
-    list of labels (0..n per text) read from a list column or a `ingest.label_delimiter`-separated string,
-    and the label-id order is kept in `table.attrs["labels"]`. Returns the table and the counts of what
-    was dropped, for the data card."""
+def select_texts(frame: pd.DataFrame, path: Path, where: str, params: IngestParams) -> pd.DataFrame:
+    """The text column(s) (stripped, never empty), the raw label column and `source_row` of a raw table."""
     text_columns = dict(zip((TEXT, TEXT_PAIR), params.text_column if params.text_pair else [params.text_column]))
     for column in (*text_columns.values(), params.label_column):
         if column not in frame.columns:
             raise PipelineError(f"{path}: no column '{column}' (columns: {', '.join(map(str, frame.columns))})")
-    table = pd.DataFrame({
-        **{name: frame[column] for name, column in text_columns.items()},
-        LABEL: frame[params.label_column],
-        SOURCE_ROW: frame[SOURCE_ROW],
-    })
-    dropped: dict[str, int] = {}
-
+    table = pd.DataFrame(
+        {
+            **{name: frame[column] for name, column in text_columns.items()},
+            LABEL: frame[params.label_column],
+            SOURCE_ROW: frame[SOURCE_ROW],
+        }
+    )
     for name, column in text_columns.items():
         bad_text = table[name].map(lambda v: not isinstance(v, str) or not v.strip())
         if bad_text.any():
             row = table.loc[bad_text, SOURCE_ROW].iloc[0]
             raise PipelineError(f"{path}: {where} {row}: empty text in column '{column}'")
         table[name] = table[name].str.strip()
+    return table
 
-    if multi_label:
-        table[LABEL] = table[LABEL].map(lambda v: _label_set(v, params.label_delimiter))
-        present = sorted({label for labels in table[LABEL] for label in labels})
-        order = list(params.labels) if params.labels is not None else present
-        unknown = table[LABEL].map(lambda labels: next((l for l in labels if l not in order), None))
-        if unknown.notna().any():
-            row, value = table.loc[unknown.notna(), SOURCE_ROW].iloc[0], unknown.dropna().iloc[0]
-            raise PipelineError(f"{path}: {where} {row}: label '{value}' is not in ingest.labels {params.labels}")
-        table, dropped["duplicate"], dropped["conflicting_duplicate"] = _drop_duplicates(table)
-        if len(present) < 2:
-            raise PipelineError(f"{path}: {len(present)} distinct label(s) after ingest; multi-label classification needs at least two")
-        table = table.reset_index(drop=True)
-        table.attrs["labels"] = order
-        return table, dropped
 
+def normalise_label_sets(
+    frame: pd.DataFrame, path: Path, where: str, params: IngestParams
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Multi-label: `label` becomes a sorted list of labels (0..n per text) read from a list column or a
+    `ingest.label_delimiter`-separated string; the label-id order is kept in `table.attrs["labels"]`.
+    Duplicates are dropped. Returns the table and the counts of what was dropped, for the data card."""
+    table = select_texts(frame, path, where, params)
+    dropped: dict[str, int] = {}
+    table[LABEL] = table[LABEL].map(lambda v: _label_set(v, params.label_delimiter))
+    present = sorted({label for labels in table[LABEL] for label in labels})
+    order = list(params.labels) if params.labels is not None else present
+    unknown = table[LABEL].map(lambda labels: next((label for label in labels if label not in order), None))
+    if unknown.notna().any():
+        row, value = table.loc[unknown.notna(), SOURCE_ROW].iloc[0], unknown.dropna().iloc[0]
+        raise PipelineError(f"{path}: {where} {row}: label '{value}' is not in ingest.labels {params.labels}")
+    table, dropped["duplicate"], dropped["conflicting_duplicate"] = _drop_duplicates(table)
+    if len(present) < 2:
+        raise PipelineError(
+            f"{path}: {len(present)} distinct label(s) after ingest; multi-label classification needs at least two"
+        )
+    table = table.reset_index(drop=True)
+    table.attrs["labels"] = order
+    return table, dropped
+
+
+def normalise_single_labels(
+    frame: pd.DataFrame, path: Path, where: str, params: IngestParams
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One label per text: scores mapped to classes, labels checked against `ingest.labels`, duplicates
+    dropped; `label` becomes a Categorical in label-id order. Returns the table and the counts of what was
+    dropped, for the data card."""
+    table = select_texts(frame, path, where, params)
+    dropped: dict[str, int] = {}
     # A label list (fastText lines, list columns) must hold exactly one label for single-label tasks.
     is_list = table[LABEL].map(lambda v: isinstance(v, (list, tuple, np.ndarray)))
     several = is_list & (table[LABEL].map(lambda v: len(v) if isinstance(v, (list, tuple, np.ndarray)) else 1) > 1)
     if several.any():
         row = table.loc[several, SOURCE_ROW].iloc[0]
-        raise PipelineError(f"{path}: {where} {row}: several labels, but task single_label_classification takes one "
-                            f"(multi_label_classification takes sets)")
-    table[LABEL] = table[LABEL].map(lambda v: (v[0] if len(v) else None) if isinstance(v, (list, tuple, np.ndarray)) else v)
-    missing_label = table[LABEL].map(lambda v: v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "")
+        raise PipelineError(
+            f"{path}: {where} {row}: several labels, but task single_label_classification takes one "
+            f"(multi_label_classification takes sets)"
+        )
+    table[LABEL] = table[LABEL].map(
+        lambda v: (v[0] if len(v) else None) if isinstance(v, (list, tuple, np.ndarray)) else v
+    )
+    missing_label = table[LABEL].map(
+        lambda v: v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == ""
+    )
     if missing_label.any():
         row = table.loc[missing_label, SOURCE_ROW].iloc[0]
         raise PipelineError(f"{path}: {where} {row}: missing label in column '{params.label_column}'")
@@ -310,8 +345,11 @@ def _label_set(value: Any, delimiter: str | None) -> list[str]:
     delimiter; empty, missing or None is the empty set (a text may have no label)."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return []
-    items = list(value) if isinstance(value, (list, tuple, np.ndarray)) else (
-        str(value).split(delimiter) if delimiter else [str(value)])
+    items = (
+        list(value)
+        if isinstance(value, (list, tuple, np.ndarray))
+        else (str(value).split(delimiter) if delimiter else [str(value)])
+    )
     return sorted({str(item).strip() for item in items if str(item).strip()})
 
 
@@ -325,7 +363,9 @@ def _scores_to_classes(table: pd.DataFrame, path: Path, where: str, params: Inge
     keep = ~scores.isin(rule.drop_values)
     table, scores = table[keep].copy(), scores[keep]
     # searchsorted(side="left") puts a value equal to thresholds[i] in class i: class i covers (t[i-1], t[i]].
-    table[LABEL] = np.asarray(rule.names, dtype=object)[np.searchsorted(rule.thresholds, scores.to_numpy(), side="left")]
+    table[LABEL] = np.asarray(rule.names, dtype=object)[
+        np.searchsorted(rule.thresholds, scores.to_numpy(), side="left")
+    ]
     return table, int((~keep).sum())
 
 
@@ -362,7 +402,9 @@ def describe(table: pd.DataFrame) -> dict[str, Any]:
             "max": int(values.max()),
         }
 
-    labels = table[LABEL].explode() if table[LABEL].map(lambda v: isinstance(v, (list, np.ndarray))).any() else table[LABEL]
+    labels = (
+        table[LABEL].explode() if table[LABEL].map(lambda v: isinstance(v, (list, np.ndarray))).any() else table[LABEL]
+    )
     counts = labels.value_counts(sort=False)
     return {
         "rows": int(len(table)),

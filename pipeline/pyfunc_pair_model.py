@@ -2,6 +2,6 @@
 
 import mlflow
 
-from stages.serving import TextPairModel
+from pipeline.serving import TextPairModel
 
 mlflow.models.set_model(TextPairModel())

@@ -12,7 +12,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from stages.inference import Predictor
+from pipeline.inference import Predictor
 
 
 class TextModel(mlflow.pyfunc.PythonModel):
@@ -36,5 +36,6 @@ class TextPairModel(mlflow.pyfunc.PythonModel):
         bad = next((i for i, pair in enumerate(pairs) if len(pair) != 2), None)
         if bad is not None:
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(
-                f"input {bad}: a text pair is two texts, got {len(pairs[bad])}")
+                f"input {bad}: a text pair is two texts, got {len(pairs[bad])}"
+            )
         return self.predictor.predict([a for a, _ in pairs], [b for _, b in pairs])

@@ -2,54 +2,48 @@
 prediction, so every consumer decodes outputs the same way.
 
 Texts are sorted by length and padded per batch, as in training, which keeps inference on short texts
-fast. Needs only the model folder (weights, tokenizer, training.json), never the repository.
+fast. Needs only the model folder (weights, tokenizer, model card), never the repository.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-
-from seqeval.metrics.sequence_labeling import get_entities
-
-from stages.encoding import encode_texts, in_context, pool
 from safetensors import SafetensorError
 
-from stages import methods
-from stages.errors import PipelineError
-from stages.tasks import get_task, softmax
+from pipeline import methods
+from pipeline.card import EncodingSpec, ModelCard
+from pipeline.encoding import encode_texts, in_context, pool
+from pipeline.errors import PipelineError
+from pipeline.tasks import get_task
+from pipeline.tasks.classification import softmax
 
 
 class Predictor:
+    """A fine-tuned model folder ready to predict: its card says the task, labels and how texts were encoded."""
+
     def __init__(self, model_dir: Path, batch_size: int = 64) -> None:
         from transformers import AutoTokenizer
 
-        info_file = model_dir / "training.json"
-        if not info_file.is_file():
-            raise PipelineError(f"{model_dir}: not a fine-tuned model folder (no training.json)")
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-        self.task = get_task(info["task"])
-        self.labels: list[str] = info["labels"]
-        self.max_length: int = info["max_length"]
-        self.thresholds: list[float] | None = info.get("thresholds")  # multi-label decision thresholds
-        self.truncation: str = info.get("truncation", "head")  # long texts are cut as in training
-        self.stride: int = info.get("stride", 0)
-        self.pooling: str = info.get("pooling", "mean")
-        self.context: str = info.get("context", "none")  # token tasks: sentences read inside their document
-        self.mark_case: bool = info.get("mark_case", False)  # token tasks: case markers as in training
-        self.text_pair: bool = info.get("text_pair", False)  # reads (text, text pair) inputs
+        self.card = ModelCard.read(model_dir)
+        self.task = get_task(self.card.task)
+        self.labels: list[str] = self.card.labels
+        self.encoding: EncodingSpec = self.card.encoding  # long texts are cut and pooled as in training
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         try:
             self.model = methods.load(model_dir, self.task.auto_model_class())
         except (OSError, ValueError, SafetensorError) as exc:  # missing, incompatible or corrupt weights
             raise PipelineError(f"{model_dir}: cannot load the model: {str(exc).splitlines()[0]}") from None
+
+    @property
+    def text_pair(self) -> bool:
+        """Whether the model reads (text, text pair) inputs."""
+        return self.encoding.text_pair
 
     @torch.inference_mode()
     def _forward(self, encoded: list[list[int]]) -> list[np.ndarray]:
@@ -66,27 +60,44 @@ class Predictor:
 
     def logits(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> np.ndarray:
         """Sequence tasks: one row of logits per text (per text and its pair, for a pair model)."""
-        if self.text_pair != (pairs is not None):
-            raise PipelineError("this model reads text pairs: give a second text for each" if self.text_pair
-                                else "this model reads single texts, not pairs")
+        spec = self.encoding
+        if spec.text_pair != (pairs is not None):
+            raise PipelineError(
+                "this model reads text pairs: give a second text for each"
+                if self.text_pair
+                else "this model reads single texts, not pairs"
+            )
         if not len(texts):
             return np.zeros((0, len(self.labels)), dtype=np.float32)  # the tokenizer refuses []
-        encoded, source = encode_texts(self.tokenizer, texts, self.max_length, self.truncation, self.stride, pairs)
+        encoded, source = encode_texts(self.tokenizer, texts, spec.max_length, spec.truncation, spec.stride, pairs)
         windows = np.stack(self._forward(encoded))
-        return windows if self.truncation != "chunk" else pool(windows, source, len(texts), self.pooling)
+        return windows if spec.truncation != "chunk" else pool(windows, source, len(texts), spec.pooling)
 
-    def predict_words(self, sentences: Sequence[Sequence[str]], documents: Sequence[object] | None = None) -> list[list[str]]:
+    def predict_words(
+        self, sentences: Sequence[Sequence[str]], documents: Sequence[object] | None = None
+    ) -> list[list[str]]:
         """Token tasks: one tag per word, read off each word's first sub-token; words cut off by
         max_length get "O". With `documents` (a model trained with document context), each sentence is
         read inside its neighbours of the same document, as in training."""
-        return [[tag for tag, _ in words] for words in self._tag_words(sentences, documents)]
+        return [[tag for tag, _ in words] for words in self.tag_words(sentences, documents)]
 
-    def _tag_words(self, sentences: Sequence[Sequence[str]], documents: Sequence[object] | None = None) -> list[list[tuple[str, float]]]:
+    def tag_words(
+        self, sentences: Sequence[Sequence[str]], documents: Sequence[object] | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """Token tasks: (tag, probability) of each word, read off its first sub-token."""
         if not len(sentences):
             return []
-        windows = in_context(sentences, documents if self.context == "document" else None, self.tokenizer,
-                             self.max_length, self.mark_case)
-        encoded = self.tokenizer([words for words, _ in windows], is_split_into_words=True, truncation=True, max_length=self.max_length)
+        spec = self.encoding
+        windows = in_context(
+            sentences,
+            documents if spec.context == "document" else None,
+            self.tokenizer,
+            spec.max_length,
+            spec.mark_case,
+        )
+        encoded = self.tokenizer(
+            [words for words, _ in windows], is_split_into_words=True, truncation=True, max_length=spec.max_length
+        )
         logits = self._forward(encoded["input_ids"])
         tagged = []
         for index, words in enumerate(sentences):
@@ -101,21 +112,8 @@ class Predictor:
         return tagged
 
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> pd.DataFrame:
-        """Sequence tasks: label, score and the probability of every label per text (and pair). Token
-        tasks: the entity spans found in each text (type, text, character start/end, mean word probability)."""
-        if self.task.name != "token_classification":
-            return self.task.predict_frame(self.logits(texts, pairs), self.labels, self.thresholds)
-        spans = [[(m.group(), m.start(), m.end()) for m in re.finditer(r"\S+", text)] for text in texts]
-        tagged = self._tag_words([[word for word, _, _ in words] for words in spans])
-        entities = []
-        for text, words, tags in zip(texts, spans, tagged):
-            found = []
-            for kind, first, last in get_entities([tag for tag, _ in tags]):
-                start, end = words[first][1], words[last][2]
-                found.append({"type": kind, "text": text[start:end], "start": start, "end": end,
-                              "score": float(np.mean([p for _, p in tags[first : last + 1]]))})
-            entities.append(found)
-        return pd.DataFrame({"entities": entities})
+        """One row per text (and pair), as the task decodes it: label and scores, label sets, or entities."""
+        return self.task.predict(self, list(texts), list(pairs) if pairs is not None else None)
 
 
 def score(predictor: Predictor, table: pd.DataFrame, source: str = "test split") -> tuple[dict, pd.DataFrame]:

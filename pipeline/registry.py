@@ -2,7 +2,7 @@
 model (`champion`) and the newest candidate (`challenger`), and the log of promotion decisions.
 
 Decisions are model-version tags `decision.<UTC time>` holding JSON, so the history lives in the registry
-itself (whichever tracking store is used) and can be read back with `python -m stages.promote --history`.
+itself (whichever tracking store is used) and can be read back with `python -m pipeline.promote --history`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import hashlib
 import json
 import socket
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stages import tracking
-from stages.errors import PipelineError
-from stages.sources import cache_dir
+from pipeline import tracking
+from pipeline.errors import PipelineError
+from pipeline.sources import cache_dir
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 DECISION_PREFIX = "decision."
@@ -33,7 +33,9 @@ def client() -> Any:
 
     uri = tracking.tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise PipelineError(f"{uri.removeprefix('sqlite:///')}: no MLflow tracking store (run the pipeline, or set MLFLOW_TRACKING_URI)")
+        raise PipelineError(
+            f"{uri.removeprefix('sqlite:///')}: no MLflow tracking store (run the pipeline, or set MLFLOW_TRACKING_URI)"
+        )
     mlflow.set_tracking_uri(uri)
     return mlflow.MlflowClient()
 
@@ -54,20 +56,26 @@ def get_version(mlflow_client: Any, name: str, version: str) -> Any:
     try:
         return mlflow_client.get_model_version(name, version)
     except mlflow.exceptions.MlflowException:
-        raise PipelineError(f"registered model '{name}' has no version {version} in {tracking.tracking_uri()}") from None
+        raise PipelineError(
+            f"registered model '{name}' has no version {version} in {tracking.tracking_uri()}"
+        ) from None
 
 
 def test_metric(version: Any, metric: str) -> float:
     """The test metric evaluate recorded on a version (tag `test_<metric>`)."""
     value = version.tags.get(f"test_{metric}")
     if value is None:
-        known = sorted(k.removeprefix("test_") for k in version.tags if k.startswith("test_") and k != "test_data_sha256")
-        raise PipelineError(f"promote.metric: version {version.version} has no test metric '{metric}' (has: {', '.join(known)})")
+        known = sorted(
+            k.removeprefix("test_") for k in version.tags if k.startswith("test_") and k != "test_data_sha256"
+        )
+        raise PipelineError(
+            f"promote.metric: version {version.version} has no test metric '{metric}' (has: {', '.join(known)})"
+        )
     return float(value)
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def record_decision(mlflow_client: Any, name: str, versions: list[str], decision: dict[str, Any]) -> None:

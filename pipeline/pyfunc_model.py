@@ -2,6 +2,6 @@
 
 import mlflow
 
-from stages.serving import TextModel
+from pipeline.serving import TextModel
 
 mlflow.models.set_model(TextModel())

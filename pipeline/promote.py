@@ -1,12 +1,12 @@
 """Metric-gated promotion of the registered model: a command, not a DVC stage, because it changes shared
 state (the registry's aliases) that other people and servers read.
 
-    python -m stages.promote                      # promote @challenger to @champion if it wins
-    python -m stages.promote --version 7          # the same for a given version
-    python -m stages.promote --dry-run            # print the decision, change nothing
-    python -m stages.promote --force "reason"     # promote even if it loses; the reason is recorded
-    python -m stages.promote --rollback "reason"  # move @champion back to the previous champion
-    python -m stages.promote --history            # every decision so far, oldest first
+    python -m pipeline.promote                      # promote @challenger to @champion if it wins
+    python -m pipeline.promote --version 7          # the same for a given version
+    python -m pipeline.promote --dry-run            # print the decision, change nothing
+    python -m pipeline.promote --force "reason"     # promote even if it loses; the reason is recorded
+    python -m pipeline.promote --rollback "reason"  # move @champion back to the previous champion
+    python -m pipeline.promote --history            # every decision so far, oldest first
 
 The challenger wins when its test metric (`promote.metric`) beats the champion's by at least
 `promote.min_improvement`, both measured on the challenger's test set: when the champion was evaluated on
@@ -23,10 +23,10 @@ from typing import Any
 
 import mlflow
 
-from stages import data, registry
-from stages.errors import PipelineError, stage_main
-from stages.inference import load_predictor, score
-from stages.params import PromoteParams, load_params
+from pipeline import data, registry
+from pipeline.errors import PipelineError, stage_main
+from pipeline.inference import load_predictor, score
+from pipeline.params import PromoteParams, load_params
 
 EXIT_REFUSED = 1
 
@@ -39,10 +39,18 @@ def _champion_value(name: str, champion: Any, challenger: Any, metric: str) -> t
     try:
         test_file = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/evaluation/test.parquet")
     except mlflow.exceptions.MlflowException:
-        raise PipelineError(f"version {challenger.version}: its test set (run {run_id}, evaluation/test.parquet) is not in the tracking store") from None
-    print(f"promote: champion v{champion.version} was evaluated on another test set; re-scoring it on v{challenger.version}'s")
+        raise PipelineError(
+            f"version {challenger.version}: its test set (run {run_id}, evaluation/test.parquet) is not in the "
+            f"tracking store"
+        ) from None
+    print(
+        f"promote: champion v{champion.version} was evaluated on another test set; re-scoring it on "
+        f"v{challenger.version}'s"
+    )
     test = data.read_table(Path(test_file))
-    metrics, _ = score(load_predictor(f"models:/{name}/{champion.version}"), test, source=f"v{challenger.version} test set")
+    metrics, _ = score(
+        load_predictor(f"models:/{name}/{champion.version}"), test, source=f"v{challenger.version} test set"
+    )
     if metric not in metrics:
         raise PipelineError(f"promote.metric: '{metric}' is not a test metric")
     return float(metrics[metric]), True
@@ -55,14 +63,23 @@ def decide(name: str, challenger: Any, champion: Any | None, params: PromotePara
     decision: dict[str, Any] = {"metric": metric, "candidate": str(challenger.version), "candidate_value": value}
     if champion is None:
         decision.update(champion=None, floor=params.floor, wins=value >= params.floor)
-        decision["why"] = f"first champion: {metric} {value:.4f} {'>=' if decision['wins'] else '<'} floor {params.floor:.4f}"
+        decision["why"] = (
+            f"first champion: {metric} {value:.4f} {'>=' if decision['wins'] else '<'} floor {params.floor:.4f}"
+        )
         return decision
     champion_value, rescored = _champion_value(name, champion, challenger, metric)
     gain = value - champion_value
-    decision.update(champion=str(champion.version), champion_value=champion_value, rescored_champion=rescored,
-                    min_improvement=params.min_improvement, wins=gain >= params.min_improvement)
-    decision["why"] = (f"{metric}: challenger v{challenger.version} {value:.4f} vs champion v{champion.version} "
-                       f"{champion_value:.4f} ({gain:+.4f}, needs {params.min_improvement:+.4f})")
+    decision.update(
+        champion=str(champion.version),
+        champion_value=champion_value,
+        rescored_champion=rescored,
+        min_improvement=params.min_improvement,
+        wins=gain >= params.min_improvement,
+    )
+    decision["why"] = (
+        f"{metric}: challenger v{challenger.version} {value:.4f} vs champion v{champion.version} "
+        f"{champion_value:.4f} ({gain:+.4f}, needs {params.min_improvement:+.4f})"
+    )
     return decision
 
 
@@ -85,16 +102,28 @@ def promote(name: str, version: str | None, params: PromoteParams, *, dry_run: b
         if dry_run:
             print(f"promote (dry run): would {verdict} v{challenger.version} — {decision['why']}")
             return 0 if promoted else EXIT_REFUSED
-        decision.update(action="promote", result="forced" if promoted and not decision["wins"] else
-                        ("promoted" if promoted else "refused"), reason=force_reason)
+        decision.update(
+            action="promote",
+            result="forced" if promoted and not decision["wins"] else ("promoted" if promoted else "refused"),
+            reason=force_reason,
+        )
         if promoted:
             mlflow_client.set_registered_model_alias(name, registry.CHAMPION, decision["candidate"])
             if decision["champion"] is not None:
-                mlflow_client.set_model_version_tag(name, decision["candidate"], registry.PREVIOUS_CHAMPION_TAG, decision["champion"])
-        registry.record_decision(mlflow_client, name, [decision["candidate"]] + ([decision["champion"]] if decision["champion"] else []), decision)
+                mlflow_client.set_model_version_tag(
+                    name, decision["candidate"], registry.PREVIOUS_CHAMPION_TAG, decision["champion"]
+                )
+        registry.record_decision(
+            mlflow_client,
+            name,
+            [decision["candidate"]] + ([decision["champion"]] if decision["champion"] else []),
+            decision,
+        )
     if promoted:
-        print(f"promote: {decision['result']} v{challenger.version} to @{registry.CHAMPION} — {decision['why']}"
-              + (f"; reason: {force_reason}" if force_reason else ""))
+        print(
+            f"promote: {decision['result']} v{challenger.version} to @{registry.CHAMPION} — {decision['why']}"
+            + (f"; reason: {force_reason}" if force_reason else "")
+        )
         return 0
     print(f"promote: refused v{challenger.version} — {decision['why']}", file=sys.stderr)
     return EXIT_REFUSED
@@ -108,28 +137,45 @@ def rollback(name: str, reason: str) -> int:
             raise PipelineError(f"registered model '{name}' has no @{registry.CHAMPION} to roll back")
         previous = champion.tags.get(registry.PREVIOUS_CHAMPION_TAG)
         if previous is None:
-            raise PipelineError(f"@{registry.CHAMPION} v{champion.version} of '{name}' has no previous champion to roll back to")
+            raise PipelineError(
+                f"@{registry.CHAMPION} v{champion.version} of '{name}' has no previous champion to roll back to"
+            )
         registry.get_version(mlflow_client, name, previous)
         mlflow_client.set_registered_model_alias(name, registry.CHAMPION, previous)
-        registry.record_decision(mlflow_client, name, [str(champion.version), previous],
-                                 {"action": "rollback", "result": "rolled back", "from": str(champion.version),
-                                  "to": previous, "reason": reason})
+        registry.record_decision(
+            mlflow_client,
+            name,
+            [str(champion.version), previous],
+            {
+                "action": "rollback",
+                "result": "rolled back",
+                "from": str(champion.version),
+                "to": previous,
+                "reason": reason,
+            },
+        )
     print(f"promote: rolled @{registry.CHAMPION} back from v{champion.version} to v{previous}; reason: {reason}")
     return 0
 
 
 def history(name: str) -> int:
     for entry in registry.decisions(registry.client(), name):
-        subject = (f"v{entry['from']} -> v{entry['to']}" if entry["action"] == "rollback"
-                   else f"v{entry['candidate']}" + (f" over v{entry['champion']}" if entry.get("champion") else ""))
+        subject = (
+            f"v{entry['from']} -> v{entry['to']}"
+            if entry["action"] == "rollback"
+            else f"v{entry['candidate']}" + (f" over v{entry['champion']}" if entry.get("champion") else "")
+        )
         details = entry.get("why") or ""
         reason = f" reason: {entry['reason']}" if entry.get("reason") else ""
-        print(f"{entry['time']}  {entry['user']}@{entry['host']}  {entry['action']:<8} {entry['result']:<11} {subject}  {details}{reason}")
+        print(
+            f"{entry['time']}  {entry['user']}@{entry['host']}  {entry['action']:<8} {entry['result']:<11} {subject}  "
+            f"{details}{reason}"
+        )
     return 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m stages.promote", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.promote", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", help="model version to promote (default: the @challenger alias)")
     parser.add_argument("--params", default=None, help="params file (default: params.yaml)")
     action = parser.add_mutually_exclusive_group()

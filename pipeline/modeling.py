@@ -7,10 +7,10 @@ from typing import Any
 
 from safetensors import SafetensorError
 
-from stages.errors import PipelineError
-from stages.params import DropoutParams, ModelParams
-from stages.sources import resolve
-from stages.tasks import get_task
+from pipeline.errors import PipelineError
+from pipeline.params import DropoutParams, ModelParams
+from pipeline.sources import resolve
+from pipeline.tasks import Task
 
 
 def _quiet_loading() -> None:
@@ -45,17 +45,20 @@ def load_tokenizer(model_dir: Path) -> Any:
 
 
 # `finetune.dropout` keys -> the config attribute each sets (BERT-family names; DistilBERT's differ).
-DROPOUT_ATTRIBUTES = {"hidden": "hidden_dropout_prob", "attention": "attention_probs_dropout_prob",
-                      "classifier": "classifier_dropout"}
+DROPOUT_ATTRIBUTES = {
+    "hidden": "hidden_dropout_prob",
+    "attention": "attention_probs_dropout_prob",
+    "classifier": "classifier_dropout",
+}
 
 
-def load_for_training(model_dir: Path, task_name: str, labels: list[str], dropout: DropoutParams | None = None,
-                      random_init: bool = False) -> Any:
+def load_for_training(
+    model_dir: Path, task: Task, labels: list[str], dropout: DropoutParams | None = None, random_init: bool = False
+) -> Any:
     """The pretrained encoder with a freshly initialised head for `labels` and the dropout overrides;
     with `random_init`, the same architecture with every weight random (training from scratch)."""
     from transformers import AutoConfig
 
-    task = get_task(task_name)
     overrides = {}
     if dropout is not None:
         config = AutoConfig.from_pretrained(model_dir)
@@ -64,8 +67,13 @@ def load_for_training(model_dir: Path, task_name: str, labels: list[str], dropou
             if not hasattr(config, attribute):
                 raise PipelineError(f"finetune.dropout.{key}: the {config.model_type} config has no {attribute}")
             overrides[attribute] = value
-    head = dict(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
-                problem_type=task.problem_type, **overrides)
+    head = dict(
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type=task.problem_type,
+        **overrides,
+    )
     try:
         if random_init:
             return task.auto_model_class().from_config(AutoConfig.from_pretrained(model_dir, **head))

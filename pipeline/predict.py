@@ -1,7 +1,9 @@
 """Batch prediction: a file of texts in, the same rows with predictions and scores out.
 
-    python -m stages.predict --model models:/sentiment-classifier@champion --input texts.csv --output predictions.parquet
-    python -m stages.predict --model models/model --input texts.jsonl --output predictions.jsonl --text-column review
+    pipeline-predict --model models:/sentiment-classifier@champion --input texts.csv --output predictions.parquet
+    pipeline-predict --model models/model --input texts.jsonl --output predictions.jsonl --text-column review
+
+(`python -m pipeline.predict ...` is the same command.)
 
 Input and output may be CSV, TSV, JSON Lines or Parquet (by extension). The input is read and written in
 chunks of `--chunk-size` rows, so memory stays flat however large the file; within a chunk, texts are
@@ -24,8 +26,8 @@ import pyarrow.parquet as pq
 import transformers
 from tqdm import tqdm
 
-from stages.errors import PipelineError, atomic_file, stage_main
-from stages.inference import Predictor, load_predictor
+from pipeline.errors import PipelineError, atomic_file, stage_main
+from pipeline.inference import Predictor, load_predictor
 
 PREFIX = "predicted_"  # predicted_label, predicted_score, predicted_score_<label>: never clash with input columns
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -53,10 +55,19 @@ def read_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
             with warnings.catch_warnings():
                 # A row with more fields than the header would otherwise lose its tail with only a warning.
                 warnings.simplefilter("error", pd.errors.ParserWarning)
-                yield from pd.read_csv(path, sep="\t" if kind == "tsv" else ",", chunksize=chunk_size, index_col=False,
-                                       dtype=str, keep_default_na=False, encoding_errors="strict")
+                yield from pd.read_csv(
+                    path,
+                    sep="\t" if kind == "tsv" else ",",
+                    chunksize=chunk_size,
+                    index_col=False,
+                    dtype=str,
+                    keep_default_na=False,
+                    encoding_errors="strict",
+                )
     except pd.errors.ParserWarning:
-        raise PipelineError(f"{path}: a row has more fields than the header (quote texts that contain the separator)") from None
+        raise PipelineError(
+            f"{path}: a row has more fields than the header (quote texts that contain the separator)"
+        ) from None
     except UnicodeDecodeError as exc:
         raise PipelineError(f"{path}: bytes do not decode as utf-8 ({exc.reason})") from None
     except (ValueError, pd.errors.ParserError, pa.ArrowException) as exc:
@@ -82,7 +93,9 @@ class ChunkWriter:
                 for record in frame.to_dict(orient="records"):
                     fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         else:
-            frame.to_csv(self.path, mode="a", header=self.rows == 0, index=False, sep="\t" if self.kind == "tsv" else ",")
+            frame.to_csv(
+                self.path, mode="a", header=self.rows == 0, index=False, sep="\t" if self.kind == "tsv" else ","
+            )
         self.rows += len(frame)
 
     def close(self) -> None:
@@ -90,8 +103,9 @@ class ChunkWriter:
             self.parquet.close()
 
 
-def predict_file(predictor: Predictor, source: Path, target: Path, text_column: str, chunk_size: int,
-                 pair_column: str | None = None) -> int:
+def predict_file(
+    predictor: Predictor, source: Path, target: Path, text_column: str, chunk_size: int, pair_column: str | None = None
+) -> int:
     """Predict every row of `source` into `target`; returns the number of rows. A pair model reads its
     second text from `pair_column`."""
     kind = file_format(target)
@@ -105,10 +119,15 @@ def predict_file(predictor: Predictor, source: Path, target: Path, text_column: 
                 columns = [text_column] + ([pair_column] if pair_column else [])
                 for column in columns:
                     if column not in chunk.columns:
-                        raise PipelineError(f"{source}: no column '{column}' (columns: {', '.join(map(str, chunk.columns))})")
+                        raise PipelineError(
+                            f"{source}: no column '{column}' (columns: {', '.join(map(str, chunk.columns))})"
+                        )
                     bad = chunk[column].map(lambda v: not isinstance(v, str) or not v.strip()).to_numpy()
                     if bad.any():
-                        raise PipelineError(f"{source}: row {first_row + int(bad.argmax())}: empty or non-text value in column '{column}'")
+                        raise PipelineError(
+                            f"{source}: row {first_row + int(bad.argmax())}: empty or non-text value in column "
+                            f"'{column}'"
+                        )
                 pairs = chunk[pair_column].tolist() if pair_column else None
                 predictions = predictor.predict(chunk[text_column].tolist(), pairs).add_prefix(PREFIX)
                 writer.write(pd.concat([chunk.reset_index(drop=True), predictions], axis=1))
@@ -119,8 +138,10 @@ def predict_file(predictor: Predictor, source: Path, target: Path, text_column: 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="a model folder (models/model) or an MLflow URI (models:/NAME@champion)")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", required=True, help="a model folder (models/model) or an MLflow URI (models:/NAME@champion)"
+    )
     parser.add_argument("--input", required=True, type=Path, help="CSV, TSV, JSON Lines or Parquet file")
     parser.add_argument("--output", required=True, type=Path, help="output file; its extension picks the format")
     parser.add_argument("--text-column", default="text", help="column holding the texts (default: text)")
@@ -140,8 +161,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     predictor = load_predictor(args.model)
     predictor.batch_size = args.batch_size
     if predictor.text_pair != bool(args.pair_column):
-        raise PipelineError(f"{args.model}: the model reads text pairs: name the second text's column with --pair-column"
-                            if predictor.text_pair else f"{args.model}: the model reads single texts; drop --pair-column")
+        raise PipelineError(
+            f"{args.model}: the model reads text pairs: name the second text's column with --pair-column"
+            if predictor.text_pair
+            else f"{args.model}: the model reads single texts; drop --pair-column"
+        )
     rows = predict_file(predictor, args.input, args.output, args.text_column, args.chunk_size, args.pair_column)
     print(f"predict: {rows} rows from {args.input} -> {args.output}")
     return {"rows": rows}

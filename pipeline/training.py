@@ -1,0 +1,361 @@
+"""Training: the Trainer set-up and the run that saves a model folder with its card, shared by the finetune
+stage and the benchmarks, so a benchmark measures exactly the training the pipeline runs."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+from pipeline import methods
+from pipeline.card import EncodingSpec, ModelCard, Provenance, TrainingStats
+from pipeline.checkpoints import step_of
+from pipeline.errors import PipelineError
+from pipeline.modeling import load_for_training, load_tokenizer, resolve_model
+from pipeline.params import FinetuneParams, Params
+from pipeline.tasks import Task, get_task
+
+
+def training_arguments(params: FinetuneParams, seed: int, output_dir: Path, **overrides: Any) -> TrainingArguments:
+    """Map the `finetune` params onto TrainingArguments: evaluate and checkpoint every epoch (or every
+    `eval_steps`), keep the best."""
+    strategy = "steps" if params.eval_steps else "epoch"
+    settings: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        learning_rate=params.learning_rate,
+        num_train_epochs=params.num_train_epochs,
+        max_steps=params.max_steps,
+        per_device_train_batch_size=params.per_device_train_batch_size,
+        per_device_eval_batch_size=params.per_device_eval_batch_size,
+        gradient_accumulation_steps=params.gradient_accumulation_steps,
+        warmup_steps=params.warmup_ratio,  # a float in [0, 1) is a ratio of total steps in transformers 5
+        weight_decay=params.weight_decay,
+        lr_scheduler_type=params.lr_scheduler_type,
+        max_grad_norm=params.max_grad_norm,
+        # AdamW in one fused kernel: fewer passes over the weights per step.
+        optim="adamw_torch_fused" if params.optimizer == "adamw" else "sgd",
+        optim_args=f"momentum={params.momentum}" if params.optimizer == "sgd" else None,
+        # Length-grouped batches put texts of similar length together so per-batch padding stays small.
+        train_sampling_strategy="group_by_length" if params.group_by_length else "random",
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        eval_steps=params.eval_steps,
+        save_steps=params.eval_steps,
+        save_total_limit=1,  # the newest checkpoint (to resume from) and the best (kept besides by the Trainer)
+        # AdaLoRA's checkpoints are saved with the ranks of their step, which the pruned model of a later step
+        # cannot load: it keeps its final weights (the schedule's end, ranks fixed) instead of the best.
+        load_best_model_at_end=params.method != "adalora",
+        metric_for_best_model=params.metric_for_best_model,
+        greater_is_better=params.greater_is_better,
+        logging_strategy="steps",
+        logging_steps=params.logging_steps,
+        seed=seed,
+        data_seed=seed,
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+def class_weights(
+    setting: str | list[float] | None, train_dataset: Any, task: Task, n_labels: int
+) -> torch.Tensor | None:
+    """`finetune.class_weights` as a tensor: a list as given, `auto` from the train split's targets as the
+    task balances them (single-label and tags: n / (classes * count), sklearn's "balanced"; label sets:
+    negatives / positives of each label)."""
+    if setting is None:
+        return None
+    if isinstance(setting, list):
+        if len(setting) != n_labels:
+            raise PipelineError(f"finetune.class_weights: {len(setting)} weights for {n_labels} labels")
+        return torch.tensor(setting, dtype=torch.float32)
+    return torch.tensor(task.balanced_class_weights(train_dataset["labels"], n_labels), dtype=torch.float32)
+
+
+def loss_function(
+    task: Task, weights: torch.Tensor | None, label_smoothing: float
+) -> Callable[..., torch.Tensor] | None:
+    """The Trainer's `compute_loss_func` when class weights or label smoothing change the task's loss;
+    None keeps the model's own loss. transformers' LabelSmoother has no class weights and treats every task
+    as single-label, hence this. The sum is divided by the items of the whole accumulated batch, as the
+    Trainer expects of a compute_loss_func under gradient accumulation."""
+    if weights is None and not label_smoothing:
+        return None
+
+    def compute_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        logits = outputs["logits"]
+        loss, items = task.weighted_loss(
+            logits, labels, weights.to(logits.device) if weights is not None else None, label_smoothing
+        )
+        return loss / (num_items_in_batch if num_items_in_batch is not None else max(items, 1))
+
+    return compute_loss
+
+
+class PipelineTrainer(Trainer):
+    """The Trainer with one change: the task head may have its own learning rate (`head_learning_rate`),
+    which Trainer's optimizer set-up has no option for. Decay / no-decay groups stay as Trainer makes them."""
+
+    def __init__(self, *args: Any, head_learning_rate: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.head_learning_rate = head_learning_rate
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        if self.optimizer is not None or self.head_learning_rate is None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                groups.setdefault((name in decay, methods.is_head_parameter(name, model)), []).append(parameter)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(
+            [
+                {
+                    "params": params,
+                    "weight_decay": self.args.weight_decay if decayed else 0.0,
+                    "lr": self.head_learning_rate if head else self.args.learning_rate,
+                }
+                for (decayed, head), params in groups.items()
+            ],
+            **optimizer_kwargs,
+        )
+        return self.optimizer
+
+
+class AdaLoraBudget(TrainerCallback):
+    """AdaLoRA reallocates its rank budget from the gradients after each optimizer step (peft leaves the
+    call to the training loop; Trainer does not make it)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.model.base_model.update_and_allocate(state.global_step)
+
+
+def build_trainer(
+    model: Any,
+    tokenizer: Any,
+    task: Task,
+    labels: list[str],
+    args: TrainingArguments,
+    train_dataset: Any,
+    eval_dataset: Any | None,
+    callbacks: list[TrainerCallback] | None = None,
+    params: FinetuneParams | None = None,
+) -> Trainer:
+    """The Trainer for `model` (already prepared by methods.prepare), with the task's collator and
+    validation metrics and the loss, optimizer groups and callbacks the `finetune` params ask for."""
+    threshold = params.threshold if params else 0.5
+    callbacks = list(callbacks or [])
+    if params is not None and params.method == "adalora":
+        callbacks.append(AdaLoraBudget(model))
+
+    def compute_metrics(prediction: Any) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        return task.validation_metrics(np.asarray(logits), np.asarray(prediction.label_ids), labels, threshold)
+
+    weights = class_weights(params.class_weights, train_dataset, task, len(labels)) if params else None
+    return PipelineTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        # Dynamic padding: each batch is padded to its longest member, not to max_length.
+        data_collator=task.collator(tokenizer),
+        compute_metrics=compute_metrics,
+        compute_loss_func=loss_function(task, weights, params.label_smoothing if params else 0.0),
+        callbacks=callbacks,
+        head_learning_rate=params.head_learning_rate if params else None,
+    )
+
+
+def write_plots(log_history: list[dict[str, Any]], out_dir: Path) -> None:
+    """The run's train-loss and validation rows as DVC plot files (dvclive's layout), indexed by the
+    optimizer step. Written from the Trainer's log history at the end, so a resumed run's curves hold the
+    steps from before the interruption too. (transformers' DVCLiveCallback advances its step on every log
+    call, putting train and evaluation rows on one made-up axis.)"""
+    from dvclive import Live
+
+    live = Live(dir=str(out_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    for logs in log_history:
+        live.step = logs["step"]
+        for key, value in logs.items():
+            # Skip bookkeeping and the end-of-training summary (train_loss, train_runtime, ...).
+            if (
+                isinstance(value, (int, float))
+                and key not in ("epoch", "step", "total_flos", "train_loss")
+                and not key.endswith(("_runtime", "_per_second"))
+            ):
+                name = f"eval/{key.removeprefix('eval_')}" if key.startswith("eval_") else f"train/{key}"
+                live.log_metric(name, value)
+    live.make_summary()  # the newest value of each metric
+    live.end()
+
+
+class ProgressLines(TrainerCallback):
+    """One compact line per logging step when the output is not a terminal (CI, `dvc repro` logs): step of
+    total, loss, samples/s and the time left. On a terminal the Trainer's own progress bar (tqdm) shows the
+    same; its dict-per-log printer is replaced by this."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.started: float | None = None
+        self.first_step = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started, self.first_step = time.perf_counter(), state.global_step  # a resumed run counts from its start
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if not logs or self.started is None or state.global_step == self.first_step or not SHOWN_LOGS & logs.keys():
+            return
+        elapsed = time.perf_counter() - self.started
+        done = state.global_step - self.first_step
+        left = elapsed / done * (state.max_steps - state.global_step)
+        samples = done * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+        shown = " ".join(
+            f"{k.removeprefix('eval_')} {v:.4g}" if k.startswith("eval_") else f"{k} {v:.4g}"
+            for k, v in logs.items()
+            if isinstance(v, float) and k in SHOWN_LOGS
+        )
+        print(
+            f"finetune: step {state.global_step}/{state.max_steps} ({state.global_step / max(state.max_steps, 1):.0%}) "
+            f"{shown} | {samples / elapsed:.1f} samples/s | ETA {_duration(left)}",
+            file=self.stream,
+            flush=True,
+        )
+
+
+SHOWN_LOGS = {"loss", "grad_norm", "eval_loss", "eval_accuracy", "eval_f1", "eval_micro_f1", "eval_macro_f1"}
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
+
+
+def show_progress(trainer: Trainer, stream: Any = None) -> None:
+    """A progress bar with ETA on a terminal (the Trainer's own), compact lines otherwise."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    stream = stream or sys.stderr
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(ProgressLines)
+    trainer.add_callback(ProgressCallback() if stream.isatty() else ProgressLines(stream))
+
+
+@dataclass
+class Prepared:
+    """A model ready to train: everything that can fail on a bad param is done before training starts."""
+
+    trainer: Any
+    tokenizer: Any
+    task: Task
+    pretrained_dir: Path
+    labels: list[str]
+    trainable_params: int
+    total_params: int
+
+
+def prepare(params: Params, datasets: Any, labels: list[str], checkpoints: Path) -> Prepared:
+    """The pretrained model with its new head, prepared for `finetune.method`, inside its Trainer."""
+    finetune = params.finetune
+    task = get_task(params.task)
+    model_dir = resolve_model(params.model)
+    tokenizer = load_tokenizer(model_dir)
+    set_seed(params.seed)  # before the head is initialised, so the same seed gives the same model
+    model = load_for_training(model_dir, task, labels, finetune.dropout, params.model.random_init)
+    args = training_arguments(finetune, params.seed, checkpoints)
+    model = methods.prepare(model, finetune, task.peft_task_type, total_steps(args, len(datasets["train"])))
+    trainable, total = methods.parameter_counts(model)
+    stopping = (
+        [EarlyStoppingCallback(finetune.early_stopping_patience, finetune.early_stopping_threshold)]
+        if finetune.early_stopping_patience
+        else []
+    )
+    trainer = build_trainer(
+        model, tokenizer, task, labels, args, datasets["train"], datasets["validation"], stopping, params=finetune
+    )
+    show_progress(trainer)
+    return Prepared(trainer, tokenizer, task, model_dir, labels, trainable, total)
+
+
+def fit(
+    params: Params,
+    prepared: Prepared,
+    model_out: Path,
+    resume_from: str | None = None,
+    plots_out: Path | None = None,
+    provenance: Provenance | None = None,
+) -> ModelCard:
+    """Train, save the best model and its card to `model_out` (and the learning curves to `plots_out`):
+    the training the stage runs, shared with the method-comparison benchmark so both measure the same
+    thing. Returns the card written."""
+    trainer = prepared.trainer
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    train_seconds = time.perf_counter() - started
+
+    # The best evaluation's weights are loaded (load_best_model_at_end); thresholds are tuned on them.
+    def validation_outputs() -> tuple[np.ndarray, np.ndarray]:
+        output = trainer.predict(trainer.eval_dataset)
+        return np.asarray(output.predictions), np.asarray(output.label_ids)
+
+    thresholds = prepared.task.decision_thresholds(validation_outputs, params.finetune, len(prepared.labels))
+    methods.save(trainer.model, model_out, prepared.pretrained_dir, params.finetune.merge_adapter)
+    prepared.tokenizer.save_pretrained(model_out)
+    if plots_out is not None:
+        write_plots(trainer.state.log_history, plots_out)
+    stats = TrainingStats(
+        global_step=trainer.state.global_step,
+        best_checkpoint_step=step_of(trainer.state.best_model_checkpoint),
+        best_metric_name=params.finetune.metric_for_best_model,
+        best_metric=trainer.state.best_metric,
+        resumed_from_step=step_of(resume_from),
+        train_seconds=round(train_seconds, 1),
+        train_samples_per_second=result.metrics.get("train_samples_per_second"),
+        trainable_params=prepared.trainable_params,
+        total_params=prepared.total_params,
+        peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        # The card is written last; its own few hundred bytes are not counted.
+        artifact_bytes=methods.folder_bytes(model_out),
+        trained_bytes=methods.folder_bytes(model_out, exclude=methods.BASE_DIR),
+    )
+    card = ModelCard(
+        task=params.task,
+        labels=prepared.labels,
+        encoding=EncodingSpec(**params.tokenize.model_dump(), text_pair=params.ingest.text_pair),
+        thresholds=thresholds,
+        method=params.finetune.method,
+        merged_adapter=params.finetune.merge_adapter,
+        base_model=params.model.source,
+        train_examples=len(trainer.train_dataset),
+        provenance=provenance,
+        training=stats,
+    )
+    card.write(model_out)
+    return card
+
+
+def total_steps(args: Any, train_examples: int) -> int:
+    if args.max_steps > 0:
+        return args.max_steps
+    per_epoch = max(1, -(-train_examples // (args.per_device_train_batch_size * args.gradient_accumulation_steps)))
+    return int(np.ceil(per_epoch * args.num_train_epochs))

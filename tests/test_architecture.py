@@ -1,0 +1,128 @@
+"""The architecture's rules, checked on the source: dvc.yaml lists every module a stage runs, and nothing
+outside the tasks package asks which task it is."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from pipeline.tasks import TASKS
+
+PACKAGES = ("stages", "pipeline")  # the project's own code; everything else is a library
+
+
+def module_file(name: str) -> Path | None:
+    """The file of a project module (`pipeline.tasks` -> pipeline/tasks/__init__.py), None for libraries."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    base = REPO.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(file: Path) -> set[str]:
+    """The project modules a file imports, at any depth of its code (imports inside functions count: they
+    run when the function does)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}  # `from pipeline import data`
+    found = set()
+    for name in names:
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # a submodule's import runs its packages' __init__ too
+            if module_file(".".join(parts[:depth])):
+                found.add(".".join(parts[:depth]))
+    return found
+
+
+def import_closure(file: Path) -> set[Path]:
+    seen, todo = {file}, [file]
+    while todo:
+        for name in imported_modules(todo.pop()):
+            path = module_file(name)
+            if path is not None and path not in seen:
+                seen.add(path)
+                todo.append(path)
+    return seen
+
+
+def stages() -> dict[str, dict]:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("stage", list(stages()))
+def test_each_stage_depends_on_every_module_it_imports(stage: str) -> None:
+    spec = stages()[stage]
+    deps = [REPO / str(dep).split()[0] for dep in spec["deps"]]
+    entry = REPO / "stages" / f"{stage}.py"
+    assert f"python -m stages.{stage}" in spec["cmd"]
+    missing = sorted(
+        str(path.relative_to(REPO))
+        for path in import_closure(entry)
+        if path.name != "__init__.py" or path.parent.name != "stages"  # an empty namespace marker
+        if not any(path == dep or dep in path.parents for dep in deps)
+    )
+    assert not missing, f"dvc.yaml: stage {stage} runs {missing} but does not list them as deps"
+
+
+def test_the_closure_walk_follows_from_imports_inside_functions(tmp_path: Path) -> None:
+    """The rule above is only as good as the walk: finetune reaches the tasks through the training module."""
+    closure = {str(p.relative_to(REPO)) for p in import_closure(REPO / "stages" / "finetune.py")}
+    assert {
+        "pipeline/training.py",
+        "pipeline/tasks/base.py",
+        "pipeline/tasks/tokens.py",
+        "pipeline/encoding.py",
+        "pipeline/card.py",
+        "pipeline/checkpoints.py",
+    } <= closure
+    assert "stages/evaluate.py" not in closure
+
+
+def project_sources() -> list[Path]:
+    files = [p for package in ("stages", "pipeline", "benchmarks") for p in (REPO / package).rglob("*.py")]
+    return [p for p in files if "tasks" not in p.relative_to(REPO).parts[:2]]
+
+
+def test_no_task_name_comparison_or_task_isinstance_outside_the_tasks_package() -> None:
+    """Everything that differs by task lives in pipeline/tasks: elsewhere a task name never appears as a
+    literal (no `task == "..."`, no dict keyed by task names) and no isinstance asks for a task class."""
+    task_classes = {type(task).__name__ for task in TASKS.values()} | {"Task", "TextClassification"}
+    offences = []
+    for file in project_sources():
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in TASKS:
+                offences.append(f"{file.relative_to(REPO)}:{node.lineno}: task name {node.value!r}")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" and len(node.args) == 2:
+                named = {n.id if isinstance(n, ast.Name) else getattr(n, "attr", "") for n in ast.walk(node.args[1])}
+                if named & task_classes:
+                    offences.append(f"{file.relative_to(REPO)}:{node.lineno}: isinstance on a task class")
+    assert not offences, "\n".join(offences)
+
+
+def test_the_rule_above_sees_a_comparison(tmp_path: Path) -> None:
+    """The check is not vacuous: the literal it looks for is found in code like the old stages had."""
+    tree = ast.parse('if params.task == "token_classification":\n    pass\n')
+    assert any(isinstance(n, ast.Constant) and n.value in TASKS for n in ast.walk(tree))
+    assert len(project_sources()) > 20
+
+
+def test_stages_holds_only_the_dvc_stage_entry_points() -> None:
+    modules = {p.stem for p in (REPO / "stages").glob("*.py")} - {"__init__"}
+    assert modules == set(stages())
+
+
+def test_the_library_never_imports_a_stage() -> None:
+    """Registered models carry the pipeline package alone: it must not reach into stages/."""
+    for file in (REPO / "pipeline").rglob("*.py"):
+        assert not {m for m in imported_modules(file) if m.split(".")[0] == "stages"}, file
