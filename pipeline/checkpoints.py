@@ -11,13 +11,17 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import zipfile
 from pathlib import Path
+from typing import Any
 
-from pipeline.errors import PipelineError
+from transformers import TrainerCallback
+
+from pipeline.errors import PipelineError, atomic_file
 from pipeline.params import FinetuneParams
+from pipeline.sources import sha256_of
 
 RUN_FILE = "run.json"
+CHECKSUMS_FILE = "checksums.json"  # in each checkpoint, written last
 
 
 def step_of(checkpoint: str | None) -> int | None:
@@ -52,6 +56,11 @@ def checkpoint_to_resume(folder: Path, fingerprint: str, params: FinetuneParams)
     checkpoint = None
     if problem is None:
         checkpoint, problem = newest_complete_checkpoint(folder)
+    if problem is None and checkpoint is None:
+        # Killed before its first complete checkpoint: nothing to continue; a new MLflow run, not the old one.
+        print(f"finetune: {folder} holds no complete checkpoint; training from the start", file=sys.stderr)
+        shutil.rmtree(folder)
+        return None, None
     if problem is not None:
         if params.on_bad_checkpoint == "error":
             raise PipelineError(f"{folder}: {problem}; delete it, or set finetune.on_bad_checkpoint: restart")
@@ -65,28 +74,40 @@ def checkpoint_to_resume(folder: Path, fingerprint: str, params: FinetuneParams)
 
 
 def newest_complete_checkpoint(folder: Path) -> tuple[str | None, str | None]:
-    """(checkpoint, problem). trainer_state.json is the last file a checkpoint gets, so a folder without a
-    readable one was cut short by the kill and is skipped; a complete one whose weights or optimizer state
-    do not read is corrupt."""
+    """(checkpoint, problem). CHECKSUMS_FILE is the last file a checkpoint gets, so a folder without a
+    readable one was cut short by the kill and is skipped; a complete one whose files do not match their
+    checksums is corrupt (a truncated or overwritten file: resuming from it can train a NaN model)."""
     candidates = sorted(folder.glob("checkpoint-*"), key=lambda p: step_of(str(p)) or 0, reverse=True)
     for checkpoint in candidates:
         try:
-            json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+            expected = json.loads((checkpoint / CHECKSUMS_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        for file in sorted(checkpoint.iterdir()):
-            try:
-                if file.suffix == ".safetensors":
-                    from safetensors import safe_open
-
-                    with safe_open(str(file), "pt"):
-                        pass
-                elif file.suffix in (".pt", ".pth", ".bin"):
-                    zipfile.ZipFile(file).close()  # torch.save writes a zip; a cut file has no directory
-            except Exception as exc:  # safetensors and zipfile each raise their own types
-                return (
-                    None,
-                    f"{file} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-                )
+        if not isinstance(expected, dict):
+            return None, f"{checkpoint / CHECKSUMS_FILE} is not a checksum list"
+        for name, digest in sorted(expected.items()):
+            file = checkpoint / name
+            if not file.is_file():
+                return None, f"{file} is missing from its checkpoint"
+            if sha256_of(file) != digest:
+                return None, f"{file} does not match its checksum (corrupt or modified since it was saved)"
         return str(checkpoint), None
     return None, None
+
+
+class ChecksumCheckpoints(TrainerCallback):
+    """Writes CHECKSUMS_FILE (sha256 of every file) into each checkpoint once the Trainer has saved it; the
+    Trainer itself verifies nothing when it resumes, and a corrupt weights file with an intact header
+    loads silently."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        digests = {
+            str(file.relative_to(checkpoint)): sha256_of(file)
+            for file in sorted(checkpoint.rglob("*"))
+            if file.is_file() and file.name != CHECKSUMS_FILE
+        }
+        with atomic_file(checkpoint / CHECKSUMS_FILE) as tmp:
+            tmp.write_text(json.dumps(digests, indent=1), encoding="utf-8")

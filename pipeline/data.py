@@ -243,6 +243,8 @@ def describe_tokens(table: pd.DataFrame) -> dict[str, Any]:
 
 def select_texts(frame: pd.DataFrame, path: Path, where: str, params: IngestParams) -> pd.DataFrame:
     """The text column(s) (stripped, never empty), the raw label column and `source_row` of a raw table."""
+    if frame.empty:
+        raise PipelineError(f"{path}: no records (only a header, or nothing)")
     text_columns = dict(zip((TEXT, TEXT_PAIR), params.text_column if params.text_pair else [params.text_column]))
     for column in (*text_columns.values(), params.label_column):
         if column not in frame.columns:
@@ -308,9 +310,7 @@ def normalise_single_labels(
     table[LABEL] = table[LABEL].map(
         lambda v: (v[0] if len(v) else None) if isinstance(v, (list, tuple, np.ndarray)) else v
     )
-    missing_label = table[LABEL].map(
-        lambda v: v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == ""
-    )
+    missing_label = table[LABEL].map(is_missing)
     if missing_label.any():
         row = table.loc[missing_label, SOURCE_ROW].iloc[0]
         raise PipelineError(f"{path}: {where} {row}: missing label in column '{params.label_column}'")
@@ -340,17 +340,26 @@ def normalise_single_labels(
     return table.reset_index(drop=True), dropped
 
 
+# What pandas reads as missing in a CSV (its default na_values); the pipeline reads cells as text (a text
+# may be "NA"), so for labels these mean "no label": a missing label, never a class called "NaN".
+MISSING = {"", "nan", "NaN", "NAN", "-nan", "-NaN", "NA", "N/A", "n/a", "#N/A", "NULL", "null", "None", "<NA>", "#NA"}
+
+
+def is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() in MISSING
+
+
 def _label_set(value: Any, delimiter: str | None) -> list[str]:
     """A multi-label cell as a sorted list of distinct labels: a list column as is, a string split on the
     delimiter; empty, missing or None is the empty set (a text may have no label)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if is_missing(value) and not isinstance(value, (list, tuple, np.ndarray)):
         return []
     items = (
         list(value)
         if isinstance(value, (list, tuple, np.ndarray))
         else (str(value).split(delimiter) if delimiter else [str(value)])
     )
-    return sorted({str(item).strip() for item in items if str(item).strip()})
+    return sorted({str(item).strip() for item in items if not is_missing(item)})
 
 
 def _scores_to_classes(table: pd.DataFrame, path: Path, where: str, params: IngestParams) -> tuple[pd.DataFrame, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import os
 import shutil
 import sys
@@ -36,15 +37,51 @@ def stage_main(func: Callable[[], None]) -> Callable[[], None]:
     return wrapper
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _temporary_prefix(target: Path) -> str:
+    # The creating process's id is in the name, so a later run can tell a dead run's leftovers from a live one's.
+    return f".{target.name}.{os.getpid()}."
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Delete the temporaries that processes killed while writing `target` left beside it (kill -9 runs no
+    cleanup); those of a process still running are kept."""
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        middle = stale.name[len(target.name) + 2 : -len(".tmp")].split(".")
+        if len(middle) == 2 and middle[0].isdigit() and not _alive(int(middle[0])):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces `target` only if the block succeeds.
 
-    The temporary directory is a sibling of `target` so the final rename stays on one filesystem.
+    The temporary directory is a sibling of `target` so the final rename stays on one filesystem; it gets
+    the permissions of a folder made under the user's umask (mkdtemp makes it private).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_temporaries(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent))
+    tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
     except BaseException:
@@ -62,9 +99,11 @@ def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path that replaces `target` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temporaries(target)
+    fd, name = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
+    tmp.chmod(0o666 & ~_umask())
     try:
         yield tmp
     except BaseException:

@@ -19,6 +19,7 @@ from pipeline import methods
 from pipeline.card import EncodingSpec, ModelCard
 from pipeline.encoding import encode_texts, in_context, pool
 from pipeline.errors import PipelineError
+from pipeline.modeling import check_model_folder, require_finite_weights
 from pipeline.tasks import get_task
 from pipeline.tasks.classification import softmax
 
@@ -30,15 +31,17 @@ class Predictor:
         from transformers import AutoTokenizer
 
         self.card = ModelCard.read(model_dir)
+        check_model_folder(model_dir)
         self.task = get_task(self.card.task)
         self.labels: list[str] = self.card.labels
         self.encoding: EncodingSpec = self.card.encoding  # long texts are cut and pooled as in training
         self.batch_size = batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
             self.model = methods.load(model_dir, self.task.auto_model_class())
         except (OSError, ValueError, SafetensorError) as exc:  # missing, incompatible or corrupt weights
             raise PipelineError(f"{model_dir}: cannot load the model: {str(exc).splitlines()[0]}") from None
+        require_finite_weights(self.model, f"{model_dir}: the model")
 
     @property
     def text_pair(self) -> bool:

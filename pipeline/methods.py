@@ -184,12 +184,15 @@ def save(model: Any, out_dir: Path, pretrained_dir: Path, merge: bool) -> Any:
 def load(model_dir: Path, auto_class: Any) -> Any:
     """A saved model folder as a model in eval mode: a plain transformers model, or base + adapter."""
     if not (model_dir / ADAPTER_CONFIG).is_file():
-        return auto_class.from_pretrained(model_dir).eval()
+        return auto_class.from_pretrained(model_dir, trust_remote_code=False, use_safetensors=True).eval()
     from peft import PeftModel
     from transformers import AutoConfig
 
     # The head loaded here is random; the adapter's saved copy of the trained head replaces it.
-    base = auto_class.from_pretrained(model_dir / BASE_DIR, config=AutoConfig.from_pretrained(model_dir))
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    base = auto_class.from_pretrained(
+        model_dir / BASE_DIR, config=config, trust_remote_code=False, use_safetensors=True
+    )
     if json.loads((model_dir / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("peft_type") == "PREFIX_TUNING":
         _accept_past_key_values(base)
     return PeftModel.from_pretrained(base, model_dir).eval()

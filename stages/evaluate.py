@@ -9,6 +9,7 @@ command, because it changes shared state.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import mlflow
@@ -16,7 +17,7 @@ import pandas as pd
 
 from pipeline import data, methods, paths, pyfunc_model, tracking
 from pipeline.card import ModelCard
-from pipeline.errors import atomic_dir, stage_main
+from pipeline.errors import PipelineError, atomic_dir, stage_main
 from pipeline.inference import Predictor, score
 from pipeline.params import EvaluateParams, load_params
 from pipeline.tasks import get_task
@@ -130,6 +131,9 @@ def main() -> None:
     test_file = paths.SPLIT / "test.parquet"
     test = data.read_table(test_file)
     metrics, pairs = score(Predictor(paths.MODEL), test, source=str(test_file))
+    nonfinite = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    if nonfinite:
+        raise PipelineError(f"evaluate: test {', '.join(nonfinite)} not finite; the model is not registered")
 
     tracking.configure(params.mlflow.experiment_name)
     with atomic_dir(paths.EVAL) as out:

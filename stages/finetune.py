@@ -24,6 +24,7 @@ from pipeline.checkpoints import RUN_FILE, checkpoint_to_resume
 from pipeline.errors import atomic_dir, stage_main
 from pipeline.modeling import resolve_model
 from pipeline.params import Params, flat_params, load_params
+from pipeline.sources import tree_sha256
 from pipeline.training import fit, prepare
 
 # The sections whose values shape the trained model: the run's MLflow params and the checkpoint
@@ -102,11 +103,9 @@ def main() -> None:
 
 
 def _model_hash(params: Params) -> str:
-    """The pretrained weights' identity: the pinned sha256, or (a local folder) a hash of its files."""
-    if params.model.sha256:
-        return params.model.sha256
-    folder = resolve_model(params.model)
-    return tracking.hash_files(sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors")))
+    """The pretrained weights' identity: the pinned sha256, which resolving verified (a distribution, a
+    file, or a folder's tree_sha256), or else the tree_sha256 of the resolved folder."""
+    return params.model.sha256 or tree_sha256(resolve_model(params.model))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from datasets import DatasetDict
 
 from pipeline import data, paths
 from pipeline.errors import atomic_dir, stage_main
-from pipeline.modeling import load_tokenizer, resolve_model
+from pipeline.modeling import load_tokenizer, require_fits_positions, resolve_model
 from pipeline.params import load_params
 from pipeline.tasks import get_task
 
@@ -19,7 +19,9 @@ from pipeline.tasks import get_task
 @stage_main
 def main() -> None:
     params = load_params()
-    tokenizer = load_tokenizer(resolve_model(params.model))
+    model_dir = resolve_model(params.model)
+    require_fits_positions(model_dir, params.tokenize.max_length)
+    tokenizer = load_tokenizer(model_dir)
     labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
     max_length = params.tokenize.max_length
     task = get_task(params.task)

@@ -19,6 +19,7 @@ import yaml
 from conftest import make_project, write_sentiment_tsv
 from helpers import set_params, venv_env
 from pipeline.card import ModelCard
+from pipeline.checkpoints import CHECKSUMS_FILE
 
 ALL_STAGES = ["ingest", "split", "tokenize", "finetune", "evaluate", "report"]
 
@@ -128,7 +129,7 @@ def test_a_finetune_killed_under_dvc_repro_resumes_on_the_next_repro(tmp_path: P
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    marker = root / "checkpoints" / "checkpoint-8" / "trainer_state.json"
+    marker = root / "checkpoints" / "checkpoint-8" / CHECKSUMS_FILE  # the last file a checkpoint gets
     deadline = time.monotonic() + 180
     while not marker.exists():
         assert proc.poll() is None and time.monotonic() < deadline, "dvc repro ended before the checkpoint at step 8"

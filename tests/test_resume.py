@@ -21,7 +21,7 @@ from conftest import inside
 from helpers import expect_user_error, set_params
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
-from pipeline.checkpoints import RUN_FILE
+from pipeline.checkpoints import CHECKSUMS_FILE, RUN_FILE
 from stages import finetune
 
 SCHEDULE = {
@@ -72,7 +72,7 @@ def runs(tokenized: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    marker = root / "checkpoints" / "checkpoint-8" / "trainer_state.json"
+    marker = root / "checkpoints" / "checkpoint-8" / CHECKSUMS_FILE  # the last file a checkpoint gets
     deadline = time.monotonic() + 120
     while not marker.exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the finetune ended before its checkpoint at step 8"
@@ -98,7 +98,7 @@ def test_killed_finetune_resumes_in_the_same_run_and_ends_like_an_uninterrupted_
 ) -> None:
     killed_run = json.loads((paths.CHECKPOINTS / RUN_FILE).read_text())["mlflow_run_id"]
     newest = max(
-        int(p.name.split("-")[1]) for p in paths.CHECKPOINTS.glob("checkpoint-*") if (p / "trainer_state.json").exists()
+        int(p.name.split("-")[1]) for p in paths.CHECKPOINTS.glob("checkpoint-*") if (p / CHECKSUMS_FILE).exists()
     )
     finetune.main()
     card, reference = ModelCard.read(paths.MODEL), ModelCard.read(runs["reference"])
@@ -126,7 +126,7 @@ def test_cut_short_checkpoint_is_skipped_for_the_complete_one_before_it(interrup
     complete = sorted(paths.CHECKPOINTS.glob("checkpoint-*"))[-1]
     partial = paths.CHECKPOINTS / "checkpoint-15"  # as if the kill came while it was being written
     shutil.copytree(complete, partial)
-    (partial / "trainer_state.json").unlink()
+    (partial / CHECKSUMS_FILE).unlink()
     finetune.main()
     assert ModelCard.read(paths.MODEL).training.resumed_from_step == int(complete.name.split("-")[1])
 
@@ -150,12 +150,12 @@ def test_checkpoints_of_other_params_are_refused_then_discarded_when_asked(
     assert "training from the start" in capsys.readouterr().err
 
 
-def test_unreadable_checkpoint_is_refused(interrupted: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_truncated_checkpoint_file_is_refused(interrupted: Path, capsys: pytest.CaptureFixture[str]) -> None:
     newest = sorted(paths.CHECKPOINTS.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
     weights_file = newest / "model.safetensors"
     weights_file.write_bytes(weights_file.read_bytes()[:1000])
     err = expect_user_error(finetune.main, capsys)
-    assert f"{weights_file} is unreadable" in err and "finetune.on_bad_checkpoint: restart" in err
+    assert f"{weights_file} does not match its checksum" in err and "finetune.on_bad_checkpoint: restart" in err
     assert weights_file.exists() and not paths.MODEL.exists()
 
 

@@ -47,7 +47,9 @@ def served(trained: dict[str, Path], tiny_model: Path, tmp_path_factory: pytest.
         "--workers",
         "1",
     ]
-    with running_server(cmd, f"http://127.0.0.1:{port}/ping", venv_env(MLFLOW_TRACKING_URI=uri), base / "serve.log"):
+    # Small request limits, so the tests can cross them cheaply (defaults: 1,000 inputs, 1,000,000 characters).
+    env = venv_env(MLFLOW_TRACKING_URI=uri, PIPELINE_MAX_REQUEST_TEXTS="8", PIPELINE_MAX_REQUEST_CHARS="150000")
+    with running_server(cmd, f"http://127.0.0.1:{port}/ping", env, base / "serve.log"):
         yield f"http://127.0.0.1:{port}/invocations"
 
 
@@ -94,3 +96,30 @@ def test_bad_requests_get_a_400_with_a_message(served: str, body: bytes) -> None
     status, answer = post(served, body)
     assert status == 400, answer
     assert answer.get("message")
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        (["a fine film"] * 9, "9 inputs in one request; the limit is 8 (PIPELINE_MAX_REQUEST_TEXTS)"),
+        (["great " * 13_000] * 2, "156000 characters in one request; the limit is 150000 (PIPELINE_MAX_REQUEST_CHARS)"),
+        (["a fine film", "   "], "input 1: empty text"),
+        ([""], "input 0: empty text"),
+    ],
+    ids=["too-many-texts", "too-many-characters", "blank-text", "empty-text"],
+)
+def test_requests_beyond_the_limits_or_with_empty_texts_get_a_400_naming_why(
+    served: str, inputs: list[str], message: str
+) -> None:
+    status, answer = post(served, json.dumps({"inputs": inputs}).encode())
+    assert status == 400 and message in answer["message"], answer
+
+
+def test_a_request_at_the_limit_is_answered(served: str) -> None:
+    status, answer = post(served, json.dumps({"inputs": ["a fine film"] * 8}).encode())
+    assert status == 200 and len(answer["predictions"]) == 8
+
+
+def test_a_wrong_key_is_told_the_key_to_use(served: str) -> None:
+    status, answer = post(served, json.dumps({"texts": ["a fine film"]}).encode())
+    assert status == 400 and "with 'inputs' key" in answer["message"], answer
