@@ -57,7 +57,10 @@ def run_one(overrides: dict[str, Any], train_size: int | None) -> dict[str, Any]
         )
         keep = sorted(keep)
         datasets["train"] = datasets["train"].select(keep)
-        baseline = get_task(params.task).baseline(train_table.iloc[keep], test_table, labels, params.report.baseline)
+        task = get_task(params.task)
+        baseline = task.test_metrics(
+            *task.baseline_outcomes(train_table.iloc[keep], test_table, labels, params.evaluate.baseline), labels
+        )
         row["baseline_accuracy"] = baseline["accuracy"]
         row["baseline_macro_f1"] = baseline["macro_f1"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,12 +143,9 @@ def _all_labels_row() -> dict[str, Any]:
     row = dict(rows[0], name="n=all") if rows else in_child("n=all", {}, None)
     params = load_params()
     labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
-    baseline = get_task(params.task).baseline(
-        data.read_table(paths.SPLIT / "train.parquet"),
-        data.read_table(paths.SPLIT / "test.parquet"),
-        labels,
-        params.report.baseline,
-    )
+    task = get_task(params.task)
+    train, test = data.read_table(paths.SPLIT / "train.parquet"), data.read_table(paths.SPLIT / "test.parquet")
+    baseline = task.test_metrics(*task.baseline_outcomes(train, test, labels, params.evaluate.baseline), labels)
     return {**row, "baseline_accuracy": baseline["accuracy"], "baseline_macro_f1": baseline["macro_f1"]}
 
 

@@ -366,6 +366,15 @@ class FinetuneParams(Section):
         return self.early_stopping_mode == "max"
 
 
+class BaselineParams(Section):
+    max_features: Int = Field(ge=1, description="TF-IDF vocabulary size")
+    ngram_max: Int = Field(ge=1, le=5, description="longest word n-gram")
+    C: float = Field(gt=0, description="inverse regularisation strength of the logistic regression")
+
+
+Alpha = Annotated[float, Field(gt=0, lt=1)]
+
+
 class EvaluateParams(Section):
     registered_model_name: str = Field(
         min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="MLflow registered model; each run adds a version"
@@ -374,6 +383,20 @@ class EvaluateParams(Section):
         default="challenger",
         pattern=r"^[A-Za-z][A-Za-z0-9_\-]*$",
         description="alias set on the new version; `champion` is moved by promotion only",
+    )
+    baseline: BaselineParams = Field(
+        description="the classical model fitted on the same split (TF-IDF + logistic regression; word features for NER)"
+    )
+    bootstrap_rounds: Int = Field(
+        default=1000, ge=100, description="resamples of the test examples for 95% intervals and the paired test"
+    )
+    alpha: Alpha = Field(default=0.05, description="significance level of the verdict against the baseline")
+    require_beats_baseline: bool = Field(
+        default=False,
+        description=(
+            "refuse to register a model that is not significantly better than the baseline or never predicts a "
+            "class of the test split"
+        ),
     )
 
 
@@ -386,20 +409,16 @@ class PromoteParams(Section):
     min_improvement: float = Field(
         default=0.0, description="the challenger must beat the champion by at least this (same test set)"
     )
+    alpha: Alpha = Field(
+        default=0.05,
+        description="and the gain must be significant at this level (paired bootstrap on the same test examples)",
+    )
+    bootstrap_rounds: Int = Field(default=1000, ge=100, description="resamples of the paired test")
     floor: float = Field(default=0.0, ge=0, le=1, description="the first champion must reach at least this")
-
-
-class BaselineParams(Section):
-    max_features: Int = Field(ge=1, description="TF-IDF vocabulary size")
-    ngram_max: Int = Field(ge=1, le=5, description="longest word n-gram")
-    C: float = Field(gt=0, description="inverse regularisation strength of the logistic regression")
 
 
 class ReportParams(Section):
     title: str = Field(description="the report's heading")
-    baseline: BaselineParams = Field(
-        description="the classical model fitted on the same split (TF-IDF + logistic regression; word features for NER)"
-    )
 
 
 class MlflowParams(Section):

@@ -8,10 +8,9 @@ TOKENIZED = Path("data/tokenized")  # datasets.DatasetDict.save_to_disk
 MODEL = Path("models/model")  # weights, tokenizer, label map, training.json
 CHECKPOINTS = Path("checkpoints")  # Trainer checkpoints, outside every stage's outs
 TRAIN_LOGS = Path("reports/train")  # dvclive: metrics.json and plots/metrics/*.tsv
-EVAL = Path("reports/eval")  # metrics.json, confusion.csv, registry.json
+EVAL = Path("reports/eval")  # metrics.json, baseline.json, confusion.csv, registry.json
 REPORT = Path("reports/report.md")
 FIGURES = Path("reports/figures")  # PNGs the report shows
-BASELINE_METRICS = Path("reports/baseline.json")
 BENCHMARKS = Path("reports/benchmarks")  # results of benchmarks/compare_methods.py, committed; the report shows them
 
 SPLITS = ("train", "validation", "test")

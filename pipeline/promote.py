@@ -1,23 +1,30 @@
 """Metric-gated promotion of the registered model: a command, not a DVC stage, because it changes shared
 state (the registry's aliases) that other people and servers read.
 
-    python -m pipeline.promote                      # promote @challenger to @champion if it wins
-    python -m pipeline.promote --version 7          # the same for a given version
-    python -m pipeline.promote --dry-run            # print the decision, change nothing
-    python -m pipeline.promote --force "reason"     # promote even if it loses; the reason is recorded
-    python -m pipeline.promote --rollback "reason"  # move @champion back to the previous champion
-    python -m pipeline.promote --history            # every decision so far, oldest first
+    pipeline-promote                      # promote @challenger to @champion if it wins
+    pipeline-promote --version 7          # the same for a given version
+    pipeline-promote --dry-run            # print the decision, change nothing
+    pipeline-promote --force "reason"     # promote even if it loses; the reason is recorded
+    pipeline-promote --rollback "reason"  # move @champion back to the previous champion
+    pipeline-promote --history            # every decision so far, oldest first
 
-The challenger wins when its test metric (`promote.metric`) beats the champion's by at least
-`promote.min_improvement`, both measured on the challenger's test set: when the champion was evaluated on
-another test set, it is re-scored on the challenger's first. The first model becomes champion if it
-reaches `promote.floor`. Exit codes: 0 promoted (or would be, with --dry-run), 1 refused, 2 bad input.
+(`python -m pipeline.promote ...` is the same command.)
+
+The challenger wins when, on the same test examples (the challenger's test set), its test metric
+(`promote.metric`) beats the champion's by at least `promote.min_improvement` *and* a paired bootstrap
+finds the gain significant at `promote.alpha`: a gain of a handful of texts is noise, and refused as
+"not significantly better". Each model's per-example outcomes come from its evaluate run; a champion
+evaluated on another test set (or registered before outcomes were logged) is re-scored on the
+challenger's first. The first model becomes champion if it reaches `promote.floor`. The decision records
+both values, the difference, its 95 % interval and the p-value. Exit codes: 0 promoted (or would be, with
+--dry-run), 1 refused, 2 bad input.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,35 +32,73 @@ import mlflow
 
 from pipeline import data, registry
 from pipeline.errors import PipelineError, stage_main
-from pipeline.inference import load_predictor, score
+from pipeline.evaluation import OUTCOMES_ARTIFACT, PairedComparison, paired_bootstrap
+from pipeline.inference import load_predictor
 from pipeline.params import PromoteParams, load_params
+from pipeline.tasks import get_task
 
 EXIT_REFUSED = 1
 
 
-def _champion_value(name: str, champion: Any, challenger: Any, metric: str) -> tuple[float, bool]:
-    """The champion's metric on the challenger's test set, and whether it had to be re-scored for that."""
-    if champion.tags.get("test_data_sha256") == challenger.tags.get("test_data_sha256"):
-        return registry.test_metric(champion, metric), False
-    run_id = challenger.tags.get("mlflow_run_id")
+def _outcomes(name: str, version: Any, test: Callable[[], Any]) -> tuple[list[str], list[Any], list[Any]]:
+    """(labels, true, predicted) of a version on the comparison's test set: logged by its evaluate run when
+    that run used this test set, else re-scored (`test()` gives the table)."""
+    run_id = version.tags.get("mlflow_run_id")
     try:
-        test_file = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/evaluation/test.parquet")
-    except mlflow.exceptions.MlflowException:
+        logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/{OUTCOMES_ARTIFACT}")
+        return logged["labels"], logged["true"], logged["pred"]
+    except (mlflow.exceptions.MlflowException, OSError, KeyError):
+        pass  # registered before per-example outcomes were logged
+    print(f"promote: re-scoring v{version.version} on the test set of the comparison")
+    predictor = load_predictor(f"models:/{name}/{version.version}")
+    true, pred = predictor.task.outcomes(predictor, test(), "the comparison's test set")
+    return predictor.labels, true, pred
+
+
+def compare(name: str, challenger: Any, champion: Any, params: PromoteParams) -> tuple[PairedComparison, bool]:
+    """The paired comparison of challenger and champion on the challenger's test set, and whether the
+    champion had to be re-scored for it (it was evaluated on another test set)."""
+    run_id = challenger.tags.get("mlflow_run_id")
+    table: list[Any] = []
+
+    def test() -> Any:  # downloaded once, and only when a model must be re-scored
+        if not table:
+            try:
+                file = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/evaluation/test.parquet")
+            except mlflow.exceptions.MlflowException:
+                raise PipelineError(
+                    f"version {challenger.version}: its test set (run {run_id}, evaluation/test.parquet) is not in "
+                    "the tracking store"
+                ) from None
+            table.append(data.read_table(Path(file)))
+        return table[0]
+
+    labels, true, pred = _outcomes(name, challenger, test)
+    same_test_set = champion.tags.get("test_data_sha256") == challenger.tags.get("test_data_sha256")
+    if same_test_set:
+        _, champion_true, champion_pred = _outcomes(name, champion, test)
+    else:
+        print(
+            f"promote: champion v{champion.version} was evaluated on another test set; re-scoring it on "
+            f"v{challenger.version}'s"
+        )
+        predictor = load_predictor(f"models:/{name}/{champion.version}")
+        champion_true, champion_pred = predictor.task.outcomes(predictor, test(), f"v{challenger.version} test set")
+    if champion_true != true:
         raise PipelineError(
-            f"version {challenger.version}: its test set (run {run_id}, evaluation/test.parquet) is not in the "
-            f"tracking store"
-        ) from None
-    print(
-        f"promote: champion v{champion.version} was evaluated on another test set; re-scoring it on "
-        f"v{challenger.version}'s"
-    )
-    test = data.read_table(Path(test_file))
-    metrics, _ = score(
-        load_predictor(f"models:/{name}/{champion.version}"), test, source=f"v{challenger.version} test set"
-    )
-    if metric not in metrics:
-        raise PipelineError(f"promote.metric: '{metric}' is not a test metric")
-    return float(metrics[metric]), True
+            f"v{champion.version} and v{challenger.version}: their outcomes are not on the same examples"
+        )
+    task = get_task(challenger.tags["task"])
+    if params.metric not in task.summary_metrics:
+        raise PipelineError(
+            f"promote.metric: '{params.metric}' is not a test metric ({', '.join(task.summary_metrics)})"
+        )
+
+    def scores(t: list, p: list) -> dict[str, float]:
+        return task.summary_scores(t, p, labels)
+
+    comparison = paired_bootstrap(scores, true, pred, champion_pred, params.metric, params.bootstrap_rounds, seed=0)
+    return comparison, not same_test_set
 
 
 def decide(name: str, challenger: Any, champion: Any | None, params: PromoteParams) -> dict[str, Any]:
@@ -67,18 +112,29 @@ def decide(name: str, challenger: Any, champion: Any | None, params: PromotePara
             f"first champion: {metric} {value:.4f} {'>=' if decision['wins'] else '<'} floor {params.floor:.4f}"
         )
         return decision
-    champion_value, rescored = _champion_value(name, champion, challenger, metric)
-    gain = value - champion_value
+    comparison, rescored = compare(name, challenger, champion, params)
+    large_enough = comparison.difference >= params.min_improvement
+    significant = comparison.significant(params.alpha)
     decision.update(
         champion=str(champion.version),
-        champion_value=champion_value,
+        candidate_value=comparison.a,
+        champion_value=comparison.b,
+        difference=comparison.difference,
+        ci95=list(comparison.interval),
+        p_value=comparison.p_value,
         rescored_champion=rescored,
         min_improvement=params.min_improvement,
-        wins=gain >= params.min_improvement,
+        alpha=params.alpha,
+        wins=large_enough and significant,
     )
+    if not large_enough:
+        verdict = f"gain below the required {params.min_improvement:+.4f}"
+    elif not significant:
+        verdict = f"not significantly better (p = {comparison.p_value:.3f} >= alpha {params.alpha})"
+    else:
+        verdict = f"a significant gain of at least {params.min_improvement:+.4f}"
     decision["why"] = (
-        f"{metric}: challenger v{challenger.version} {value:.4f} vs champion v{champion.version} "
-        f"{champion_value:.4f} ({gain:+.4f}, needs {params.min_improvement:+.4f})"
+        f"challenger v{challenger.version} vs champion v{champion.version}: {comparison.describe()}; {verdict}"
     )
     return decision
 

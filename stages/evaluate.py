@@ -18,7 +18,14 @@ import pandas as pd
 from pipeline import data, methods, paths, pyfunc_model, tracking
 from pipeline.card import ModelCard
 from pipeline.errors import PipelineError, atomic_dir, stage_main
-from pipeline.inference import Predictor, score
+from pipeline.evaluation import (
+    OUTCOMES_ARTIFACT,
+    PairedComparison,
+    bootstrap_intervals,
+    paired_bootstrap,
+    under_predicted,
+)
+from pipeline.inference import Predictor
 from pipeline.params import EvaluateParams, load_params
 from pipeline.tasks import get_task
 
@@ -128,30 +135,83 @@ def _training_run(card: ModelCard) -> mlflow.ActiveRun:
 def main() -> None:
     params = load_params()
     card = ModelCard.read(paths.MODEL)
+    task = get_task(card.task)
     test_file = paths.SPLIT / "test.parquet"
     test = data.read_table(test_file)
-    metrics, pairs = score(Predictor(paths.MODEL), test, source=str(test_file))
+    true, pred = task.outcomes(Predictor(paths.MODEL), test, str(test_file))
+    metrics = task.test_metrics(true, pred, card.labels)
     nonfinite = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
     if nonfinite:
         raise PipelineError(f"evaluate: test {', '.join(nonfinite)} not finite; the model is not registered")
+    base_true, base_pred = task.baseline_outcomes(
+        data.read_table(paths.SPLIT / "train.parquet"), test, card.labels, params.evaluate.baseline
+    )
+    baseline = task.test_metrics(base_true, base_pred, card.labels)
+
+    # Intervals and the comparison with the baseline resample the same test examples (seeded).
+    def scores(t: list, p: list) -> dict[str, float]:
+        return task.summary_scores(t, p, card.labels)
+
+    rounds, seed = params.evaluate.bootstrap_rounds, params.seed
+    metrics["ci95"] = bootstrap_intervals(scores, true, pred, task.summary_metrics, rounds, seed)
+    baseline["ci95"] = bootstrap_intervals(scores, base_true, base_pred, task.summary_metrics, rounds, seed)
+    versus = paired_bootstrap(scores, true, pred, base_pred, task.headline_metric, rounds, seed)
+    pairs = task.confusion_pairs(true, pred)
+    metrics["vs_baseline"] = {
+        "metric": versus.metric,
+        "difference": versus.difference,
+        "ci95": list(versus.interval),
+        "p_value": versus.p_value,
+        "beats_baseline": versus.difference > 0 and versus.significant(params.evaluate.alpha),
+    }
+    metrics["flags"] = under_predicted(pairs, list(metrics["per_class"]))
+    verdict = beats_baseline_line(task.baseline_name, versus, params.evaluate.alpha)
+    if params.evaluate.require_beats_baseline and not (
+        metrics["vs_baseline"]["beats_baseline"] and not any("never predicted" in flag for flag in metrics["flags"])
+    ):
+        raise PipelineError(
+            f"evaluate: not registered (evaluate.require_beats_baseline): {verdict}"
+            + "".join(f"; {flag}" for flag in metrics["flags"])
+        )
 
     tracking.configure(params.mlflow.experiment_name)
     with atomic_dir(paths.EVAL) as out:
-        summary = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
-        data.write_json(summary, out / "metrics.json")
+        data.write_json({k: v for k, v in metrics.items() if k != "confusion_matrix"}, out / "metrics.json")
+        data.write_json({k: v for k, v in baseline.items() if k != "confusion_matrix"}, out / "baseline.json")
         pairs.to_csv(out / "confusion.csv", index=False)
         with _training_run(card):
-            mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)})
+            mlflow.log_metrics(
+                {f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)}
+                | {f"test_{k}_ci95_low": v[0] for k, v in metrics["ci95"].items()}
+                | {f"test_{k}_ci95_high": v[1] for k, v in metrics["ci95"].items()}
+                | {f"baseline_{k}": v for k, v in baseline.items() if isinstance(v, float)}
+            )
             mlflow.log_dict(metrics, "evaluation/test_metrics.json")
-            # The test set travels with the run, so promotion can re-score another model on exactly it.
+            # The test set and each example's outcome travel with the run, so promotion can compare another
+            # model with this one example by example (paired), re-scoring it on exactly this test set.
             mlflow.log_artifact(str(test_file), "evaluation")
+            mlflow.log_dict({"labels": card.labels, "true": true, "pred": pred}, OUTCOMES_ARTIFACT)
             registry = register(paths.MODEL, params.evaluate, card, metrics, input_example(test.head(3)))
         data.write_json(registry, out / "registry.json")
-    headline = get_task(card.task).headline_metric
+    headline = task.headline_metric
+    low, high = metrics["ci95"][headline]
     print(
-        f"evaluate: test {headline} {metrics[headline]:.4f}, macro-F1 {metrics['macro_f1']:.4f}; "
+        f"evaluate: test {headline} {metrics[headline]:.4f} (95% CI {low:.4f}-{high:.4f}); {verdict}; "
         f"registered {registry['name']} version {registry['version']} as @{registry['alias']}"
     )
+    for flag in metrics["flags"]:
+        print(f"evaluate: warning: {flag}")
+
+
+def beats_baseline_line(baseline_name: str, versus: PairedComparison, alpha: float) -> str:
+    """One sentence: does the fine-tuned model beat the classical baseline, significantly?"""
+    if versus.difference > 0 and versus.significant(alpha):
+        verdict = "beats"
+    elif versus.difference > 0:
+        verdict = "is not significantly better than"
+    else:
+        verdict = "does not beat"
+    return f"the fine-tuned model {verdict} the {baseline_name} baseline: {versus.describe()}"
 
 
 if __name__ == "__main__":

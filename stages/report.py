@@ -105,12 +105,22 @@ def champion_section(this: dict, model: dict, gate: PromoteParams, summary: tupl
         )
     else:
         gain = model[gate.metric] - float(champion.tags[f"test_{gate.metric}"])
-        verdict = "would be promoted" if gain >= gate.min_improvement else "would not be promoted"
+        verdict = (
+            "would not be promoted"
+            if gain < gate.min_improvement
+            else f"would be promoted if the gain is significant at {gate.alpha} (a paired bootstrap on the same "
+            "test examples; `pipeline-promote --dry-run` tests it)"
+        )
         text.append(
             f"Same test set: {gate.metric} {gain:+.4f} against a required {gate.min_improvement:+.4f}; "
-            f"this model {verdict} by `python -m pipeline.promote`."
+            f"this model {verdict}."
         )
     return "\n\n".join(text)
+
+
+def _with_interval(metrics: dict, name: str) -> str:
+    low, high = metrics["ci95"][name]
+    return f"{metrics[name]:.4f} [{low:.3f}, {high:.3f}]"
 
 
 def benchmark_sections(folder: Path, figures: Path) -> list[str]:
@@ -303,14 +313,24 @@ def render(
     classes: list[str],
     averages: tuple[str, ...],
     baseline_name: str,
+    example_unit: str,
     benchmarks: list[str],
 ) -> str:
     stats = model_card.training
     assert stats is not None, "the finetune stage always records training stats"
     dropped = ", ".join(f"{reason.replace('_', ' ')}: {count}" for reason, count in card["dropped"].items()) or "none"
     overlap = split_card.get("overlap")
+    versus = model["vs_baseline"]
+    verdict = (
+        f"**Verdict: the fine-tuned model {'beats' if versus['beats_baseline'] else 'does not significantly beat'} the "
+        f"{baseline_name} baseline** on the test split: {versus['metric']} {model[versus['metric']]:.4f} vs "
+        f"{baseline[versus['metric']]:.4f}, difference {versus['difference']:+.4f} (95 % CI {versus['ci95'][0]:+.4f} "
+        f"to {versus['ci95'][1]:+.4f}, paired bootstrap p = {versus['p_value']:.3f})."
+    )
+    flags = "".join(f"\n- Warning: {flag}." for flag in model.get("flags", []))
     sections = [
         f"# {title}",
+        verdict + flags,
         f"Model `{registered['name']}` version {registered['version']} (alias `@{registered['alias']}`), "
         f"MLflow run `{model_card.provenance.mlflow_run_id}`, data sha256 `{model_card.provenance.data_sha256[:12]}`."
         if model_card.provenance
@@ -332,11 +352,12 @@ def render(
         f"Text length (words): mean {card['text_words']['mean']}, median {card['text_words']['median']}, "
         f"95th percentile {card['text_words']['p95']}, max {card['text_words']['max']}.",
         "## Test metrics",
+        f"Each value with its 95 % bootstrap interval over the test examples ({example_unit} resampled).",
         _table(
             ["model", *averages],
             [
-                ["fine-tuned"] + [model[k] for k in averages],
-                [baseline_name] + [baseline[k] for k in averages],
+                ["fine-tuned"] + [_with_interval(model, k) for k in averages],
+                [baseline_name] + [_with_interval(baseline, k) for k in averages],
                 ["gain"] + [f"{model[k] - baseline[k]:+.4f}" for k in averages],
             ],
         ),
@@ -379,18 +400,9 @@ def main() -> None:
     registered = data.read_json(paths.EVAL / "registry.json")
     task = get_task(model_card.task)
     classes = list(model["per_class"])  # labels, or entity types for token tasks
-    baseline = task.baseline(
-        data.read_table(paths.SPLIT / "train.parquet"),
-        data.read_table(paths.SPLIT / "test.parquet"),
-        model_card.labels,
-        params.report.baseline,
-    )
+    baseline = data.read_json(paths.EVAL / "baseline.json")
     stopping_metric = model_card.training.best_metric_name if model_card.training else "loss"
-    with (
-        atomic_dir(paths.FIGURES) as figures,
-        atomic_file(paths.REPORT) as report,
-        atomic_file(paths.BASELINE_METRICS) as base,
-    ):
+    with atomic_dir(paths.FIGURES) as figures, atomic_file(paths.REPORT) as report:
         plot_learning_curves(paths.TRAIN_LOGS, stopping_metric, figures / "learning_curves.png")
         confusion = pd.read_csv(paths.EVAL / "confusion.csv")
         axis = task.confusion_axis(classes)
@@ -411,11 +423,11 @@ def main() -> None:
                 classes,
                 task.summary_metrics,
                 task.baseline_name,
+                task.example_unit,
                 benchmark_sections(paths.BENCHMARKS, figures),
             ),
             encoding="utf-8",
         )
-        data.write_json({k: v for k, v in baseline.items() if k != "confusion_matrix"}, base)
     headline = task.headline_metric
     print(f"report: {paths.REPORT} (fine-tuned {headline} {model[headline]:.4f} vs baseline {baseline[headline]:.4f})")
 

@@ -122,7 +122,8 @@ def tiny_params(data_file: Path, model_dir: Path) -> dict:
         logging_steps=2,
         learning_rate=1e-3,
     )
-    params["report"]["baseline"]["max_features"] = 500
+    params["evaluate"]["baseline"]["max_features"] = 500
+    params["evaluate"]["bootstrap_rounds"] = params["promote"]["bootstrap_rounds"] = 200
     return params
 
 

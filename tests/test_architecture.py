@@ -117,6 +117,20 @@ def test_the_rule_above_sees_a_comparison(tmp_path: Path) -> None:
     assert len(project_sources()) > 20
 
 
+def test_every_stage_declares_what_it_writes() -> None:
+    declared = {
+        stage: [
+            str(next(iter(o))) if isinstance(o, dict) else str(o)
+            for kind in ("outs", "metrics")
+            for o in spec.get(kind, [])
+        ]
+        for stage, spec in stages().items()
+    }
+    assert all(declared.values()), declared
+    assert {"reports/report.md", "reports/figures"} <= set(declared["report"])
+    assert {"reports/eval/metrics.json", "reports/eval/baseline.json"} <= set(declared["evaluate"])
+
+
 def test_stages_holds_only_the_dvc_stage_entry_points() -> None:
     modules = {p.stem for p in (REPO / "stages").glob("*.py")} - {"__init__"}
     assert modules == set(stages())

@@ -124,3 +124,35 @@ def test_evaluate_after_the_tracking_store_was_lost_opens_a_new_run(evaluated: d
     assert registry["run_id"] != finetune_run and registry["version"] == "1"
     assert tags["finetune_run_id"] == finetune_run
     assert tags["data_sha256"] == ModelCard.read(paths.MODEL).provenance.data_sha256
+
+
+def test_test_metrics_carry_intervals_and_the_comparison_with_the_baseline(evaluated: dict) -> None:
+    baseline = json.loads((paths.EVAL / "baseline.json").read_text())
+    for metrics in (evaluated, baseline):
+        for name in ("accuracy", "macro_f1", "micro_f1", "weighted_f1"):
+            low, high = metrics["ci95"][name]
+            assert low <= metrics[name] <= high and high - low > 0, (name, metrics[name], low, high)
+    versus = evaluated["vs_baseline"]
+    assert versus["metric"] == "accuracy"
+    assert versus["difference"] == pytest.approx(evaluated["accuracy"] - baseline["accuracy"])
+    assert versus["ci95"][0] <= versus["difference"] <= versus["ci95"][1] and 0 < versus["p_value"] <= 1
+    assert versus["beats_baseline"] == (versus["difference"] > 0 and versus["p_value"] < 0.05)
+    assert isinstance(evaluated["flags"], list)
+    run_id = json.loads((paths.EVAL / "registry.json").read_text())["run_id"]
+    tracking.configure("sentiment-finetune")
+    logged = mlflow.MlflowClient().get_run(run_id).data.metrics
+    assert logged["test_accuracy_ci95_low"] == evaluated["ci95"]["accuracy"][0]
+    assert logged["baseline_accuracy"] == baseline["accuracy"]
+    outcomes = mlflow.artifacts.load_dict(f"runs:/{run_id}/evaluation/outcomes.json")
+    assert len(outcomes["true"]) == len(outcomes["pred"]) == len(pd.read_parquet(paths.SPLIT / "test.parquet"))
+
+
+def test_the_report_opens_with_the_verdict_and_shows_intervals(evaluated: dict) -> None:
+    from stages import report
+
+    report.main()
+    text = Path("reports/report.md").read_text()
+    first = text.split("\n\n")[1]
+    assert first.startswith("**Verdict: the fine-tuned model ") and "paired bootstrap p = " in first
+    low, high = evaluated["ci95"]["accuracy"]
+    assert f"{evaluated['accuracy']:.4f} [{low:.3f}, {high:.3f}]" in text

@@ -120,14 +120,21 @@ def test_challenger_that_loses_is_refused_with_both_numbers(
     assert champion() == good
 
 
-def test_equal_models_need_the_minimum_improvement(register: Callable[..., str], project: Path) -> None:
+def test_an_identical_model_is_refused_as_indistinguishable(
+    register: Callable[..., str], project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     first = register("good")
     assert promote.run([]) == 0
     register("good")
     assert promote.run([]) == promote.EXIT_REFUSED  # +0.0000 < +0.05
+    assert "gain below the required +0.0500" in capsys.readouterr().err
     set_params(project, {"promote.min_improvement": 0.0})
-    second = register("good")
-    assert promote.run([]) == 0 and champion() == second != first
+    register("good")
+    assert promote.run([]) == promote.EXIT_REFUSED and champion() == first  # +0.0000 >= 0, but it is noise
+    err = capsys.readouterr().err
+    assert "accuracy 1.0000 vs 1.0000: +0.0000" in err and "not significantly better (p = 1.000 >= alpha 0.05)" in err
+    decision = registry.decisions(client(), NAME)[-1]
+    assert (decision["result"], decision["p_value"], decision["difference"]) == ("refused", 1.0, 0.0)
 
 
 def test_dry_run_decides_but_changes_nothing(register: Callable[..., str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -201,16 +208,16 @@ def test_history_lists_every_decision_with_who_and_why(
 def test_champion_from_another_test_set_is_rescored_on_the_challengers(
     register: Callable[..., str], project: Path, trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    set_params(project, {"promote.min_improvement": 0.0})
-    good = register("good", split="split_a")
+    set_params(project, {"promote.min_improvement": 0.0, "promote.floor": 0.0})
+    bad = register("bad", split="split_a")
     promote.run([])
     candidate = register("good", split="split_b")
     assert promote.run([]) == 0
     assert "re-scoring" in capsys.readouterr().out
     decision = registry.decisions(client(), NAME)[-1]
-    expected, _ = score(Predictor(trained["good"]), pd.read_parquet(trained["split_b"] / "test.parquet"))
-    assert decision["rescored_champion"] and decision["champion"] == good and decision["candidate"] == candidate
-    assert decision["champion_value"] == pytest.approx(expected["accuracy"])
+    expected, _ = score(Predictor(trained["bad"]), pd.read_parquet(trained["split_b"] / "test.parquet"))
+    assert decision["rescored_champion"] and decision["champion"] == bad and decision["candidate"] == candidate
+    assert decision["champion_value"] == pytest.approx(expected["accuracy"]) and decision["p_value"] < 0.05
 
 
 def test_promotions_wait_for_each_other(register: Callable[..., str], project: Path) -> None:
@@ -287,3 +294,18 @@ def test_report_shows_the_champion_and_the_gates_verdict(register: Callable[...,
     assert f"| champion v1 | {accuracy('1'):.4f}" in text and "would not be promoted" in text
     register("good", split="split_b")
     assert "re-scores it" in section()
+
+
+def test_require_beats_baseline_refuses_to_register_a_model_that_does_not(
+    register: Callable[..., str], project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    set_params(project, {"evaluate.require_beats_baseline": True})
+    with pytest.raises(SystemExit) as exit_info:
+        register("bad")
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in err
+    assert err.startswith("error: evaluate: not registered (evaluate.require_beats_baseline): the fine-tuned model")
+    assert not (project / "mlflow.db").exists() and not paths.EVAL.exists()
+    set_params(project, {"evaluate.require_beats_baseline": False})  # the default: registered, with the verdict
+    assert register("bad") == "1"
+    assert not json.loads((paths.EVAL / "metrics.json").read_text())["vs_baseline"]["beats_baseline"]

@@ -41,6 +41,7 @@ class Task(ABC):
     summary_metrics: ClassVar[tuple[str, ...]]  # the report's and the registry's table columns
     validation_metrics_names: ClassVar[tuple[str, ...]]  # what `finetune.metric_for_best_model` may name (and loss)
     baseline_name: ClassVar[str]  # the classical model the report compares with
+    example_unit: ClassVar[str]  # what one test example is ("texts", "sentences"): what intervals resample
     confusion_none: ClassVar[str | None] = None  # the confusion axis' entry for "nothing there", if the task has one
 
     # ---- params: called when params.yaml is validated --------------------------------------------------
@@ -117,20 +118,35 @@ class Task(ABC):
         """One row per input text: what the served model and `predict` return."""
 
     @abstractmethod
-    def score(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[dict[str, Any], pd.DataFrame]:
-        """Test metrics of a Predictor on a split table, and the (actual, predicted) pairs of the confusion
-        plot."""
+    def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[list[Any], list[Any]]:
+        """(true, predicted) of each example of a split table: the unit metrics are computed over and
+        bootstrap intervals resample (a text, a text pair, a sentence)."""
 
     @abstractmethod
     def test_metrics(self, true: list[Any], pred: list[Any], labels: list[str]) -> dict[str, Any]:
-        """The headline and summary metrics, and `per_class` precision/recall/F1/support."""
+        """The summary metrics and `per_class` precision/recall/F1/support."""
 
-    # ---- report ----------------------------------------------------------------------------------------
+    def summary_scores(self, true: list[Any], pred: list[Any], labels: list[str]) -> dict[str, float]:
+        """Only the summary metrics (what intervals and paired tests need, many times over)."""
+        metrics = self.test_metrics(true, pred, labels)
+        return {name: metrics[name] for name in self.summary_metrics}
+
     @abstractmethod
-    def baseline(
+    def confusion_pairs(self, true: list[Any], pred: list[Any]) -> pd.DataFrame:
+        """(actual, predicted) rows of the confusion plot."""
+
+    def score(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[dict[str, Any], pd.DataFrame]:
+        """Test metrics of a Predictor on a split table, and the (actual, predicted) confusion pairs."""
+        true, pred = self.outcomes(predictor, table, source)
+        return self.test_metrics(true, pred, predictor.labels), self.confusion_pairs(true, pred)
+
+    # ---- evaluate and report ---------------------------------------------------------------------------
+    @abstractmethod
+    def baseline_outcomes(
         self, train: pd.DataFrame, test: pd.DataFrame, labels: list[str], params: BaselineParams
-    ) -> dict[str, Any]:
-        """Test metrics of a classical model fitted on the train split (`baseline_name`)."""
+    ) -> tuple[list[Any], list[Any]]:
+        """(true, predicted) on the test split of a classical model fitted on the train split
+        (`baseline_name`): the reference a fine-tuned model must beat."""
 
     def confusion_axis(self, classes: list[str]) -> list[str]:
         """The rows and columns of the confusion matrix the report draws."""

@@ -48,6 +48,7 @@ class TextClassification(Task):
 
     peft_task_type: ClassVar[str] = "SEQ_CLS"
     baseline_name: ClassVar[str] = "TF-IDF + logistic regression"
+    example_unit: ClassVar[str] = "texts"
 
     def check_params(self, params: Params) -> None:
         if params.ingest.format == "conll":
@@ -191,7 +192,7 @@ class SingleLabelClassification(TextClassification):
     ) -> tuple[torch.Tensor, int]:
         return cross_entropy_sum(logits, labels, weights, label_smoothing)
 
-    def score(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[list[Any], list[Any]]:
         actual = table[data.LABEL].astype(str)
         unknown = ~actual.isin(predictor.labels)
         if unknown.any():
@@ -199,15 +200,31 @@ class SingleLabelClassification(TextClassification):
                 f"{source}: label '{actual[unknown].iloc[0]}' is not one the model predicts {predictor.labels}"
             )
         predicted = self.predict(predictor, table[data.TEXT].tolist(), data.text_pairs(table))["label"]
-        return self.test_metrics(actual.tolist(), predicted.tolist(), predictor.labels), pd.DataFrame(
-            {"actual": actual.to_numpy(), "predicted": predicted.to_numpy()}
-        )
+        return actual.tolist(), predicted.tolist()
+
+    def confusion_pairs(self, true: list[Any], pred: list[Any]) -> pd.DataFrame:
+        return pd.DataFrame({"actual": true, "predicted": pred})
+
+    def summary_scores(self, true: list[str], pred: list[str], labels: list[str]) -> dict[str, float]:
+        """Accuracy and macro/micro/weighted F1 from one confusion matrix: the definitions of sklearn's
+        accuracy_score and f1_score (zero_division=0), in one pass instead of four, because bootstrap
+        intervals and paired tests compute them thousands of times (tests check they agree)."""
+        matrix = confusion_matrix(true, pred, labels=labels).astype(np.float64)
+        tp, support, predicted = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+        denominator = support + predicted  # 2tp + fp + fn
+        f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+        total = matrix.sum()
+        accuracy = float(tp.sum() / total) if total else 0.0
+        return {
+            "accuracy": accuracy,
+            "macro_f1": float(f1.mean()),
+            "micro_f1": accuracy,  # every label counted: micro precision = recall = accuracy
+            "weighted_f1": float((f1 * support).sum() / support.sum()) if support.sum() else 0.0,
+        }
 
     def test_metrics(self, true: list[str], pred: list[str], labels: list[str]) -> dict[str, Any]:
         """Accuracy, macro/micro/weighted F1, precision/recall/F1/support per class, confusion matrix."""
-        metrics: dict[str, Any] = {"accuracy": float(accuracy_score(true, pred))}
-        for average in ("macro", "micro", "weighted"):
-            metrics[f"{average}_f1"] = float(f1_score(true, pred, labels=labels, average=average, zero_division=0))
+        metrics: dict[str, Any] = self.summary_scores(true, pred, labels)
         metrics["per_class"] = per_class(true, pred, labels, labels)
         metrics["confusion_matrix"] = confusion_matrix(true, pred, labels=labels).tolist()
         return metrics
@@ -225,17 +242,15 @@ class SingleLabelClassification(TextClassification):
             frame[f"score_{label}"] = probs[:, index].astype(float)
         return frame
 
-    def baseline(
+    def baseline_outcomes(
         self, train: pd.DataFrame, test: pd.DataFrame, labels: list[str], params: BaselineParams
-    ) -> dict[str, Any]:
+    ) -> tuple[list[Any], list[Any]]:
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
 
         pipeline = make_pipeline(self._tfidf(params), LogisticRegression(C=params.C, max_iter=2000))
         pipeline.fit(data.raw_texts(train), train[data.LABEL].astype(str))  # a pair: both texts in one bag of words
-        return self.test_metrics(
-            test[data.LABEL].astype(str).tolist(), pipeline.predict(data.raw_texts(test)).tolist(), labels
-        )
+        return test[data.LABEL].astype(str).tolist(), pipeline.predict(data.raw_texts(test)).tolist()
 
 
 @register
@@ -320,7 +335,7 @@ class MultiLabelClassification(TextClassification):
             best.append(float(min((t for t, f in zip(grid, scores) if f == top), key=lambda t: abs(t - 0.5))))
         return best
 
-    def score(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[list[Any], list[Any]]:
         true = [list(labels) for labels in table[data.LABEL]]
         unknown = {label for labels in true for label in labels} - set(predictor.labels)
         if unknown:
@@ -328,12 +343,15 @@ class MultiLabelClassification(TextClassification):
                 f"{source}: label '{sorted(unknown)[0]}' is not one the model predicts {predictor.labels}"
             )
         pred = self.predict(predictor, table[data.TEXT].tolist(), data.text_pairs(table))["labels"].tolist()
+        return true, [list(labels) for labels in pred]
+
+    def confusion_pairs(self, true: list[Any], pred: list[Any]) -> pd.DataFrame:
         pairs = [
             (label if label in t else "none", label if label in p else "none")
             for t, p in zip(true, pred)
             for label in sorted(set(t) | set(p))
         ]
-        return self.test_metrics(true, pred, predictor.labels), pd.DataFrame(pairs, columns=["actual", "predicted"])
+        return pd.DataFrame(pairs, columns=["actual", "predicted"])
 
     def test_metrics(self, true: list[list[str]], pred: list[list[str]], labels: list[str]) -> dict[str, Any]:
         """Micro/macro/weighted F1, subset accuracy (the whole set right) and per-label P/R/F1/support."""
@@ -358,9 +376,9 @@ class MultiLabelClassification(TextClassification):
             frame[f"score_{label}"] = probs[:, index].astype(float)
         return frame
 
-    def baseline(
+    def baseline_outcomes(
         self, train: pd.DataFrame, test: pd.DataFrame, labels: list[str], params: BaselineParams
-    ) -> dict[str, Any]:
+    ) -> tuple[list[Any], list[Any]]:
         """TF-IDF + one logistic regression per label."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.multiclass import OneVsRestClassifier
@@ -373,7 +391,7 @@ class MultiLabelClassification(TextClassification):
         )
         pipeline.fit(data.raw_texts(train), binarizer.transform(train[data.LABEL].map(list)))
         predicted = [list(row) for row in binarizer.inverse_transform(pipeline.predict(data.raw_texts(test)))]
-        return self.test_metrics(test[data.LABEL].map(list).tolist(), predicted, labels)
+        return test[data.LABEL].map(list).tolist(), predicted
 
 
 def balanced_weights(class_ids: np.ndarray, n_labels: int) -> np.ndarray:

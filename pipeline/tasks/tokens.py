@@ -36,6 +36,7 @@ class TokenClassification(Task):
     summary_metrics: ClassVar[tuple[str, ...]] = ("f1", "precision", "recall", "macro_f1", "accuracy")
     validation_metrics_names: ClassVar[tuple[str, ...]] = ("f1", "accuracy")
     baseline_name: ClassVar[str] = "word-feature logistic regression"
+    example_unit: ClassVar[str] = "sentences"
     confusion_none: ClassVar[str | None] = "O"  # a span only one side found is paired with "O"
 
     def check_params(self, params: Params) -> None:
@@ -168,7 +169,7 @@ class TokenClassification(Task):
             entities.append(found)
         return pd.DataFrame({"entities": entities})
 
-    def score(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[list[Any], list[Any]]:
         true = [list(tags) for tags in table[data.TAGS]]
         unknown = {t for tags in true for t in tags} - set(predictor.labels)
         if unknown:
@@ -178,8 +179,10 @@ class TokenClassification(Task):
         pred = predictor.predict_words(
             [list(tokens) for tokens in table[data.TOKENS]], documents(table, predictor.encoding.context)
         )
-        metrics = self.test_metrics(true, pred, predictor.labels)
-        return metrics, entity_pairs(true, pred)
+        return true, pred
+
+    def confusion_pairs(self, true: list[Any], pred: list[Any]) -> pd.DataFrame:
+        return entity_pairs(true, pred)
 
     def test_metrics(self, true: list[list[str]], pred: list[list[str]], labels: list[str]) -> dict[str, Any]:
         """Entity-level precision/recall/F1 overall (micro) and per entity type, plus tag accuracy."""
@@ -208,9 +211,9 @@ class TokenClassification(Task):
             },
         }
 
-    def baseline(
+    def baseline_outcomes(
         self, train: pd.DataFrame, test: pd.DataFrame, labels: list[str], params: BaselineParams
-    ) -> dict[str, Any]:
+    ) -> tuple[list[Any], list[Any]]:
         """Logistic regression on each word's features and its neighbours'."""
         from sklearn.feature_extraction import DictVectorizer
         from sklearn.linear_model import LogisticRegression
@@ -223,7 +226,7 @@ class TokenClassification(Task):
         flat = pipeline.predict([f for s in test[data.TOKENS] for f in word_features(list(s))]).tolist()
         lengths = np.cumsum([0] + test[data.TOKENS].map(len).tolist())
         predicted = [flat[start:end] for start, end in zip(lengths[:-1], lengths[1:])]
-        return self.test_metrics([list(t) for t in test[data.TAGS]], predicted, labels)
+        return [list(t) for t in test[data.TAGS]], predicted
 
 
 def word_features(words: list[str]) -> list[dict[str, Any]]:
