@@ -75,6 +75,7 @@ class ModelCard(Record):
     labels: list[str] = Field(min_length=1)
     encoding: EncodingSpec
     thresholds: list[float] | None = None  # per-label decision thresholds (multi-label)
+    temperature: float = Field(default=1.0, gt=0)  # logits are divided by it before softmax/sigmoid (calibration)
     method: str = "full"  # finetune.method
     merged_adapter: bool = False
     base_model: str | None = None  # model.source

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 OUTCOMES_ARTIFACT = "evaluation/outcomes.json"  # in the evaluate run: labels, true and predicted per example
 Scores = Callable[[Sequence[Any], Sequence[Any]], dict[str, float]]  # (true, pred) of some examples -> metrics
@@ -24,9 +25,14 @@ def _pick(items: Sequence[Any], index: np.ndarray) -> list[Any]:
 
 
 def bootstrap_intervals(
-    scores: Scores, true: Sequence[Any], pred: Sequence[Any], names: Sequence[str], rounds: int, seed: int,
+    scores: Scores,
+    true: Sequence[Any],
+    pred: Sequence[Any],
+    names: Sequence[str],
+    rounds: int,
+    seed: int,
     level: float = 0.95,
-) -> dict[str, list[float]]:  # fmt: skip
+) -> dict[str, list[float]]:
     """Percentile intervals of each metric in `names` over `rounds` resamples of the examples."""
     rng = np.random.default_rng(seed)
     n = len(true)
@@ -62,9 +68,14 @@ class PairedComparison:
 
 
 def paired_bootstrap(
-    scores: Scores, true: Sequence[Any], pred_a: Sequence[Any], pred_b: Sequence[Any], metric: str, rounds: int,
+    scores: Scores,
+    true: Sequence[Any],
+    pred_a: Sequence[Any],
+    pred_b: Sequence[Any],
+    metric: str,
+    rounds: int,
     seed: int,
-) -> PairedComparison:  # fmt: skip
+) -> PairedComparison:
     """Koehn (2004)'s paired bootstrap: resample the examples, score both models on each resample; the
     p-value is the share of resamples (plus one, so it is never 0) where A does not beat B."""
     if not (len(true) == len(pred_a) == len(pred_b)):
@@ -97,3 +108,84 @@ def under_predicted(pairs: Any, classes: Sequence[str], share: float = 0.5) -> l
         elif support and found < share * support:
             flags.append(f"class '{name}' is predicted {found} times for {support} in the test split")
     return flags
+
+
+def fit_temperature(logits: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:
+    """Temperature scaling (Guo et al., 2017): the T > 0 that minimises the validation negative log-likelihood
+    of softmax(logits / T) (sigmoid for label sets). One parameter, so the predicted labels do not change,
+    only how confident the scores are. Neither sklearn nor transformers has it; LBFGS on log T, 50 steps."""
+    import torch
+
+    x = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(targets, dtype=torch.float64 if multi_label else torch.long)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=50)
+
+    def nll() -> torch.Tensor:
+        optimizer.zero_grad()
+        scaled = x / log_t.exp()
+        if multi_label:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(scaled, y)
+        else:
+            loss = torch.nn.functional.cross_entropy(scaled, y)
+        loss.backward()
+        return loss
+
+    optimizer.step(nll)
+    temperature = float(log_t.exp())
+    return temperature if np.isfinite(temperature) and temperature > 0 else 1.0
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[float, pd.DataFrame]:
+    """Expected calibration error over equal-width confidence bins, and the reliability diagram's rows
+    (mean confidence, accuracy and count of each non-empty bin). sklearn's calibration_curve gives the
+    curve but not the bin counts ECE weighs by, hence this."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            rows.append(
+                {
+                    "bin": b,
+                    "confidence": float(confidence[mask].mean()),
+                    "accuracy": float(correct[mask].mean()),
+                    "count": int(mask.sum()),
+                }
+            )
+    table = pd.DataFrame(rows, columns=["bin", "confidence", "accuracy", "count"])
+    ece = float((table["count"] * (table["confidence"] - table["accuracy"]).abs()).sum() / max(len(confidence), 1))
+    return ece, table
+
+
+def curves(
+    indicator: np.ndarray, probabilities: np.ndarray, classes: list[str]
+) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame], dict[str, float]]:
+    """ROC and precision-recall curves of each class (one-vs-rest) and of all decisions pooled ("micro"),
+    with ROC AUC and average precision per class and micro/macro averaged (sklearn)."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    roc, pr, summary = {}, {}, {}
+    present = [j for j in range(len(classes)) if 0 < indicator[:, j].sum() < len(indicator)]
+    for j in present:
+        fpr, tpr, _ = roc_curve(indicator[:, j], probabilities[:, j])
+        precision, recall, _ = precision_recall_curve(indicator[:, j], probabilities[:, j])
+        roc[classes[j]] = pd.DataFrame({"fpr": fpr, "tpr": tpr})
+        pr[classes[j]] = pd.DataFrame({"recall": recall, "precision": precision})
+    fpr, tpr, _ = roc_curve(indicator.ravel(), probabilities.ravel())
+    precision, recall, _ = precision_recall_curve(indicator.ravel(), probabilities.ravel())
+    roc["micro"], pr["micro"] = (
+        pd.DataFrame({"fpr": fpr, "tpr": tpr}),
+        pd.DataFrame({"recall": recall, "precision": precision}),
+    )
+    if present:
+        summary["roc_auc_macro"] = float(
+            roc_auc_score(indicator[:, present], probabilities[:, present], average="macro")
+        )
+        summary["average_precision_macro"] = float(
+            average_precision_score(indicator[:, present], probabilities[:, present], average="macro")
+        )
+    summary["roc_auc_micro"] = float(roc_auc_score(indicator.ravel(), probabilities.ravel()))
+    summary["average_precision_micro"] = float(average_precision_score(indicator.ravel(), probabilities.ravel()))
+    return roc, pr, summary

@@ -334,6 +334,13 @@ class FinetuneParams(Section):
     threshold: float = Field(
         default=0.5, gt=0, lt=1, description="multi-label: a label is predicted when its probability reaches this"
     )
+    temperature_scaling: bool = Field(
+        default=True,
+        description=(
+            "classification: fit one temperature on the validation split so served scores are calibrated "
+            "probabilities (labels unchanged); stored in the model card"
+        ),
+    )
     tune_thresholds: bool = Field(
         default=False, description="multi-label: one threshold per label instead, the one with the best validation F1"
     )

@@ -51,8 +51,8 @@ def _outcomes(name: str, version: Any, test: Callable[[], Any]) -> tuple[list[st
         pass  # registered before per-example outcomes were logged
     print(f"promote: re-scoring v{version.version} on the test set of the comparison")
     predictor = load_predictor(f"models:/{name}/{version.version}")
-    true, pred = predictor.task.outcomes(predictor, test(), "the comparison's test set")
-    return predictor.labels, true, pred
+    result = predictor.task.outcomes(predictor, test(), "the comparison's test set")
+    return predictor.labels, result.true, result.pred
 
 
 def compare(name: str, challenger: Any, champion: Any, params: PromoteParams) -> tuple[PairedComparison, bool]:
@@ -83,7 +83,8 @@ def compare(name: str, challenger: Any, champion: Any, params: PromoteParams) ->
             f"v{challenger.version}'s"
         )
         predictor = load_predictor(f"models:/{name}/{champion.version}")
-        champion_true, champion_pred = predictor.task.outcomes(predictor, test(), f"v{challenger.version} test set")
+        rescored = predictor.task.outcomes(predictor, test(), f"v{challenger.version} test set")
+        champion_true, champion_pred = rescored.true, rescored.pred
     if champion_true != true:
         raise PipelineError(
             f"v{champion.version} and v{challenger.version}: their outcomes are not on the same examples"

@@ -332,13 +332,24 @@ def fit(
     result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
 
-    # The best evaluation's weights are loaded (load_best_model_at_end); thresholds are tuned on them.
+    # The best evaluation's weights are loaded (load_best_model_at_end); the temperature and the thresholds
+    # are fitted on them, from one pass over the validation split (made only if a task asks for it).
+    cached: list[tuple[np.ndarray, np.ndarray]] = []
+
     def validation_outputs() -> tuple[np.ndarray, np.ndarray]:
-        output = trainer.predict(trainer.eval_dataset)
-        return np.asarray(output.predictions), np.asarray(output.label_ids)
+        if not cached:
+            output = trainer.predict(trainer.eval_dataset)
+            cached.append((np.asarray(output.predictions), np.asarray(output.label_ids)))
+        return cached[0]
 
     require_finite_weights(trainer.model, "finetune: the trained model")
-    thresholds = prepared.task.decision_thresholds(validation_outputs, params.finetune, len(prepared.labels))
+    temperature = prepared.task.fit_temperature(validation_outputs) if params.finetune.temperature_scaling else 1.0
+
+    def calibrated_outputs() -> tuple[np.ndarray, np.ndarray]:  # thresholds are tuned on the scores served
+        logits, label_ids = validation_outputs()
+        return logits / temperature, label_ids
+
+    thresholds = prepared.task.decision_thresholds(calibrated_outputs, params.finetune, len(prepared.labels))
     methods.save(trainer.model, model_out, prepared.pretrained_dir, params.finetune.merge_adapter)
     prepared.tokenizer.save_pretrained(model_out)
     if plots_out is not None:
@@ -364,6 +375,7 @@ def fit(
         labels=prepared.labels,
         encoding=EncodingSpec(**params.tokenize.model_dump(), text_pair=params.ingest.text_pair),
         thresholds=thresholds,
+        temperature=temperature,
         method=params.finetune.method,
         merged_adapter=params.finetune.merge_adapter,
         base_model=params.model.source,

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 from pipeline import data, methods, paths, pyfunc_model, tracking
@@ -22,12 +23,14 @@ from pipeline.evaluation import (
     OUTCOMES_ARTIFACT,
     PairedComparison,
     bootstrap_intervals,
+    curves,
     paired_bootstrap,
+    reliability,
     under_predicted,
 )
 from pipeline.inference import Predictor
 from pipeline.params import EvaluateParams, load_params
-from pipeline.tasks import get_task
+from pipeline.tasks import Outcomes, Task, get_task
 
 
 def _pip_requirements(model_dir: Path) -> list[str]:
@@ -138,7 +141,8 @@ def main() -> None:
     task = get_task(card.task)
     test_file = paths.SPLIT / "test.parquet"
     test = data.read_table(test_file)
-    true, pred = task.outcomes(Predictor(paths.MODEL), test, str(test_file))
+    result = task.outcomes(Predictor(paths.MODEL), test, str(test_file))
+    true, pred = result.true, result.pred
     metrics = task.test_metrics(true, pred, card.labels)
     nonfinite = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
     if nonfinite:
@@ -163,9 +167,15 @@ def main() -> None:
         "ci95": list(versus.interval),
         "p_value": versus.p_value,
         "beats_baseline": versus.difference > 0 and versus.significant(params.evaluate.alpha),
+        "verdict": beats_baseline_line(task.baseline_name, versus, params.evaluate.alpha),
     }
     metrics["flags"] = under_predicted(pairs, list(metrics["per_class"]))
-    verdict = beats_baseline_line(task.baseline_name, versus, params.evaluate.alpha)
+    curve_tables = calibration_and_curves(task, result, card, metrics)
+    texts = data.raw_texts(test)
+    calibrated = task.probabilities(result.logits / card.temperature) if result.logits is not None else None
+    errors = task.error_examples(texts, result, calibrated, card.labels, k=5)
+    metrics["slices"] = length_slices(task, texts, result, card.labels)
+    verdict = metrics["vs_baseline"]["verdict"]
     if params.evaluate.require_beats_baseline and not (
         metrics["vs_baseline"]["beats_baseline"] and not any("never predicted" in flag for flag in metrics["flags"])
     ):
@@ -179,6 +189,8 @@ def main() -> None:
         data.write_json({k: v for k, v in metrics.items() if k != "confusion_matrix"}, out / "metrics.json")
         data.write_json({k: v for k, v in baseline.items() if k != "confusion_matrix"}, out / "baseline.json")
         pairs.to_csv(out / "confusion.csv", index=False)
+        write_curves(curve_tables, out / "plots")
+        errors.to_csv(out / "errors.csv", index=False)
         with _training_run(card):
             mlflow.log_metrics(
                 {f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)}
@@ -201,6 +213,50 @@ def main() -> None:
     )
     for flag in metrics["flags"]:
         print(f"evaluate: warning: {flag}")
+
+
+def calibration_and_curves(task: Task, result: Outcomes, card: ModelCard, metrics: dict) -> dict[str, dict]:
+    """ROC and precision-recall curves with their areas, and the expected calibration error before and
+    after the card's temperature, added to `metrics`; returns the curve tables (DVC plots). Tasks whose
+    outcomes carry no example logits (NER) get empty tables."""
+    tables: dict[str, dict] = {"roc": {}, "pr": {}, "calibration": {}}
+    if result.logits is None:
+        return tables
+    targets = np.asarray(result.targets)
+    indicator = targets if targets.ndim == 2 else np.eye(len(card.labels))[targets]
+    raw = task.probabilities(result.logits)
+    calibrated = task.probabilities(result.logits / card.temperature)
+    ece_raw, _ = reliability(*task.reliability_points(raw, targets))
+    ece, diagram = reliability(*task.reliability_points(calibrated, targets))
+    tables["roc"], tables["pr"], areas = curves(indicator, calibrated, card.labels)
+    tables["calibration"] = {"reliability": diagram}
+    metrics.update(areas)
+    metrics["calibration"] = {"ece": ece, "ece_uncalibrated": ece_raw, "temperature": card.temperature}
+    return tables
+
+
+def length_slices(task: Task, texts: list[str], result: Outcomes, labels: list[str]) -> dict[str, dict]:
+    """The summary metrics by text length (words), in quartiles of the test split: where the model is weak."""
+    words = np.array([len(t.split()) for t in texts])
+    edges = np.unique(np.quantile(words, [0, 0.25, 0.5, 0.75, 1]).round())
+    slices = {}
+    for low, high in zip(edges[:-1], edges[1:]):
+        index = np.flatnonzero((words >= low) & ((words < high) | (high == edges[-1])))
+        if len(index):
+            last = int(high) if high == edges[-1] else int(high) - 1  # buckets hold low <= words < high
+            name = f"{int(low)}-{last} words" if last > low else f"{int(low)} words"
+            picked = [result.true[i] for i in index], [result.pred[i] for i in index]
+            slices[name] = {"examples": int(len(index)), **task.summary_scores(*picked, labels)}
+    return slices
+
+
+def write_curves(tables: dict[str, dict], folder: Path) -> None:
+    """One CSV per curve under plots/{roc,pr,calibration}/, so `dvc plots` draws each folder as one plot."""
+    for kind, curves_of_kind in tables.items():
+        (folder / kind).mkdir(parents=True)
+        for name, table in curves_of_kind.items():
+            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+            table.to_csv(folder / kind / f"{safe}.csv", index=False)
 
 
 def beats_baseline_line(baseline_name: str, versus: PairedComparison, alpha: float) -> str:

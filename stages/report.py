@@ -123,6 +123,88 @@ def _with_interval(metrics: dict, name: str) -> str:
     return f"{metrics[name]:.4f} [{low:.3f}, {high:.3f}]"
 
 
+def evaluation_sections(metrics: dict, errors: pd.DataFrame, plots: Path, figures: Path) -> list[str]:
+    """Curves and calibration, test metrics by text length, and the model's worst errors."""
+    sections = []
+    if "calibration" in metrics:
+        calibration = metrics["calibration"]
+        plot_curves(plots, figures / "curves.png")
+        sections += [
+            "### Curves and calibration",
+            _table(
+                [
+                    "ROC AUC (macro)",
+                    "ROC AUC (micro)",
+                    "average precision (macro)",
+                    "average precision (micro)",
+                    "ECE uncalibrated",
+                    "ECE",
+                    "temperature",
+                ],
+                [
+                    [
+                        metrics.get("roc_auc_macro", "-"),
+                        metrics["roc_auc_micro"],
+                        metrics.get("average_precision_macro", "-"),
+                        metrics["average_precision_micro"],
+                        calibration["ece_uncalibrated"],
+                        calibration["ece"],
+                        calibration["temperature"],
+                    ]
+                ],
+            ),
+            "ECE: expected calibration error over 15 confidence bins; the temperature (fitted on the validation "
+            "split, `finetune.temperature_scaling`) divides the logits before the served scores are computed.",
+            "![ROC, precision-recall and reliability](figures/curves.png)",
+        ]
+    slices = metrics.get("slices", {})
+    if slices:
+        names = [k for k in next(iter(slices.values())) if k != "examples"]
+        sections += [
+            "### By text length",
+            _table(
+                ["length", "examples", *names], [[k, v["examples"], *[v[n] for n in names]] for k, v in slices.items()]
+            ),
+        ]
+    if len(errors):
+
+        def short(text: str) -> str:
+            return (text[:117] + "...") if len(text) > 120 else text
+
+        sections += [
+            "### Errors",
+            "Per class, the most confident wrong predictions and the least confident right "
+            "ones (score: the probability given to the predicted label, or to the label for label sets).",
+            _table(
+                ["kind", "class", "text", "gold", "predicted", "score"],
+                [
+                    [r.kind, r._2, short(str(r.text)).replace("|", "/"), r.gold, r.predicted, float(r.score)]
+                    for r in errors.itertuples()
+                ],
+            ),
+        ]
+    return sections
+
+
+def plot_curves(plots: Path, target: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for kind, ax, (x, y), title in (
+        ("roc", axes[0], ("fpr", "tpr"), "ROC"),
+        ("pr", axes[1], ("recall", "precision"), "Precision-recall"),
+        ("calibration", axes[2], ("confidence", "accuracy"), "Reliability"),
+    ):
+        for file in sorted((plots / kind).glob("*.csv")):
+            curve = pd.read_csv(file)
+            ax.plot(curve[x], curve[y], marker="o" if kind == "calibration" else None, label=file.stem)
+        if kind != "pr":
+            ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.set(xlabel=x, ylabel=y, title=title, xlim=(0, 1), ylim=(0, 1.02))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+
+
 def benchmark_sections(folder: Path, figures: Path) -> list[str]:
     """The method comparison, pretrained vs scratch, and label efficiency measured by
     benchmarks/compare_methods.py, and truncation of long documents by benchmarks/long_texts.py (each part
@@ -314,6 +396,7 @@ def render(
     averages: tuple[str, ...],
     baseline_name: str,
     example_unit: str,
+    evaluation: list[str],
     benchmarks: list[str],
 ) -> str:
     stats = model_card.training
@@ -322,10 +405,7 @@ def render(
     overlap = split_card.get("overlap")
     versus = model["vs_baseline"]
     verdict = (
-        f"**Verdict: the fine-tuned model {'beats' if versus['beats_baseline'] else 'does not significantly beat'} the "
-        f"{baseline_name} baseline** on the test split: {versus['metric']} {model[versus['metric']]:.4f} vs "
-        f"{baseline[versus['metric']]:.4f}, difference {versus['difference']:+.4f} (95 % CI {versus['ci95'][0]:+.4f} "
-        f"to {versus['ci95'][1]:+.4f}, paired bootstrap p = {versus['p_value']:.3f})."
+        f"**Verdict:** {versus['verdict']} (95 % interval of the difference, paired bootstrap over the test examples)."
     )
     flags = "".join(f"\n- Warning: {flag}." for flag in model.get("flags", []))
     sections = [
@@ -380,6 +460,7 @@ def render(
         ),
         "![per-class F1](figures/per_class_f1.png)",
         "![confusion matrix](figures/confusion_matrix.png)",
+        *evaluation,
         "## Training",
         f"{stats.global_step} optimizer steps in {stats.train_seconds} s "
         f"({stats.train_samples_per_second} samples/s); best validation {stats.best_metric_name} "
@@ -424,6 +505,7 @@ def main() -> None:
                 task.summary_metrics,
                 task.baseline_name,
                 task.example_unit,
+                evaluation_sections(model, pd.read_csv(paths.EVAL / "errors.csv"), paths.EVAL / "plots", figures),
                 benchmark_sections(paths.BENCHMARKS, figures),
             ),
             encoding="utf-8",

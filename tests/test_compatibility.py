@@ -25,6 +25,13 @@ LEGACY_COMMIT = "bc0511b"
 TEXTS = ["a great and wonderful film", "dull boring plot", "the cast was charming but the story tedious"]
 
 
+def uncalibrated(folder: Path) -> Predictor:
+    """A Predictor of `folder` with the temperature of models saved before temperature scaling (1)."""
+    predictor = Predictor(folder)
+    predictor.card = predictor.card.model_copy(update={"temperature": 1.0})
+    return predictor
+
+
 def legacy_flat_card(card: ModelCard) -> dict:
     """training.json as the finetune stage wrote it before the card (one flat dict), from a new card."""
     stats = card.training
@@ -57,9 +64,9 @@ def test_an_old_layout_folder_loads_and_predicts_like_the_new_one(
 ) -> None:
     old, new = ModelCard.read(legacy_folder), ModelCard.read(trained["good"])
     assert "schema_version" not in json.loads((legacy_folder / CARD_FILE).read_text())
-    assert old == new  # every field the flat dict held lands where the card keeps it
-    expected = Predictor(trained["good"]).predict(TEXTS)
-    pd.testing.assert_frame_equal(Predictor(legacy_folder).predict(TEXTS), expected)
+    # Every field the flat dict held lands where the card keeps it; the temperature came later (1: none).
+    assert old == new.model_copy(update={"temperature": 1.0})
+    pd.testing.assert_frame_equal(Predictor(legacy_folder).predict(TEXTS), uncalibrated(trained["good"]).predict(TEXTS))
 
 
 def test_the_oldest_folders_with_only_task_labels_and_length_still_load(
@@ -170,7 +177,7 @@ def test_a_version_registered_before_the_move_batch_predicts_with_the_new_code(
         capture_output=True,
     )
     predicted = pd.read_json(tmp_path / "out.jsonl", lines=True)
-    expected = Predictor(trained["good"]).predict(TEXTS)
+    expected = uncalibrated(trained["good"]).predict(TEXTS)
     assert predicted["predicted_label"].tolist() == expected["label"].tolist()
     assert predicted["predicted_score"].tolist() == pytest.approx(expected["score"].tolist(), abs=1e-6)
     model_code = Path(legacy_registered["root"]) / "mlartifacts"

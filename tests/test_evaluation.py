@@ -96,3 +96,22 @@ def test_single_label_summary_scores_agree_with_sklearn(seed: int) -> None:
     for average in ("macro", "micro", "weighted"):
         expected = f1_score(true, pred, labels=labels, average=average, zero_division=0)
         assert ours[f"{average}_f1"] == pytest.approx(expected), average
+
+
+def test_temperature_scaling_undoes_overconfidence_and_lowers_the_calibration_error() -> None:
+    import numpy as np
+
+    from pipeline.evaluation import fit_temperature, reliability
+    from pipeline.tasks.classification import softmax
+
+    rng = np.random.default_rng(0)
+    calibrated = rng.normal(size=(4000, 3))  # labels drawn from softmax(calibrated): calibrated by construction
+    labels = np.array([rng.choice(3, p=p) for p in softmax(calibrated)])
+    overconfident = calibrated * 4
+    temperature = fit_temperature(overconfident, labels, multi_label=False)
+    assert 3.4 < temperature < 4.6
+    task = get_task("single_label_classification")
+    before, _ = reliability(*task.reliability_points(softmax(overconfident), labels))
+    after, diagram = reliability(*task.reliability_points(softmax(overconfident / temperature), labels))
+    assert after < before / 3 and after < 0.03
+    assert diagram["count"].sum() == 4000 and (diagram["confidence"].diff().dropna() > 0).all()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -153,6 +154,39 @@ def test_the_report_opens_with_the_verdict_and_shows_intervals(evaluated: dict) 
     report.main()
     text = Path("reports/report.md").read_text()
     first = text.split("\n\n")[1]
-    assert first.startswith("**Verdict: the fine-tuned model ") and "paired bootstrap p = " in first
+    assert first.startswith("**Verdict:** the fine-tuned model ") and ", p = " in first
+    assert evaluated["vs_baseline"]["verdict"] in first
     low, high = evaluated["ci95"]["accuracy"]
     assert f"{evaluated['accuracy']:.4f} [{low:.3f}, {high:.3f}]" in text
+
+
+def test_curves_calibration_slices_and_errors_are_written(evaluated: dict) -> None:
+    from scipy.special import softmax
+
+    assert 0 <= evaluated["roc_auc_micro"] <= 1 and 0 <= evaluated["average_precision_macro"] <= 1
+    calibration = evaluated["calibration"]
+    assert 0 <= calibration["ece"] <= 1 and 0 <= calibration["ece_uncalibrated"] <= 1
+    card = ModelCard.read(paths.MODEL)
+    assert calibration["temperature"] == card.temperature > 0 and card.temperature != 1.0
+    for kind, columns in (("roc", ["fpr", "tpr"]), ("pr", ["recall", "precision"])):
+        files = sorted(p.name for p in (paths.EVAL / "plots" / kind).glob("*.csv"))
+        assert files == ["micro.csv", "negative.csv", "positive.csv"], files
+        assert list(pd.read_csv(paths.EVAL / "plots" / kind / "micro.csv").columns) == columns
+    assert list(pd.read_csv(paths.EVAL / "plots/calibration/reliability.csv").columns) == [
+        "bin",
+        "confidence",
+        "accuracy",
+        "count",
+    ]
+    slices = evaluated["slices"]
+    test = pd.read_parquet(paths.SPLIT / "test.parquet")
+    assert sum(s["examples"] for s in slices.values()) == len(test) and all("accuracy" in s for s in slices.values())
+    errors = pd.read_csv(paths.EVAL / "errors.csv")
+    assert list(errors.columns) == ["kind", "class", "text", "gold", "predicted", "score"]
+    wrong = errors[errors["kind"] == "most confident wrong"]
+    assert (wrong["gold"] != wrong["predicted"]).all()
+    # Served scores are the calibrated ones: softmax of the logits over the card's temperature.
+    predictor = Predictor(paths.MODEL)
+    texts = test["text"].head(5).tolist()
+    expected = softmax(predictor.logits(texts) / card.temperature, axis=1).max(axis=1)
+    np.testing.assert_allclose(predictor.predict(texts)["score"], expected, rtol=1e-5)

@@ -2,6 +2,6 @@
 name in params.yaml through the registry. Importing a task's module registers it."""
 
 from pipeline.tasks import classification, tokens  # noqa: F401  (registers the tasks)
-from pipeline.tasks.base import IGNORE_INDEX, TASKS, Task, get_task, register
+from pipeline.tasks.base import IGNORE_INDEX, TASKS, Outcomes, Task, get_task, register
 
-__all__ = ["IGNORE_INDEX", "TASKS", "Task", "get_task", "register"]
+__all__ = ["IGNORE_INDEX", "TASKS", "Outcomes", "Task", "get_task", "register"]

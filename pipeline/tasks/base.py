@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -28,6 +29,16 @@ if TYPE_CHECKING:
     from pipeline.params import BaselineParams, FinetuneParams, IngestParams, Params, TokenizeParams
 
 IGNORE_INDEX = -100  # positions the loss and the metrics skip (transformers' convention)
+
+
+@dataclass
+class Outcomes:
+    """A model's results on the examples of a split: what metrics are computed from."""
+
+    true: list[Any]  # one entry per example: a label, a label set, a sentence's tags
+    pred: list[Any]
+    logits: np.ndarray | None = None  # (examples, labels), raw; tasks that score whole examples only
+    targets: np.ndarray | None = None  # (examples, labels) indicator of the true labels, beside logits
 
 
 class Task(ABC):
@@ -118,9 +129,10 @@ class Task(ABC):
         """One row per input text: what the served model and `predict` return."""
 
     @abstractmethod
-    def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[list[Any], list[Any]]:
-        """(true, predicted) of each example of a split table: the unit metrics are computed over and
-        bootstrap intervals resample (a text, a text pair, a sentence)."""
+    def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> Outcomes:
+        """True and predicted of each example of a split table, the unit metrics are computed over and
+        bootstrap intervals resample (a text, a text pair, a sentence); with the logits where the task
+        scores whole examples (curves and calibration use them)."""
 
     @abstractmethod
     def test_metrics(self, true: list[Any], pred: list[Any], labels: list[str]) -> dict[str, Any]:
@@ -137,8 +149,30 @@ class Task(ABC):
 
     def score(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[dict[str, Any], pd.DataFrame]:
         """Test metrics of a Predictor on a split table, and the (actual, predicted) confusion pairs."""
-        true, pred = self.outcomes(predictor, table, source)
-        return self.test_metrics(true, pred, predictor.labels), self.confusion_pairs(true, pred)
+        result = self.outcomes(predictor, table, source)
+        return self.test_metrics(result.true, result.pred, predictor.labels), self.confusion_pairs(
+            result.true, result.pred
+        )
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Scores from logits (softmax, or sigmoid for label sets); tasks without example logits never call it."""
+        raise NotImplementedError(f"{self.name} has no example-level probabilities")
+
+    def reliability_points(self, probabilities: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(confidence, correct) pairs a reliability diagram and the calibration error are computed from."""
+        raise NotImplementedError(f"{self.name} has no example-level probabilities")
+
+    def error_examples(
+        self, texts: list[str], result: Outcomes, probabilities: np.ndarray | None, labels: list[str], k: int
+    ) -> pd.DataFrame:
+        """Per class, the `k` most confident wrong predictions and the `k` least confident right ones:
+        kind, class, text, gold, predicted, score. Empty where the task has no example scores."""
+        return pd.DataFrame(columns=["kind", "class", "text", "gold", "predicted", "score"])
+
+    def fit_temperature(self, validation_outputs: Callable[[], tuple[np.ndarray, np.ndarray]]) -> float:
+        """The temperature that calibrates this task's scores on the validation outputs (logits, label ids);
+        1.0, none, by default (token tasks)."""
+        return 1.0
 
     # ---- evaluate and report ---------------------------------------------------------------------------
     @abstractmethod

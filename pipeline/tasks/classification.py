@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from pipeline import data
 from pipeline.encoding import encode_texts
 from pipeline.errors import PipelineError
-from pipeline.tasks.base import IGNORE_INDEX, Task, register
+from pipeline.tasks.base import IGNORE_INDEX, Outcomes, Task, register
 
 if TYPE_CHECKING:
     from pipeline.params import BaselineParams, FinetuneParams, IngestParams, Params, TokenizeParams
@@ -131,7 +131,30 @@ class TextClassification(Task):
         """One row per text from its logits."""
 
     def predict(self, predictor: Any, texts: list[str], pairs: list[str] | None = None) -> pd.DataFrame:
-        return self.predict_frame(predictor.logits(texts, pairs), predictor.labels, predictor.card.thresholds)
+        # The card's temperature calibrates the scores (finetune.temperature_scaling); labels do not change.
+        logits = predictor.logits(texts, pairs) / predictor.card.temperature
+        return self.predict_frame(logits, predictor.labels, predictor.card.thresholds)
+
+    def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> Outcomes:
+        true = self.checked_truth(table, predictor.labels, source)
+        logits = predictor.logits(table[data.TEXT].tolist(), data.text_pairs(table))
+        frame = self.predict_frame(logits / predictor.card.temperature, predictor.labels, predictor.card.thresholds)
+        targets = np.asarray(self.label_targets(table, predictor.labels))
+        return Outcomes(true, self.decoded(frame), logits, targets)
+
+    @abstractmethod
+    def checked_truth(self, table: pd.DataFrame, labels: list[str], source: str) -> list[Any]:
+        """The true labels of a split table, refused with one line if the model does not know one."""
+
+    @abstractmethod
+    def decoded(self, frame: pd.DataFrame) -> list[Any]:
+        """The predictions of a predict_frame, as outcomes hold them."""
+
+    def fit_temperature(self, validation_outputs: Callable[[], tuple[np.ndarray, np.ndarray]]) -> float:
+        from pipeline.evaluation import fit_temperature
+
+        logits, label_ids = validation_outputs()
+        return fit_temperature(logits, label_ids, multi_label=self.problem_type == "multi_label_classification")
 
     def _tfidf(self, params: BaselineParams) -> Any:
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -192,15 +215,37 @@ class SingleLabelClassification(TextClassification):
     ) -> tuple[torch.Tensor, int]:
         return cross_entropy_sum(logits, labels, weights, label_smoothing)
 
-    def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[list[Any], list[Any]]:
+    def checked_truth(self, table: pd.DataFrame, labels: list[str], source: str) -> list[Any]:
         actual = table[data.LABEL].astype(str)
-        unknown = ~actual.isin(predictor.labels)
+        unknown = ~actual.isin(labels)
         if unknown.any():
-            raise PipelineError(
-                f"{source}: label '{actual[unknown].iloc[0]}' is not one the model predicts {predictor.labels}"
-            )
-        predicted = self.predict(predictor, table[data.TEXT].tolist(), data.text_pairs(table))["label"]
-        return actual.tolist(), predicted.tolist()
+            raise PipelineError(f"{source}: label '{actual[unknown].iloc[0]}' is not one the model predicts {labels}")
+        return actual.tolist()
+
+    def decoded(self, frame: pd.DataFrame) -> list[Any]:
+        return frame["label"].tolist()
+
+    def error_examples(
+        self, texts: list[str], result: Outcomes, probabilities: np.ndarray | None, labels: list[str], k: int
+    ) -> pd.DataFrame:
+        """By gold class: the wrong predictions with the highest probability, the right ones with the lowest."""
+        frame = pd.DataFrame(
+            {"text": texts, "gold": result.true, "predicted": result.pred, "score": probabilities.max(axis=1)}
+        )
+        rows = []
+        for _, group in frame.groupby("gold", sort=True):
+            wrong = group[group["gold"] != group["predicted"]].nlargest(k, "score")
+            right = group[group["gold"] == group["predicted"]].nsmallest(k, "score")
+            rows += [wrong.assign(kind="most confident wrong"), right.assign(kind="least confident right")]
+        out = pd.concat(rows, ignore_index=True) if rows else frame.iloc[:0].assign(kind=[])
+        return out.assign(**{"class": out["gold"]})[["kind", "class", "text", "gold", "predicted", "score"]]
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return softmax(logits)
+
+    def reliability_points(self, probabilities: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-label calibration: the winning probability, and whether the winner is the true class."""
+        return probabilities.max(axis=1), (probabilities.argmax(axis=1) == np.asarray(targets)).astype(float)
 
     def confusion_pairs(self, true: list[Any], pred: list[Any]) -> pd.DataFrame:
         return pd.DataFrame({"actual": true, "predicted": pred})
@@ -335,15 +380,46 @@ class MultiLabelClassification(TextClassification):
             best.append(float(min((t for t, f in zip(grid, scores) if f == top), key=lambda t: abs(t - 0.5))))
         return best
 
-    def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[list[Any], list[Any]]:
-        true = [list(labels) for labels in table[data.LABEL]]
-        unknown = {label for labels in true for label in labels} - set(predictor.labels)
+    def checked_truth(self, table: pd.DataFrame, labels: list[str], source: str) -> list[Any]:
+        true = [list(row) for row in table[data.LABEL]]
+        unknown = {label for row in true for label in row} - set(labels)
         if unknown:
-            raise PipelineError(
-                f"{source}: label '{sorted(unknown)[0]}' is not one the model predicts {predictor.labels}"
+            raise PipelineError(f"{source}: label '{sorted(unknown)[0]}' is not one the model predicts {labels}")
+        return true
+
+    def decoded(self, frame: pd.DataFrame) -> list[Any]:
+        return [list(labels) for labels in frame["labels"]]
+
+    def error_examples(
+        self, texts: list[str], result: Outcomes, probabilities: np.ndarray | None, labels: list[str], k: int
+    ) -> pd.DataFrame:
+        """By label: its wrong decisions (given or withheld) with the most extreme probability, its right
+        ones nearest the threshold; score is the probability of the label."""
+        rows = []
+        for j, label in enumerate(labels):
+            has = np.array([label in t for t in result.true])
+            said = np.array([label in p for p in result.pred])
+            certainty = np.abs(probabilities[:, j] - 0.5)
+            frame = pd.DataFrame(
+                {
+                    "text": texts,
+                    "gold": np.where(has, label, "-"),
+                    "predicted": np.where(said, label, "-"),
+                    "score": probabilities[:, j],
+                    "certainty": certainty,
+                }
             )
-        pred = self.predict(predictor, table[data.TEXT].tolist(), data.text_pairs(table))["labels"].tolist()
-        return true, [list(labels) for labels in pred]
+            wrong = frame[has != said].nlargest(k, "certainty").assign(kind="most confident wrong")
+            right = frame[has == said].nsmallest(k, "certainty").assign(kind="least confident right")
+            rows += [wrong.assign(**{"class": label}), right.assign(**{"class": label})]
+        return pd.concat(rows, ignore_index=True)[["kind", "class", "text", "gold", "predicted", "score"]]
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return sigmoid(logits)
+
+    def reliability_points(self, probabilities: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class-wise calibration: every label's probability, and whether the label is there."""
+        return probabilities.ravel(), np.asarray(targets, dtype=float).ravel()
 
     def confusion_pairs(self, true: list[Any], pred: list[Any]) -> pd.DataFrame:
         pairs = [

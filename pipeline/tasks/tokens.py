@@ -17,7 +17,7 @@ import torch
 from pipeline import data
 from pipeline.encoding import in_context
 from pipeline.errors import PipelineError
-from pipeline.tasks.base import IGNORE_INDEX, Task, register
+from pipeline.tasks.base import IGNORE_INDEX, Outcomes, Task, register
 from pipeline.tasks.classification import balanced_weights, cross_entropy_sum
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ class TokenClassification(Task):
             entities.append(found)
         return pd.DataFrame({"entities": entities})
 
-    def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[list[Any], list[Any]]:
+    def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> Outcomes:
         true = [list(tags) for tags in table[data.TAGS]]
         unknown = {t for tags in true for t in tags} - set(predictor.labels)
         if unknown:
@@ -179,7 +179,7 @@ class TokenClassification(Task):
         pred = predictor.predict_words(
             [list(tokens) for tokens in table[data.TOKENS]], documents(table, predictor.encoding.context)
         )
-        return true, pred
+        return Outcomes(true, pred)
 
     def confusion_pairs(self, true: list[Any], pred: list[Any]) -> pd.DataFrame:
         return entity_pairs(true, pred)
