@@ -72,15 +72,8 @@ def read_raw_table(path: Path, params: IngestParams) -> tuple[pd.DataFrame, str]
             text = decode_text_file(path, params.encoding)
             records = []
             for number, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise PipelineError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
-                if not isinstance(record, dict):
-                    raise PipelineError(f"{path}: line {number}: expected a JSON object")
-                records.append({**record, SOURCE_ROW: number})
+                if line.strip():
+                    records.append({**json_record(line, path, number), SOURCE_ROW: number})
             return pd.DataFrame.from_records(records), "line"
         frame = pd.read_parquet(path)
         frame[SOURCE_ROW] = np.arange(1, len(frame) + 1)
@@ -89,6 +82,17 @@ def read_raw_table(path: Path, params: IngestParams) -> tuple[pd.DataFrame, str]
         raise PipelineError(f"{path}: cannot parse as {params.format}: {str(exc).strip().splitlines()[-1]}") from None
     except (OSError, ValueError) as exc:
         raise PipelineError(f"{path}: cannot read as {params.format}: {exc}") from None
+
+
+def json_record(line: str, path: Path, number: int) -> dict[str, Any]:
+    """One JSON Lines record; a line that is not a JSON object stops with its number."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise PipelineError(f"{path}: line {number}: expected a JSON object")
+    return record
 
 
 FASTTEXT_LABEL = "__label__"

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import transformers
 from tqdm import tqdm
 
+from pipeline.data import json_record
 from pipeline.errors import PipelineError, atomic_file, stage_main
 from pipeline.inference import Predictor, load_predictor
 
@@ -87,13 +88,7 @@ def _jsonl_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
                 raise PipelineError(f"{path}: line {number}: bytes do not decode as utf-8 ({exc.reason})") from None
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PipelineError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise PipelineError(f"{path}: line {number}: expected a JSON object")
-            records.append(record)
+            records.append(json_record(line, path, number))
             if len(records) == chunk_size:
                 yield pd.DataFrame.from_records(records)
                 records = []

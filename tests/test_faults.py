@@ -56,21 +56,7 @@ def test_a_nan_loss_stops_training_with_one_line_and_saves_nothing(
 ) -> None:
     """A resumable checkpoint whose weights went NaN (its checksums intact: a diverged run, not a corrupt
     file): resuming hits a NaN loss at once, which stops the stage instead of training on."""
-    import transformers
-
-    set_params(tokenized_project, {"finetune.max_steps": 8, "finetune.eval_steps": 4, "finetune.logging_steps": 1})
-    step = transformers.Trainer.training_step
-
-    def interrupted_step(self, *args, **kwargs):  # noqa: ANN001, ANN202
-        if self.state.global_step >= 5:
-            raise KeyboardInterrupt
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(transformers.Trainer, "training_step", interrupted_step)
-    with pytest.raises(KeyboardInterrupt):
-        finetune.main()
-    monkeypatch.setattr(transformers.Trainer, "training_step", step)
-    checkpoint = paths.CHECKPOINTS / "checkpoint-4"
+    checkpoint = interrupted_run(tokenized_project, monkeypatch)
     poison(checkpoint)
     from pipeline.checkpoints import CHECKSUMS_FILE, ChecksumCheckpoints
 
