@@ -81,6 +81,13 @@ def running_server(
             proc.wait()
 
 
+def serve_command(model_uri: str, port: int) -> list[str]:
+    """`mlflow models serve` of a registered model on 127.0.0.1, one worker, this interpreter's environment."""
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    return [mlflow_bin, "models", "serve", "-m", model_uri, "--env-manager", "local", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "1"]  # fmt: skip
+
+
 def venv_env(**extra: str) -> dict[str, str]:
     """The environment for a subprocess that uses this interpreter's virtual env (mlflow, dvc on PATH)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

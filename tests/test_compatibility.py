@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import REPO, write_sentiment_tsv
-from helpers import free_port, running_server, venv_env
+from helpers import free_port, running_server, serve_command, venv_env
 from pipeline.card import CARD_FILE, SCHEMA_VERSION, EncodingSpec, ModelCard
 from pipeline.errors import PipelineError
 from pipeline.inference import Predictor
@@ -188,21 +188,7 @@ def test_a_version_registered_before_the_move_is_served(legacy_registered: dict[
     import urllib.request
 
     port = free_port()
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        legacy_registered["model"],
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    cmd = serve_command(legacy_registered["model"], port)
     with running_server(
         cmd,
         f"http://127.0.0.1:{port}/ping",

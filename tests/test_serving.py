@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import inside, make_project
-from helpers import free_port, running_server, venv_env
+from helpers import free_port, running_server, serve_command, venv_env
 from pipeline import paths, promote, tracking
 from pipeline.inference import Predictor
 from stages import evaluate
@@ -32,21 +31,7 @@ def served(trained: dict[str, Path], tiny_model: Path, tmp_path_factory: pytest.
         assert promote.run([]) == 0
         uri = tracking.tracking_uri()
     port = free_port()
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        "models:/sentiment-classifier@champion",
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    cmd = serve_command("models:/sentiment-classifier@champion", port)
     # Small request limits, so the tests can cross them cheaply (defaults: 1,000 inputs, 1,000,000 characters).
     env = venv_env(MLFLOW_TRACKING_URI=uri, PIPELINE_MAX_REQUEST_TEXTS="8", PIPELINE_MAX_REQUEST_CHARS="150000")
     with running_server(cmd, f"http://127.0.0.1:{port}/ping", env, base / "serve.log"):
