@@ -153,31 +153,17 @@ def test_the_comment_on_task_lists_every_registered_task() -> None:
     assert [name for name in TASKS if name not in task_comment] == []
 
 
+def explain(key: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.params", "--explain", key], cwd=REPO, capture_output=True, text=True
+    )
+
+
 def test_explain_prints_description_type_default_and_allowed_values() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "pipeline.params", "--explain", "tokenize.truncation"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert (
-        "longer texts: head | tail" in out
-        and "default: 'head'" in out
-        and "allowed: head, tail, head+tail, chunk" in out
-    )
-    out = subprocess.run(
-        [sys.executable, "-m", "pipeline.params", "--explain", "task"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = explain("tokenize.truncation").stdout
+    assert "longer texts: head | tail" in out and "default: 'head'" in out
+    assert "allowed: head, tail, head+tail, chunk" in out
+    out = explain("task").stdout
     assert "token_classification (NER" in out and "default: none (required)" in out
-    bad = subprocess.run(
-        [sys.executable, "-m", "pipeline.params", "--explain", "finetune.nope"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    bad = explain("finetune.nope")
     assert bad.returncode == 2 and bad.stderr.strip() == "error: finetune.nope: no such params key"
