@@ -25,6 +25,7 @@ TEXT_PAIR = "text_pair"  # the second text of a pair (ingest.text_column: [first
 TOKENS, TAGS = "tokens", "tags"  # token classification: a sentence's words and their IOB2 tags
 DOCUMENT = "document"  # token classification: the document a sentence belongs to (CoNLL -DOCSTART- blocks)
 SPLIT = "split"  # the predefined split of a record, when the source has one
+SLICE = "slice"  # the values of `ingest.slice_column`, carried to evaluate's sliced metrics
 
 
 def decode_text_file(path: Path, encoding: str) -> str:
@@ -250,7 +251,8 @@ def select_texts(frame: pd.DataFrame, path: Path, where: str, params: IngestPara
     if frame.empty:
         raise PipelineError(f"{path}: no records (only a header, or nothing)")
     text_columns = dict(zip((TEXT, TEXT_PAIR), params.text_column if params.text_pair else [params.text_column]))
-    for column in (*text_columns.values(), params.label_column):
+    slice_columns = [params.slice_column] if params.slice_column else []
+    for column in (*text_columns.values(), params.label_column, *slice_columns):
         if column not in frame.columns:
             raise PipelineError(f"{path}: no column '{column}' (columns: {', '.join(map(str, frame.columns))})")
     table = pd.DataFrame(
@@ -260,6 +262,8 @@ def select_texts(frame: pd.DataFrame, path: Path, where: str, params: IngestPara
             SOURCE_ROW: frame[SOURCE_ROW],
         }
     )
+    if params.slice_column:
+        table[SLICE] = frame[params.slice_column].map(lambda v: "(missing)" if is_missing(v) else str(v).strip())
     for name, column in text_columns.items():
         bad_text = table[name].map(lambda v: not isinstance(v, str) or not v.strip())
         if bad_text.any():

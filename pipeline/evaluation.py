@@ -132,7 +132,7 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, multi_label: bool) 
         return loss
 
     optimizer.step(nll)
-    temperature = float(log_t.exp())
+    temperature = float(log_t.detach().exp())
     return temperature if np.isfinite(temperature) and temperature > 0 else 1.0
 
 

@@ -114,6 +114,12 @@ class IngestParams(Section):
     label_delimiter: str | None = Field(
         default=None, min_length=1, description="multi-label in one string column, e.g. '|' (list columns need none)"
     )
+    slice_column: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a column carried through ingest and split (a source, a domain): evaluate reports the test "
+        "metrics for each of its values beside the length slices; null: none",
+    )
 
     @model_validator(mode="after")
     def _pair_is_two_columns(self) -> IngestParams:

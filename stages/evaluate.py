@@ -174,7 +174,12 @@ def main() -> None:
     texts = data.raw_texts(test)
     calibrated = task.probabilities(result.logits / card.temperature) if result.logits is not None else None
     errors = task.error_examples(texts, result, calibrated, card.labels, k=5)
-    metrics["slices"] = length_slices(task, texts, result, card.labels)
+    metrics["slices"] = sliced_scores(task, length_groups(texts), result, card.labels)
+    if data.SLICE in test.columns:
+        metrics["slices_by_column"] = {
+            "column": params.ingest.slice_column,
+            "slices": sliced_scores(task, value_groups(test[data.SLICE]), result, card.labels),
+        }
     verdict = metrics["vs_baseline"]["verdict"]
     if params.evaluate.require_beats_baseline and not (
         metrics["vs_baseline"]["beats_baseline"] and not any("never predicted" in flag for flag in metrics["flags"])
@@ -235,19 +240,34 @@ def calibration_and_curves(task: Task, result: Outcomes, card: ModelCard, metric
     return tables
 
 
-def length_slices(task: Task, texts: list[str], result: Outcomes, labels: list[str]) -> dict[str, dict]:
-    """The summary metrics by text length (words), in quartiles of the test split: where the model is weak."""
+def length_groups(texts: list[str]) -> dict[str, np.ndarray]:
+    """The test examples by text length (words), in quartiles of the test split."""
     words = np.array([len(t.split()) for t in texts])
     edges = np.unique(np.quantile(words, [0, 0.25, 0.5, 0.75, 1]).round())
-    slices = {}
+    groups = {}
     for low, high in zip(edges[:-1], edges[1:]):
         index = np.flatnonzero((words >= low) & ((words < high) | (high == edges[-1])))
         if len(index):
             last = int(high) if high == edges[-1] else int(high) - 1  # buckets hold low <= words < high
-            name = f"{int(low)}-{last} words" if last > low else f"{int(low)} words"
-            picked = [result.true[i] for i in index], [result.pred[i] for i in index]
-            slices[name] = {"examples": int(len(index)), **task.summary_scores(*picked, labels)}
-    return slices
+            groups[f"{int(low)}-{last} words" if last > low else f"{int(low)} words"] = index
+    return groups
+
+
+def value_groups(values: pd.Series, most: int = 20) -> dict[str, np.ndarray]:
+    """The test examples by the value of `ingest.slice_column`, the `most` most frequent values."""
+    codes = values.astype(str).to_numpy()
+    return {value: np.flatnonzero(codes == value) for value in values.astype(str).value_counts().index[:most]}
+
+
+def sliced_scores(task: Task, groups: dict[str, np.ndarray], result: Outcomes, labels: list[str]) -> dict[str, dict]:
+    """The summary metrics of each group of test examples: where the model is weak."""
+    return {
+        name: {
+            "examples": int(len(index)),
+            **task.summary_scores([result.true[i] for i in index], [result.pred[i] for i in index], labels),
+        }
+        for name, index in groups.items()
+    }
 
 
 def write_curves(tables: dict[str, dict], folder: Path) -> None:

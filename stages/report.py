@@ -123,7 +123,7 @@ def _with_interval(metrics: dict, name: str) -> str:
     return f"{metrics[name]:.4f} [{low:.3f}, {high:.3f}]"
 
 
-def evaluation_sections(metrics: dict, errors: pd.DataFrame, plots: Path, figures: Path) -> list[str]:
+def evaluation_sections(metrics: dict, errors: pd.DataFrame, errors_note: str, plots: Path, figures: Path) -> list[str]:
     """Curves and calibration, test metrics by text length, and the model's worst errors."""
     sections = []
     if "calibration" in metrics:
@@ -157,15 +157,15 @@ def evaluation_sections(metrics: dict, errors: pd.DataFrame, plots: Path, figure
             "split, `finetune.temperature_scaling`) divides the logits before the served scores are computed.",
             "![ROC, precision-recall and reliability](figures/curves.png)",
         ]
-    slices = metrics.get("slices", {})
-    if slices:
-        names = [k for k in next(iter(slices.values())) if k != "examples"]
-        sections += [
-            "### By text length",
-            _table(
-                ["length", "examples", *names], [[k, v["examples"], *[v[n] for n in names]] for k, v in slices.items()]
-            ),
-        ]
+    sliced = [("By text length", "length", metrics.get("slices", {}))]
+    if "slices_by_column" in metrics:  # ingest.slice_column
+        column = metrics["slices_by_column"]["column"]
+        sliced.append((f"By {column}", column, metrics["slices_by_column"]["slices"]))
+    for heading, key, slices in sliced:
+        if slices:
+            names = [k for k in next(iter(slices.values())) if k != "examples"]
+            rows = [[k, v["examples"], *[v[n] for n in names]] for k, v in slices.items()]
+            sections += [f"### {heading}", _table([key, "examples", *names], rows)]
     if len(errors):
 
         def short(text: str) -> str:
@@ -173,8 +173,7 @@ def evaluation_sections(metrics: dict, errors: pd.DataFrame, plots: Path, figure
 
         sections += [
             "### Errors",
-            "Per class, the most confident wrong predictions and the least confident right "
-            "ones (score: the probability given to the predicted label, or to the label for label sets).",
+            errors_note,
             _table(
                 ["kind", "class", "text", "gold", "predicted", "score"],
                 [
@@ -505,7 +504,13 @@ def main() -> None:
                 task.summary_metrics,
                 task.baseline_name,
                 task.example_unit,
-                evaluation_sections(model, pd.read_csv(paths.EVAL / "errors.csv"), paths.EVAL / "plots", figures),
+                evaluation_sections(
+                    model,
+                    pd.read_csv(paths.EVAL / "errors.csv"),
+                    task.error_examples_note,
+                    paths.EVAL / "plots",
+                    figures,
+                ),
                 benchmark_sections(paths.BENCHMARKS, figures),
             ),
             encoding="utf-8",

@@ -115,3 +115,28 @@ def test_temperature_scaling_undoes_overconfidence_and_lowers_the_calibration_er
     after, diagram = reliability(*task.reliability_points(softmax(overconfident / temperature), labels))
     assert after < before / 3 and after < 0.03
     assert diagram["count"].sum() == 4000 and (diagram["confidence"].diff().dropna() > 0).all()
+
+
+def test_ner_errors_are_the_most_frequent_type_confusions_with_their_sentences() -> None:
+    from pipeline.tasks import Outcomes
+
+    ner = get_task("token_classification")
+    sentences = {
+        "Anna met Bob in Paris": (["B-PER", "O", "B-PER", "O", "B-LOC"], ["B-PER", "O", "B-LOC", "O", "B-LOC"]),
+        "Bob left Rome": (["B-PER", "O", "B-LOC"], ["B-LOC", "O", "B-LOC"]),
+        "Carl saw Oslo": (["B-PER", "O", "B-LOC"], ["B-LOC", "O", "O"]),
+        "they went to New York": (["O"] * 3 + ["B-LOC", "I-LOC"], ["O"] * 3 + ["B-LOC", "O"]),
+        "Dana is right": (["B-PER", "O", "O"], ["B-PER", "O", "O"]),
+    }
+    texts = list(sentences)
+    result = Outcomes([t for t, _ in sentences.values()], [p for _, p in sentences.values()])
+    errors = ner.error_examples(texts, result, None, ["O", "B-LOC", "B-PER", "I-LOC"], k=1)
+    # PER read as LOC three times (the most frequent), then LOC missed twice (k=1: the top two kept).
+    assert errors[["gold", "predicted", "score"]].drop_duplicates().values.tolist() == [
+        ["PER", "LOC", 3.0],
+        ["LOC", "O", 2.0],
+    ]
+    per_as_loc = errors[(errors["gold"] == "PER")]["text"].tolist()
+    assert per_as_loc == ["Anna met [[ Bob ]] in Paris", "[[ Bob ]] left Rome"]  # two examples, the span marked
+    assert errors[errors["gold"] == "LOC"]["text"].tolist() == ["Carl saw [[ Oslo ]]", "they went to [[ New York ]]"]
+    assert set(errors["kind"]) == {"confusion"} and (errors["class"] == errors["gold"]).all()

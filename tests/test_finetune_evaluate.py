@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import expect_user_error
+from helpers import expect_user_error, set_params
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
 from pipeline.inference import Predictor
-from stages import evaluate, finetune, ingest, split, tokenize
+from stages import evaluate, finetune, ingest, report, split, tokenize
 
 
 def run_through_evaluate() -> dict:
@@ -50,6 +50,43 @@ def test_dvc_plots_hold_per_step_loss_and_per_epoch_validation(evaluated: dict) 
     assert (
         json.loads((paths.TRAIN_LOGS / "metrics.json").read_text())["eval"]["accuracy"] == accuracy["accuracy"].iloc[-1]
     )
+
+
+def test_test_metrics_are_sliced_by_a_column_carried_through_ingest(project: Path, tmp_path: Path) -> None:
+    from conftest import sentiment_rows
+
+    rows = sentiment_rows(120)
+    raw = pd.DataFrame(
+        {
+            "rating": [r for r, _ in rows],
+            "text": [t for _, t in rows],
+            "source": [("blog", "press", "forum")[i % 3] if i % 10 else None for i in range(len(rows))],
+        }
+    )
+    raw.to_csv(tmp_path / "sourced.csv", index=False)
+    set_params(
+        project,
+        {
+            "ingest.source": str(tmp_path / "sourced.csv"),
+            "ingest.format": "csv",
+            "ingest.header": True,
+            "ingest.column_names": None,
+            "ingest.slice_column": "source",
+        },
+    )
+    metrics = run_through_evaluate()
+    report.main()
+    test = pd.read_parquet(paths.SPLIT / "test.parquet")
+    confusion = pd.read_csv(paths.EVAL / "confusion.csv")  # one row per test text, in test order
+    by_source = metrics["slices_by_column"]
+    assert by_source["column"] == "source"
+    assert set(by_source["slices"]) == set(test["slice"]) <= {"blog", "press", "forum", "(missing)"}
+    for value, scores in by_source["slices"].items():
+        rows_of_value = (test["slice"] == value).to_numpy()
+        assert scores["examples"] == rows_of_value.sum()
+        right = (confusion["actual"] == confusion["predicted"]).to_numpy()[rows_of_value]
+        assert scores["accuracy"] == pytest.approx(right.mean())
+    assert "### By source" in Path("reports/report.md").read_text()
 
 
 def test_test_metrics_match_the_predictions(evaluated: dict) -> None:

@@ -109,6 +109,12 @@ def test_missing_column_is_named(project: Path, capsys: pytest.CaptureFixture[st
     assert "reviews.tsv: no column 'review' (columns: id, rating, text" in err
 
 
+def test_a_missing_slice_column_is_named(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    set_params(project, {"ingest.slice_column": "source"})
+    err = expect_user_error(ingest.main, capsys)
+    assert "reviews.tsv: no column 'source' (columns: id, rating, text" in err
+
+
 def test_missing_file_is_named(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     set_params(project, {"ingest.source": "nowhere/reviews.tsv"})
     err = expect_user_error(ingest.main, capsys)

@@ -83,6 +83,8 @@ def test_ner_trains_scores_entities_and_serves_spans(ner_project: Path) -> None:
     assert served.predict([])["entities"].tolist() == []
     page = Path("reports/report.md").read_text()
     assert "| LOC |" in page and "word-feature logistic regression" in page and "| f1 |" in page
+    errors = pd.read_csv(paths.EVAL / "errors.csv")  # type confusions with their sentences, if any
+    assert (errors["kind"] == "confusion").all() and (errors["gold"] != errors["predicted"]).all()
 
 
 def test_a_line_with_too_few_columns_names_its_line(ner_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -117,6 +119,8 @@ def test_task_and_format_must_agree(ner_project: Path) -> None:
         load_params(overrides={"ingest.format": "tsv"})
     with pytest.raises(PipelineError, match=r"finetune.metric_for_best_model: macro_f1 is not a token_classification"):
         load_params(overrides={"finetune.metric_for_best_model": "macro_f1"})
+    with pytest.raises(PipelineError, match=r"ingest.slice_column: CoNLL files have no columns"):
+        load_params(overrides={"ingest.slice_column": "source"})
 
 
 def test_document_context_surrounds_a_sentence_with_its_neighbours_in_the_same_document(tiny_model: Path) -> None:

@@ -54,6 +54,7 @@ class Task(ABC):
     baseline_name: ClassVar[str]  # the classical model the report compares with
     example_unit: ClassVar[str]  # what one test example is ("texts", "sentences"): what intervals resample
     confusion_none: ClassVar[str | None] = None  # the confusion axis' entry for "nothing there", if the task has one
+    error_examples_note: ClassVar[str] = ""  # what the rows of `error_examples` are, for the report
 
     # ---- params: called when params.yaml is validated --------------------------------------------------
     def check_params(self, params: Params) -> None:  # noqa: B027 (a hook: most tasks accept every combination)
@@ -165,8 +166,8 @@ class Task(ABC):
     def error_examples(
         self, texts: list[str], result: Outcomes, probabilities: np.ndarray | None, labels: list[str], k: int
     ) -> pd.DataFrame:
-        """Per class, the `k` most confident wrong predictions and the `k` least confident right ones:
-        kind, class, text, gold, predicted, score. Empty where the task has no example scores."""
+        """The errors worth reading (kind, class, text, gold, predicted, score), as `error_examples_note`
+        describes them; empty by default."""
         return pd.DataFrame(columns=["kind", "class", "text", "gold", "predicted", "score"])
 
     def fit_temperature(self, validation_outputs: Callable[[], tuple[np.ndarray, np.ndarray]]) -> float:

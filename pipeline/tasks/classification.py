@@ -49,6 +49,10 @@ class TextClassification(Task):
     peft_task_type: ClassVar[str] = "SEQ_CLS"
     baseline_name: ClassVar[str] = "TF-IDF + logistic regression"
     example_unit: ClassVar[str] = "texts"
+    error_examples_note: ClassVar[str] = (
+        "Per class, the most confident wrong predictions and the least confident right ones (score: the "
+        "probability given to the predicted label, or to the label for label sets)."
+    )
 
     def check_params(self, params: Params) -> None:
         if params.ingest.format == "conll":

@@ -38,10 +38,17 @@ class TokenClassification(Task):
     baseline_name: ClassVar[str] = "word-feature logistic regression"
     example_unit: ClassVar[str] = "sentences"
     confusion_none: ClassVar[str | None] = "O"  # a span only one side found is paired with "O"
+    error_examples_note: ClassVar[str] = (
+        "The most frequent confusions of entity types (O: a span only one side found, so a boundary error is "
+        "an O row and a row to O), with up to two example sentences each, the span in [[ ]]; score: how many "
+        "times the confusion occurs in the test split."
+    )
 
     def check_params(self, params: Params) -> None:
         if params.ingest.format != "conll":
             raise ValueError(f"ingest.format: task {self.name} needs conll (got {params.ingest.format!r})")
+        if params.ingest.slice_column is not None:
+            raise ValueError(f"ingest.slice_column: CoNLL files have no columns to slice by (task {self.name})")
         if params.tokenize.truncation != "head":
             raise ValueError(
                 f"tokenize.truncation: {self.name} supports head only (got {params.tokenize.truncation!r})"
@@ -184,6 +191,29 @@ class TokenClassification(Task):
     def confusion_pairs(self, true: list[Any], pred: list[Any]) -> pd.DataFrame:
         return entity_pairs(true, pred)
 
+    def error_examples(
+        self, texts: list[str], result: Outcomes, probabilities: np.ndarray | None, labels: list[str], k: int
+    ) -> pd.DataFrame:
+        """The 2k most frequent (gold, predicted) entity-type confusions, each with up to two sentences."""
+        found: dict[tuple[str, str], list[str]] = {}
+        counts: dict[tuple[str, str], int] = {}
+        for text, sentence_true, sentence_pred in zip(texts, result.true, result.pred):
+            words = text.split(" ")
+            for (start, end), gold, predicted in span_pairs(sentence_true, sentence_pred):
+                if gold != predicted:
+                    counts[gold, predicted] = counts.get((gold, predicted), 0) + 1
+                    examples = found.setdefault((gold, predicted), [])
+                    if len(examples) < 2:
+                        marked = [*words[:start], "[[", *words[start : end + 1], "]]", *words[end + 1 :]]
+                        examples.append(" ".join(marked))
+        ranked = sorted(counts, key=lambda pair: (-counts[pair], pair))[: 2 * k]
+        rows = [
+            ("confusion", gold, example, gold, predicted, float(counts[gold, predicted]))
+            for gold, predicted in ranked
+            for example in found[gold, predicted]
+        ]
+        return pd.DataFrame(rows, columns=["kind", "class", "text", "gold", "predicted", "score"])
+
     def test_metrics(self, true: list[list[str]], pred: list[list[str]], labels: list[str]) -> dict[str, Any]:
         """Entity-level precision/recall/F1 overall (micro) and per entity type, plus tag accuracy."""
         from seqeval.metrics import accuracy_score as tag_accuracy
@@ -268,14 +298,17 @@ def first_subtoken_labels(word_ids: list[int | None], word_labels: list[int]) ->
     return out
 
 
-def entity_pairs(true: list[list[str]], pred: list[list[str]]) -> pd.DataFrame:
-    """(actual, predicted) entity types over the union of gold and predicted spans: a span only one side
-    has is paired with "O". This is the confusion of entity types the report and `dvc plots` show."""
+def span_pairs(true: list[str], pred: list[str]) -> list[tuple[tuple[int, int], str, str]]:
+    """((first word, last word), gold type, predicted type) over the union of one sentence's gold and
+    predicted spans: a span only one side has is paired with "O"."""
     from seqeval.metrics.sequence_labeling import get_entities
 
-    rows = []
-    for sentence_true, sentence_pred in zip(true, pred):
-        gold = {(start, end): kind for kind, start, end in get_entities(sentence_true)}
-        found = {(start, end): kind for kind, start, end in get_entities(sentence_pred)}
-        rows += [(gold.get(span, "O"), found.get(span, "O")) for span in sorted(gold.keys() | found.keys())]
+    gold = {(start, end): kind for kind, start, end in get_entities(true)}
+    found = {(start, end): kind for kind, start, end in get_entities(pred)}
+    return [(span, gold.get(span, "O"), found.get(span, "O")) for span in sorted(gold.keys() | found.keys())]
+
+
+def entity_pairs(true: list[list[str]], pred: list[list[str]]) -> pd.DataFrame:
+    """(actual, predicted) entity types of every span: the confusion the report and `dvc plots` show."""
+    rows = [(gold, found) for t, p in zip(true, pred) for _, gold, found in span_pairs(t, p)]
     return pd.DataFrame(rows, columns=["actual", "predicted"])
