@@ -20,6 +20,7 @@ from pipeline.card import EncodingSpec, ModelCard
 from pipeline.encoding import encode_texts, in_context, pool
 from pipeline.errors import PipelineError
 from pipeline.modeling import check_model_folder, require_finite_weights
+from pipeline.runtimes import ONNX_FILES, RUNTIMES, TORCH, OnnxSession
 from pipeline.tasks import get_task
 from pipeline.tasks.classification import softmax
 
@@ -27,7 +28,11 @@ from pipeline.tasks.classification import softmax
 class Predictor:
     """A fine-tuned model folder ready to predict: its card says the task, labels and how texts were encoded."""
 
-    def __init__(self, model_dir: Path, batch_size: int = 64) -> None:
+    def __init__(
+        self, model_dir: Path, batch_size: int = 64, runtime: str = TORCH, export_dir: Path | None = None
+    ) -> None:
+        """`runtime`: what runs the forward pass, `torch` (the folder's weights) or an ONNX Runtime graph
+        from `export_dir` (`onnx`, `onnx-int8`); everything else is the same code."""
         from transformers import AutoTokenizer
 
         self.card = ModelCard.read(model_dir)
@@ -36,12 +41,21 @@ class Predictor:
         self.labels: list[str] = self.card.labels
         self.encoding: EncodingSpec = self.card.encoding  # long texts are cut and pooled as in training
         self.batch_size = batch_size
+        self.runtime = runtime
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-            self.model = methods.load(model_dir, self.task.auto_model_class())
+            if runtime == TORCH:
+                self.model = methods.load(model_dir, self.task.auto_model_class())
         except (OSError, ValueError, SafetensorError) as exc:  # missing, incompatible or corrupt weights
             raise PipelineError(f"{model_dir}: cannot load the model: {str(exc).splitlines()[0]}") from None
-        require_finite_weights(self.model, f"{model_dir}: the model")
+        if runtime == TORCH:
+            require_finite_weights(self.model, f"{model_dir}: the model")
+        elif runtime in ONNX_FILES:
+            if export_dir is None:
+                raise PipelineError(f"runtime {runtime}: no ONNX export folder given")
+            self.session = OnnxSession(export_dir / ONNX_FILES[runtime])
+        else:
+            raise PipelineError(f"unknown runtime '{runtime}' (one of {', '.join(RUNTIMES)})")
 
     @property
     def text_pair(self) -> bool:
@@ -49,14 +63,17 @@ class Predictor:
         return self.encoding.text_pair
 
     @torch.inference_mode()
-    def _forward(self, encoded: list[list[int]]) -> list[np.ndarray]:
+    def forward(self, encoded: list[list[int]]) -> list[np.ndarray]:
         """Logits of each encoded example (one row per text, or per token for token tasks), in input order."""
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         out: list[np.ndarray] = [np.empty(0)] * len(encoded)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="pt")
-            logits = self.model(**batch).logits.float().numpy()
+            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in chunk]}, return_tensors="np")
+            if self.runtime == TORCH:
+                logits = self.model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
+            else:
+                logits = self.session(batch["input_ids"], batch["attention_mask"])
             for row, index in enumerate(chunk):
                 out[index] = logits[row, : len(encoded[index])] if logits.ndim == 3 else logits[row]
         return out
@@ -73,7 +90,7 @@ class Predictor:
         if not len(texts):
             return np.zeros((0, len(self.labels)), dtype=np.float32)  # the tokenizer refuses []
         encoded, source = encode_texts(self.tokenizer, texts, spec.max_length, spec.truncation, spec.stride, pairs)
-        windows = np.stack(self._forward(encoded))
+        windows = np.stack(self.forward(encoded))
         return windows if spec.truncation != "chunk" else pool(windows, source, len(texts), spec.pooling)
 
     def predict_words(
@@ -101,7 +118,7 @@ class Predictor:
         encoded = self.tokenizer(
             [words for words, _ in windows], is_split_into_words=True, truncation=True, max_length=spec.max_length
         )
-        logits = self._forward(encoded["input_ids"])
+        logits = self.forward(encoded["input_ids"])
         tagged = []
         for index, words in enumerate(sentences):
             tags = [("O", 1.0)] * len(words)
@@ -125,17 +142,23 @@ def score(predictor: Predictor, table: pd.DataFrame, source: str = "test split")
     return predictor.task.score(predictor, table, source)
 
 
-def load_predictor(model: str) -> Predictor:
-    """A Predictor from a model folder, or from an MLflow model URI (`models:/NAME@alias`, `runs:/...`)."""
+def load_predictor(model: str, runtime: str | None = None) -> Predictor:
+    """A Predictor from a model folder, or from an MLflow model URI (`models:/NAME@alias`, `runs:/...`).
+    `runtime`: None = the registered version's own (PyTorch for a folder); `onnx`/`onnx-int8` read the
+    graphs the version carries, or for a folder the export stage's folder beside it (models/onnx)."""
     if "://" not in model and ":/" not in model:
         path = Path(model)
         if not path.is_dir():
             raise PipelineError(f"{model}: no such model folder (or give an MLflow URI such as models:/NAME@champion)")
-        return Predictor(path)
+        return Predictor(path, runtime=runtime or TORCH, export_dir=path.parent / "onnx")
     import mlflow
 
     try:
-        loaded = mlflow.pyfunc.load_model(model)
+        served = mlflow.pyfunc.load_model(model).unwrap_python_model()
     except mlflow.exceptions.MlflowException as exc:
         raise PipelineError(f"{model}: cannot load from MLflow: {str(exc).splitlines()[0]}") from None
-    return loaded.unwrap_python_model().predictor
+    if runtime is None or runtime == served.predictor.runtime:
+        return served.predictor
+    if runtime in ONNX_FILES and served.export_dir is None:
+        raise PipelineError(f"{model}: this version carries no ONNX graphs (registered with runtime torch)")
+    return Predictor(served.model_dir, runtime=runtime, export_dir=served.export_dir)

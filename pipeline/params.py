@@ -413,6 +413,20 @@ class EvaluateParams(Section):
     )
 
 
+class ExportParams(Section):
+    opset: Int = Field(default=18, ge=17, le=23, description="ONNX opset of the exported graphs")
+    serve: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        default="auto",
+        description=(
+            "runtime of the registered model (served, batch prediction): auto = onnx-int8 when its test "
+            "headline metric is within max_int8_drop of PyTorch's, else onnx (fp32); torch = no ONNX"
+        ),
+    )
+    max_int8_drop: float = Field(
+        default=0.01, ge=0, le=1, description="auto: the largest loss of the headline test metric int8 may cost"
+    )
+
+
 class PromoteParams(Section):
     metric: str = Field(
         default="accuracy",
@@ -448,6 +462,9 @@ class Params(Section):
     tokenize: TokenizeParams = Field(description="how texts become model inputs")
     finetune: FinetuneParams = Field(description="training")
     evaluate: EvaluateParams = Field(description="test metrics and registration")
+    export: ExportParams = Field(
+        default=ExportParams(), description="ONNX Runtime copies of the model (fp32, int8) and which one serves"
+    )
     promote: PromoteParams = Field(description="the gate of `pipeline-promote` (a command, not a stage)")
     report: ReportParams = Field(description="the Markdown report")
 

@@ -2,6 +2,7 @@
 
     pipeline-predict --model models:/sentiment-classifier@champion --input texts.csv --output predictions.parquet
     pipeline-predict --model models/model --input texts.jsonl --output predictions.jsonl --text-column review
+    pipeline-predict --model models:/sentiment-classifier@champion --runtime onnx-int8 --input texts.csv --output p.csv
 
 (`python -m pipeline.predict ...` is the same command.)
 
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from pipeline.data import json_record
 from pipeline.errors import PipelineError, atomic_file, stage_main
 from pipeline.inference import Predictor, load_predictor
+from pipeline.runtimes import RUNTIMES
 
 PREFIX = "predicted_"  # predicted_label, predicted_score, predicted_score_<label>: never clash with input columns
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -194,6 +196,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pair-column", help="column holding the second text, for a model trained on text pairs")
     parser.add_argument("--chunk-size", type=int, default=1024, help="rows read, predicted and written at a time")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help="what runs the model: torch | onnx (fp32) | onnx-int8 (ONNX Runtime); default: the registered "
+        "version's own runtime, torch for a model folder",
+    )
     args = parser.parse_args(argv)
     if args.chunk_size < 1 or args.batch_size < 1:
         parser.error("--chunk-size and --batch-size must be positive")
@@ -204,7 +212,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     file_format(args.input), file_format(args.output)  # refuse unknown types before loading a model
     transformers.logging.disable_progress_bar()  # one bar (ours), not one per weight file
-    predictor = load_predictor(args.model)
+    predictor = load_predictor(args.model, args.runtime)
     predictor.batch_size = args.batch_size
     if predictor.text_pair != bool(args.pair_column):
         raise PipelineError(

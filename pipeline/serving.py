@@ -20,6 +20,7 @@ import mlflow
 import pandas as pd
 
 from pipeline.inference import Predictor
+from pipeline.runtimes import TORCH
 
 MAX_TEXTS = "PIPELINE_MAX_REQUEST_TEXTS"
 MAX_CHARS = "PIPELINE_MAX_REQUEST_CHARS"
@@ -31,7 +32,11 @@ def _bad_request(message: str) -> mlflow.exceptions.MlflowException:
 
 class _ServedModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
-        self.predictor = Predictor(Path(context.artifacts["model_dir"]))
+        # The runtime evaluate chose (versions registered before ONNX export have none: PyTorch).
+        self.model_dir = Path(context.artifacts["model_dir"])
+        self.export_dir = Path(context.artifacts["onnx_dir"]) if "onnx_dir" in context.artifacts else None
+        runtime = (context.model_config or {}).get("runtime", TORCH)
+        self.predictor = Predictor(self.model_dir, runtime=runtime, export_dir=self.export_dir)
         self.max_texts = int(os.environ.get(MAX_TEXTS, 1000))
         self.max_chars = int(os.environ.get(MAX_CHARS, 1_000_000))
 

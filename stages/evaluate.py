@@ -29,11 +29,13 @@ from pipeline.evaluation import (
     under_predicted,
 )
 from pipeline.inference import Predictor
-from pipeline.params import EvaluateParams, load_params
+from pipeline.params import EvaluateParams, ExportParams, load_params
+from pipeline.runtimes import ONNX_FILES, TORCH, machine, read_export_card, speed
+from pipeline.sources import tree_sha256
 from pipeline.tasks import Outcomes, Task, get_task
 
 
-def _pip_requirements(model_dir: Path) -> list[str]:
+def _pip_requirements(model_dir: Path, runtime: str) -> list[str]:
     """The packages the served model imports, pinned to the versions it was evaluated with."""
     from importlib.metadata import version
 
@@ -41,6 +43,8 @@ def _pip_requirements(model_dir: Path) -> list[str]:
     names = ["mlflow", "torch", "transformers", "scikit-learn", "seqeval", "pandas"]
     if (model_dir / methods.ADAPTER_CONFIG).is_file():
         names.append("peft")  # an adapter folder loads through peft
+    if runtime in ONNX_FILES:
+        names.append("onnxruntime")
     pins = {name: version(name).split("+")[0] for name in names}
     return [f"{name}=={pin}" for name, pin in pins.items()]
 
@@ -51,9 +55,11 @@ def input_example(rows: pd.DataFrame) -> list:
     return [[a, b] for a, b in zip(rows[data.TEXT], pairs)] if pairs else data.raw_texts(rows)
 
 
-def register(model_dir: Path, params: EvaluateParams, card: ModelCard, metrics: dict, example: list) -> dict:
+def register(
+    model_dir: Path, params: EvaluateParams, card: ModelCard, metrics: dict, example: list, runtime: str
+) -> dict:
     """Log the pyfunc model to the active run, register it as a new version with its provenance, and
-    point the alias at it."""
+    point the alias at it. The version carries the ONNX export too and serves with `runtime`."""
     run = mlflow.active_run()
     scalars = {k: v for k, v in metrics.items() if isinstance(v, float)}
     info = mlflow.pyfunc.log_model(
@@ -64,10 +70,12 @@ def register(model_dir: Path, params: EvaluateParams, card: ModelCard, metrics: 
             if card.encoding.text_pair
             else Path(pyfunc_model.__file__)
         ),
-        artifacts={"model_dir": str(model_dir)},
+        # The weights always travel (PyTorch is every runtime's reference); the ONNX graphs when they serve.
+        artifacts={"model_dir": str(model_dir)} | ({"onnx_dir": str(paths.ONNX)} if runtime in ONNX_FILES else {}),
+        model_config={"runtime": runtime},
         code_paths=[str(Path(pyfunc_model.__file__).parent)],  # the `pipeline` package: loading needs no repository
         input_example=example,
-        pip_requirements=_pip_requirements(model_dir),
+        pip_requirements=_pip_requirements(model_dir, runtime),
         registered_model_name=params.registered_model_name,
     )
     version = str(info.registered_model_version)
@@ -82,6 +90,7 @@ def register(model_dir: Path, params: EvaluateParams, card: ModelCard, metrics: 
         "base_model": str(card.base_model),
         "labels": json.dumps(card.labels),
         "mlflow_run_id": run.info.run_id,
+        "runtime": runtime,
         **{f"test_{k}": f"{v:.6f}" for k, v in scalars.items()},
     }
     client = mlflow.MlflowClient()
@@ -189,6 +198,9 @@ def main() -> None:
             + "".join(f"; {flag}" for flag in metrics["flags"])
         )
 
+    headline = task.headline_metric
+    runtimes = compare_runtimes(task, test, str(test_file), metrics[headline], params.export)
+
     tracking.configure(params.mlflow.experiment_name)
     with atomic_dir(paths.EVAL) as out:
         data.write_json({k: v for k, v in metrics.items() if k != "confusion_matrix"}, out / "metrics.json")
@@ -196,6 +208,7 @@ def main() -> None:
         pairs.to_csv(out / "confusion.csv", index=False)
         write_curves(curve_tables, out / "plots")
         errors.to_csv(out / "errors.csv", index=False)
+        data.write_json(runtimes, out / "runtimes.json")
         with _training_run(card):
             mlflow.log_metrics(
                 {f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)}
@@ -204,20 +217,66 @@ def main() -> None:
                 | {f"baseline_{k}": v for k, v in baseline.items() if isinstance(v, float)}
             )
             mlflow.log_dict(metrics, "evaluation/test_metrics.json")
+            mlflow.log_dict(runtimes, "evaluation/runtimes.json")
+            mlflow.log_metrics(
+                {
+                    f"runtime_{name.replace('-', '_')}_{key}": value
+                    for name, row in runtimes["runtimes"].items()
+                    for key, value in row.items()
+                }
+            )
             # The test set and each example's outcome travel with the run, so promotion can compare another
             # model with this one example by example (paired), re-scoring it on exactly this test set.
             mlflow.log_artifact(str(test_file), "evaluation")
             mlflow.log_dict({"labels": card.labels, "true": true, "pred": pred}, OUTCOMES_ARTIFACT)
-            registry = register(paths.MODEL, params.evaluate, card, metrics, input_example(test.head(3)))
+            registry = register(
+                paths.MODEL, params.evaluate, card, metrics, input_example(test.head(3)), runtimes["served"]
+            )
         data.write_json(registry, out / "registry.json")
-    headline = task.headline_metric
     low, high = metrics["ci95"][headline]
+    served = runtimes["runtimes"][runtimes["served"]]
     print(
         f"evaluate: test {headline} {metrics[headline]:.4f} (95% CI {low:.4f}-{high:.4f}); {verdict}; "
-        f"registered {registry['name']} version {registry['version']} as @{registry['alias']}"
+        f"registered {registry['name']} version {registry['version']} as @{registry['alias']}, served by "
+        f"{runtimes['served']} ({headline} {served[headline]:.4f}, {served['samples_per_second']:.0f} samples/s, "
+        f"{served['speedup']:.1f}x PyTorch)"
     )
     for flag in metrics["flags"]:
         print(f"evaluate: warning: {flag}")
+
+
+def compare_runtimes(task: Task, test: pd.DataFrame, source: str, eager_value: float, export: ExportParams) -> dict:
+    """Each runtime on the test split, measured side by side in this run: its headline metric and change
+    from PyTorch, samples/s at batch 32, single-text p50/p95 latency, weights on disk; and the runtime that
+    serves (`export.serve`; auto: int8 unless it costs more than `export.max_int8_drop`, then fp32 ONNX)."""
+    exported = read_export_card(paths.ONNX)
+    if exported["model_sha256"] != tree_sha256(paths.MODEL):
+        raise PipelineError(f"{paths.ONNX}: exported from another model than {paths.MODEL} (run: dvc repro export)")
+    headline, rows = task.headline_metric, {}
+    for runtime in (TORCH, *exported["runtimes"]):
+        predictor = Predictor(paths.MODEL, batch_size=32, runtime=runtime, export_dir=paths.ONNX)
+        result = task.outcomes(predictor, test, source)
+        if result.logits is not None and not np.isfinite(result.logits).all():
+            raise PipelineError(f"evaluate: the {runtime} runtime gives non-finite logits; nothing is registered")
+        value = task.summary_scores(result.true, result.pred, predictor.labels)[headline]
+        weights = (
+            sum(f.stat().st_size for f in paths.MODEL.rglob("*.safetensors"))
+            if runtime == TORCH
+            else (paths.ONNX / ONNX_FILES[runtime]).stat().st_size
+        )
+        rows[runtime] = {headline: value, "difference": value - eager_value, **speed(predictor, test)}
+        rows[runtime]["megabytes"] = round(weights / 1e6, 1)
+    for row in rows.values():
+        row["speedup"] = round(row["samples_per_second"] / rows[TORCH]["samples_per_second"], 2)
+    if export.serve == "auto":
+        served = TORCH if not exported["runtimes"] else "onnx"
+        if "onnx-int8" in rows and -rows["onnx-int8"]["difference"] <= export.max_int8_drop:
+            served = "onnx-int8"
+    elif export.serve in rows:
+        served = export.serve
+    else:
+        raise PipelineError(f"export.serve: {export.serve} was not exported ({exported.get('skipped', '')})")
+    return {"metric": headline, "served": served, "runtimes": rows, "machine": machine()}
 
 
 def calibration_and_curves(task: Task, result: Outcomes, card: ModelCard, metrics: dict) -> dict[str, dict]:

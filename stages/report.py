@@ -185,6 +185,44 @@ def evaluation_sections(metrics: dict, errors: pd.DataFrame, errors_note: str, p
     return sections
 
 
+def runtime_section(compared: dict) -> list[str]:
+    """PyTorch and the ONNX Runtime graphs side by side (evaluate measured them in one run)."""
+    metric, machine = compared["metric"], compared["machine"]
+    rows = [
+        [
+            name + (" (served)" if name == compared["served"] else ""),
+            row[metric],
+            row["difference"],
+            row["samples_per_second"],
+            f"{row['speedup']:.2f}x",
+            row["latency_p50_ms"],
+            row["latency_p95_ms"],
+            row["megabytes"],
+        ]
+        for name, row in compared["runtimes"].items()
+    ]
+    return [
+        "### Runtimes",
+        _table(
+            [
+                "runtime",
+                f"test {metric}",
+                "difference",
+                "samples/s (batch 32)",
+                "vs PyTorch",
+                "p50 ms (1 text)",
+                "p95 ms",
+                "weights MB",
+            ],
+            rows,
+        ),
+        f"Measured by evaluate in one run on the test split: {machine['cpu']}, {machine['cores']} cores "
+        f"({', '.join(machine['isa']) or 'no AVX2'}), load average {machine['load_average_1m']}, "
+        f"{', '.join(f'{k} {v}' for k, v in machine['versions'].items())}, {machine['date']}. int8: dynamic "
+        "quantisation of the weights (onnxruntime); `export.serve` picks the served runtime.",
+    ]
+
+
 def plot_curves(plots: Path, target: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for kind, ax, (x, y), title in (
@@ -510,7 +548,8 @@ def main() -> None:
                     task.error_examples_note,
                     paths.EVAL / "plots",
                     figures,
-                ),
+                )
+                + runtime_section(data.read_json(paths.EVAL / "runtimes.json")),
                 benchmark_sections(paths.BENCHMARKS, figures),
             ),
             encoding="utf-8",

@@ -178,15 +178,16 @@ def inside(root: Path, **env: str) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[str, Path]:
     """Two fine-tuned tiny models — `good` (trained to fit the fixture data) and `bad` (one step at a tiny
-    learning rate) — and two splits of the same data (`split_a`, `split_b`: other seed, other test set)."""
+    learning rate), each with its ONNX export (`good_onnx`, `bad_onnx`) — and two splits of the same data
+    (`split_a`, `split_b`: other seed, other test set)."""
     from helpers import set_params
     from pipeline import paths
-    from stages import finetune, ingest, split, tokenize
+    from stages import export, finetune, ingest, split, tokenize
 
     base = tmp_path_factory.mktemp("trained")
     data_file = write_sentiment_tsv(base / "reviews.tsv", n=300)
     root = make_project(base / "project", data_file, tiny_model)
-    out = {name: base / name for name in ("good", "bad", "split_a", "split_b")}
+    out = {name: base / name for name in ("good", "good_onnx", "bad", "bad_onnx", "split_a", "split_b")}
     with inside(root, PIPELINE_CACHE_DIR=str(base / "cache")):
         for stage in (ingest, split, tokenize):
             stage.main()
@@ -195,11 +196,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[
             root,
             {"finetune.num_train_epochs": 4, "finetune.learning_rate": 5e-3, "finetune.early_stopping_patience": 4},
         )
-        finetune.main()
-        shutil.copytree(paths.MODEL, out["good"])
-        set_params(root, {"finetune.max_steps": 1, "finetune.learning_rate": 1e-7})
-        finetune.main()
-        shutil.copytree(paths.MODEL, out["bad"])
+        for name, changes in (
+            ("good", {}),
+            ("bad", {"finetune.max_steps": 1, "finetune.learning_rate": 1e-7}),
+        ):
+            set_params(root, changes)
+            finetune.main()
+            export.main()
+            shutil.copytree(paths.MODEL, out[name])
+            shutil.copytree(paths.ONNX, out[f"{name}_onnx"])
         set_params(root, {"seed": 7})
         split.main()
         shutil.copytree(paths.SPLIT, out["split_b"])
@@ -216,7 +221,11 @@ def register(project: Path, trained: dict[str, Path]) -> Callable[..., str]:
     from stages import evaluate
 
     def run(model: str, split: str = "split_a") -> str:
-        for source, target in ((trained[model], paths.MODEL), (trained[split], paths.SPLIT)):
+        for source, target in (
+            (trained[model], paths.MODEL),
+            (trained[f"{model}_onnx"], paths.ONNX),
+            (trained[split], paths.SPLIT),
+        ):
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(source, target)
         evaluate.main()

@@ -93,3 +93,23 @@ def venv_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.update(extra)
     return env
+
+
+def assert_onnx_matches_pytorch() -> None:
+    """The project's exported graphs decide every test example as PyTorch does, through the same
+    Predictor code; the fp32 graph also gives PyTorch's logits (to 1e-4)."""
+    import numpy as np
+
+    from pipeline import data, paths
+    from pipeline.inference import Predictor
+    from pipeline.runtimes import ONNX_FILES
+
+    test = data.read_table(paths.SPLIT / "test.parquet")
+    eager = Predictor(paths.MODEL)
+    reference = eager.task.outcomes(eager, test, "test split")
+    for runtime in ONNX_FILES:
+        exported = Predictor(paths.MODEL, runtime=runtime, export_dir=paths.ONNX)
+        result = eager.task.outcomes(exported, test, "test split")
+        assert result.pred == reference.pred, runtime
+        if runtime == "onnx" and reference.logits is not None:
+            np.testing.assert_allclose(result.logits, reference.logits, atol=1e-4)

@@ -16,11 +16,11 @@ from helpers import expect_user_error, set_params
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
 from pipeline.inference import Predictor
-from stages import evaluate, finetune, ingest, report, split, tokenize
+from stages import evaluate, export, finetune, ingest, report, split, tokenize
 
 
 def run_through_evaluate() -> dict:
-    for stage in (ingest, split, tokenize, finetune, evaluate):
+    for stage in (ingest, split, tokenize, finetune, export, evaluate):
         stage.main()
     return json.loads((paths.EVAL / "metrics.json").read_text())
 
@@ -125,13 +125,15 @@ def test_registered_challenger_predicts_labels_for_raw_texts(evaluated: dict) ->
     texts = ["a great and wonderful film", "dull boring plot", "the cast"]
     predicted = served.predict(texts)
     assert predicted["label"].isin(["negative", "positive"]).all() and len(predicted) == 3
-    local = Predictor(paths.MODEL).predict(texts)
+    # It runs the runtime evaluate chose (int8 ONNX unless that cost accuracy), through the same Predictor.
+    local = Predictor(paths.MODEL, runtime=version.tags["runtime"], export_dir=paths.ONNX).predict(texts)
     pd.testing.assert_frame_equal(predicted, local)
 
 
 def test_same_seed_gives_identical_test_metrics(project: Path) -> None:
     first = run_through_evaluate()
     finetune.main()
+    export.main()
     evaluate.main()
     second = json.loads((paths.EVAL / "metrics.json").read_text())
     assert second == first

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 
 from conftest import write_sentiment_tsv
-from helpers import set_params
+from helpers import assert_onnx_matches_pytorch, set_params
 from pipeline import data, paths
 from pipeline.encoding import encode_texts, pool
 from pipeline.errors import PipelineError
 from pipeline.inference import Predictor
 from pipeline.params import load_params
-from stages import evaluate, finetune, ingest, split, tokenize
+from stages import evaluate, export, finetune, ingest, split, tokenize
 
 WORDS = "the film is a great and moving story but the plot was very dull and the cast quite awful".split()
 
@@ -84,7 +84,9 @@ def test_chunked_training_and_prediction_score_documents_not_windows(project: Pa
     windows = data.load_tokenized(paths.TOKENIZED)["train"]
     assert len(windows) > len(train) and max(windows["length"]) <= 16
     finetune.main()
+    export.main()
     evaluate.main()
+    assert_onnx_matches_pytorch()  # ONNX Runtime fp32 and int8 decide as PyTorch does
     test = pd.read_parquet(paths.SPLIT / "test.parquet")
     metrics = json.loads((paths.EVAL / "metrics.json").read_text())
     assert sum(c["support"] for c in metrics["per_class"].values()) == len(test)  # one prediction per document
@@ -92,7 +94,7 @@ def test_chunked_training_and_prediction_score_documents_not_windows(project: Pa
     assert (predictor.encoding.truncation, predictor.encoding.stride, predictor.encoding.pooling) == ("chunk", 4, "max")
     texts = test["text"].tolist()
     encoded, source_of = encode_texts(predictor.tokenizer, texts, 16, "chunk", 4)
-    windows_logits = np.stack(predictor._forward(encoded))
+    windows_logits = np.stack(predictor.forward(encoded))
     np.testing.assert_allclose(predictor.logits(texts), pool(windows_logits, source_of, len(texts), "max"), rtol=1e-6)
 
 

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from conftest import FILLER, NEGATIVE, POSITIVE
-from helpers import set_params
+from helpers import assert_onnx_matches_pytorch, set_params
 from pipeline import paths, tracking
-from stages import evaluate, finetune, ingest, report, split, tokenize
+from stages import evaluate, export, finetune, ingest, report, split, tokenize
 
 CLASSES = {"praise": POSITIVE, "complaint": NEGATIVE, "neutral": []}
 
@@ -56,8 +56,9 @@ def topics(project: Path, tmp_path: Path) -> Path:
 
 
 def test_three_classes_get_per_class_metrics_and_averages(topics: Path) -> None:
-    for stage in (ingest, split, tokenize, finetune, evaluate, report):
+    for stage in (ingest, split, tokenize, finetune, export, evaluate, report):
         stage.main()
+    assert_onnx_matches_pytorch()  # ONNX Runtime fp32 and int8 decide as PyTorch does
     assert json.loads((paths.SPLIT / "labels.json").read_text())["labels"] == ["complaint", "neutral", "praise"]
     metrics = json.loads((paths.EVAL / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"complaint", "neutral", "praise"}

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from conftest import FILLER, NEGATIVE, POSITIVE
-from helpers import expect_user_error, set_params
+from helpers import assert_onnx_matches_pytorch, expect_user_error, set_params
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
-from stages import evaluate, finetune, ingest, report, split, tokenize
+from stages import evaluate, export, finetune, ingest, report, split, tokenize
 
 
 def label_set_rows(n: int, seed: int = 0) -> list[tuple[str, list[str]]]:
@@ -93,8 +93,9 @@ def test_every_label_lands_in_every_split(multilabel: Path) -> None:
 
 def test_trains_with_bce_and_tuned_thresholds_and_reports_set_metrics(multilabel: Path, project: Path) -> None:
     set_params(project, {"finetune.tune_thresholds": True})
-    for stage in (ingest, split, tokenize, finetune, evaluate, report):
+    for stage in (ingest, split, tokenize, finetune, export, evaluate, report):
         stage.main()
+    assert_onnx_matches_pytorch()  # ONNX Runtime fp32 and int8 decide as PyTorch does
     thresholds = ModelCard.read(paths.MODEL).thresholds
     assert len(thresholds) == 2 and all(0.05 <= t <= 0.95 for t in thresholds)
     assert json.loads((paths.MODEL / "config.json").read_text())["problem_type"] == "multi_label_classification"

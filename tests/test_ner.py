@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import NER_PARAMS, write_conll
-from helpers import expect_user_error, set_params
+from helpers import assert_onnx_matches_pytorch, expect_user_error, set_params
 from pipeline import data, paths, tracking
 from pipeline.card import ModelCard
 from pipeline.encoding import TITLE_MARKER, UPPER_MARKER, in_context, mark_case
@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.inference import Predictor
 from pipeline.params import load_params
 from pipeline.tasks import IGNORE_INDEX
-from stages import evaluate, finetune, ingest, report, split, tokenize
+from stages import evaluate, export, finetune, ingest, report, split, tokenize
 
 
 @pytest.fixture
@@ -64,8 +64,9 @@ def test_only_the_first_sub_token_of_a_word_carries_its_tag(ner_project: Path) -
 
 
 def test_ner_trains_scores_entities_and_serves_spans(ner_project: Path) -> None:
-    for stage in (ingest, split, tokenize, finetune, evaluate, report):
+    for stage in (ingest, split, tokenize, finetune, export, evaluate, report):
         stage.main()
+    assert_onnx_matches_pytorch()  # ONNX Runtime fp32 and int8 decide as PyTorch does
     metrics = json.loads((paths.EVAL / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"LOC", "PER"} and metrics["per_class"]["PER"]["support"] == 20
     assert metrics["f1"] >= 0.9, metrics  # the fixture is learnable: names and places are unambiguous
@@ -165,7 +166,7 @@ def test_document_context_is_input_only_and_lifts_nothing_into_the_labels(projec
     plain = sum(len(t) for t in table[data.TOKENS][:8])
     assert sum(sum(1 for _ in e["input_ids"]) for e in encoded.select(range(8))) > 2 * plain  # context was added
 
-    for stage in (finetune, evaluate):
+    for stage in (finetune, export, evaluate):
         stage.main()
     assert ModelCard.read(paths.MODEL).encoding.context == "document"
     assert json.loads((paths.EVAL / "metrics.json").read_text())["f1"] >= 0.9
@@ -244,8 +245,8 @@ def test_case_markers_are_applied_alike_in_training_and_prediction(
 
     assert predictor.encoding.mark_case
     seen: list[list[int]] = []
-    forward = predictor._forward
-    monkeypatch.setattr(predictor, "_forward", lambda encoded: seen.extend(encoded) or forward(encoded))
+    forward = predictor.forward
+    monkeypatch.setattr(predictor, "forward", lambda encoded: seen.extend(encoded) or forward(encoded))
     predictor.predict_words([list(t) for t in test[data.TOKENS]])
     assert seen == [list(ids) for ids in trained_on]  # the model reads at prediction what it was trained on
 

@@ -21,7 +21,7 @@ from helpers import set_params, venv_env
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE
 
-ALL_STAGES = ["ingest", "split", "tokenize", "finetune", "evaluate", "report"]
+ALL_STAGES = ["ingest", "split", "tokenize", "finetune", "export", "evaluate", "report"]
 
 
 def sh(root: Path, *cmd: str) -> str:
@@ -85,7 +85,7 @@ def test_report_param_reruns_only_report(repo: Path) -> None:
 
 def test_learning_rate_reruns_finetune_and_what_follows(repo: Path) -> None:
     set_params(repo, {"finetune.learning_rate": 0.003})
-    assert repro(repo) == ["finetune", "evaluate", "report"]
+    assert repro(repo) == ["finetune", "export", "evaluate", "report"]
 
 
 def test_metrics_and_plots_diff_across_commits(repo: Path) -> None:
@@ -137,7 +137,7 @@ def test_a_finetune_killed_under_dvc_repro_resumes_on_the_next_repro(tmp_path: P
     os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage under it, as a crash or the OOM killer would
     proc.wait()
 
-    assert repro(root) == ["finetune", "evaluate", "report"]
+    assert repro(root) == ["finetune", "export", "evaluate", "report"]
     stats = ModelCard.read(root / "models" / "model").training
     assert stats.resumed_from_step >= 8 and stats.global_step == 16
     assert "changed" not in sh(root, "dvc", "status")
@@ -149,10 +149,16 @@ def test_a_pooling_change_reaches_the_evaluated_model(repo: Path) -> None:
     from pipeline.inference import Predictor
 
     set_params(repo, {"tokenize.truncation": "chunk", "tokenize.max_length": 8, "tokenize.stride": 2})
-    assert repro(repo) == ["tokenize", "finetune", "evaluate", "report"]
+    assert repro(repo) == ["tokenize", "finetune", "export", "evaluate", "report"]
     mean_model = Predictor(repo / "models" / "model")
     set_params(repo, {"tokenize.pooling": "max"})
-    assert repro(repo) == ["tokenize", "finetune", "evaluate", "report"]  # finetune writes pooling into the card
+    assert repro(repo) == [
+        "tokenize",
+        "finetune",
+        "export",
+        "evaluate",
+        "report",
+    ]  # finetune writes pooling into the card
     max_model = Predictor(repo / "models" / "model")
     assert (mean_model.encoding.pooling, max_model.encoding.pooling) == ("mean", "max")
     long_text = ["the film was great but the story was dull and the cast was bland and boring"]

@@ -20,22 +20,32 @@ from stages import evaluate
 
 
 @pytest.fixture(scope="module")
-def served(trained: dict[str, Path], tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The good model registered and promoted in a project of its own, served by one server for the module."""
+def server(
+    trained: dict[str, Path], tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """The good model registered and promoted in a project of its own, served by one server for the module:
+    (its /invocations URL, the runtime evaluate registered it with)."""
     base = tmp_path_factory.mktemp("serving")
     root = make_project(base / "project", base / "unused.tsv", tiny_model)
     shutil.copytree(trained["good"], root / paths.MODEL)
+    shutil.copytree(trained["good_onnx"], root / paths.ONNX)
     shutil.copytree(trained["split_a"], root / paths.SPLIT)
     with inside(root, PIPELINE_CACHE_DIR=str(base / "cache")):
         evaluate.main()
         assert promote.run([]) == 0
         uri = tracking.tracking_uri()
+        runtime = json.loads((paths.EVAL / "runtimes.json").read_text())["served"]
     port = free_port()
     cmd = serve_command("models:/sentiment-classifier@champion", port)
     # Small request limits, so the tests can cross them cheaply (defaults: 1,000 inputs, 1,000,000 characters).
     env = venv_env(MLFLOW_TRACKING_URI=uri, PIPELINE_MAX_REQUEST_TEXTS="8", PIPELINE_MAX_REQUEST_CHARS="150000")
     with running_server(cmd, f"http://127.0.0.1:{port}/ping", env, base / "serve.log"):
-        yield f"http://127.0.0.1:{port}/invocations"
+        yield f"http://127.0.0.1:{port}/invocations", runtime
+
+
+@pytest.fixture(scope="module")
+def served(server: tuple[str, str]) -> str:
+    return server[0]
 
 
 def post(url: str, body: bytes) -> tuple[int, dict]:
@@ -47,11 +57,14 @@ def post(url: str, body: bytes) -> tuple[int, dict]:
         return error.code, json.loads(error.read() or b"{}")
 
 
-def test_served_champion_answers_like_the_local_model(served: str, trained: dict[str, Path]) -> None:
+def test_served_champion_answers_like_the_local_model(server: tuple[str, str], trained: dict[str, Path]) -> None:
+    served, runtime = server
     texts = ["a great and wonderful film", "dull boring plot", "the cast"]
     status, answer = post(served, json.dumps({"inputs": texts}).encode())
     assert status == 200
-    expected = Predictor(trained["good"]).predict(texts)
+    # The served model runs the runtime evaluate chose (int8 ONNX unless it cost accuracy): the same here.
+    assert runtime in ("onnx-int8", "onnx")
+    expected = Predictor(trained["good"], runtime=runtime, export_dir=trained["good_onnx"]).predict(texts)
     predictions = answer["predictions"]
     assert [p["label"] for p in predictions] == expected["label"].tolist()
     assert [p["score"] for p in predictions] == pytest.approx(expected["score"].tolist(), abs=1e-6)

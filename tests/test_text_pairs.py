@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 from conftest import sentiment_rows
-from helpers import expect_user_error, set_params
+from helpers import assert_onnx_matches_pytorch, expect_user_error, set_params
 from pipeline import data, paths, predict, tracking
 from pipeline.errors import PipelineError
 from pipeline.inference import Predictor
 from pipeline.params import load_params
-from stages import evaluate, finetune, ingest, split, tokenize
+from stages import evaluate, export, finetune, ingest, split, tokenize
 
 PAIR_PARAMS = {
     "ingest.format": "csv",
@@ -76,8 +76,9 @@ def test_both_texts_are_one_model_input(pair_project: Path, tiny_model: Path) ->
 
 
 def test_pair_model_trains_serves_pairs_and_predicts_files(pair_project: Path, tmp_path: Path) -> None:
-    for stage in (ingest, split, tokenize, finetune, evaluate):
+    for stage in (ingest, split, tokenize, finetune, export, evaluate):
         stage.main()
+    assert_onnx_matches_pytorch()  # ONNX Runtime fp32 and int8 decide as PyTorch does
     metrics = json.loads((paths.EVAL / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.85, metrics  # the label is in the second text only
     local = Predictor(paths.MODEL)
@@ -89,7 +90,11 @@ def test_pair_model_trains_serves_pairs_and_predicts_files(pair_project: Path, t
 
     tracking.configure("sentiment-finetune")
     served = mlflow.pyfunc.load_model("models:/sentiment-classifier@challenger")
-    pd.testing.assert_frame_equal(served.predict(pairs), expected)
+    runtime = served.unwrap_python_model().predictor.runtime  # the one evaluate chose; same Predictor code
+    on_runtime = Predictor(paths.MODEL, runtime=runtime, export_dir=paths.ONNX)
+    pd.testing.assert_frame_equal(
+        served.predict(pairs), on_runtime.predict([a for a, _ in pairs], [b for _, b in pairs])
+    )
     assert str(served.metadata.get_input_schema()) == "[Array(string) (required)]"
 
     batch = tmp_path / "pairs.csv"

@@ -18,7 +18,7 @@ import pytest
 from helpers import free_port, running_server, set_params, venv_env
 from pipeline import paths, promote, registry
 from pipeline.card import ModelCard
-from stages import evaluate, finetune, ingest, split, tokenize
+from stages import evaluate, export, finetune, ingest, split, tokenize
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_pipeline_tracks_registers_and_promotes_on_a_tracking_server(
     with running_server(cmd, f"{url}/health", venv_env(), server_dir / "server.log"):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         set_params(project, {"promote.floor": 0.0})
-        for stage in (ingest, split, tokenize, finetune, evaluate):
+        for stage in (ingest, split, tokenize, finetune, export, evaluate):
             stage.main()
         assert promote.run([]) == 0
 

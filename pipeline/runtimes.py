@@ -1,0 +1,158 @@
+"""ONNX Runtime copies of a fine-tuned model: fp32 and dynamic int8, exported by the `export` stage.
+
+Only the forward pass changes between runtimes: the Predictor tokenises, windows, pads and decodes the
+same way whichever runs the model, so a runtime is chosen by name (`torch`, `onnx`, `onnx-int8`) and
+predictions differ only by the runtime's numerics.
+
+The export uses torch's own exporter (`torch.onnx.export(dynamo=True)`, onnxscript) and onnxruntime's
+dynamic quantisation (weights int8, activations quantised per batch at run time): no calibration data,
+and the best fit for transformer encoders on CPUs. optimum would wrap the same two calls but pins
+transformers < 5.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import PipelineError
+
+TORCH = "torch"
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}  # runtime -> file in the export folder
+RUNTIMES = (TORCH, *ONNX_FILES)
+EXPORT_CARD = "export.json"  # what was exported, from which model, and its parity with PyTorch
+INPUTS = ("input_ids", "attention_mask")  # what the Predictor feeds every runtime (tokenizer.pad's keys)
+
+
+class OnnxSession:
+    """An ONNX Runtime session that maps padded (input_ids, attention_mask) to logits, as the model does."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime
+
+        if not path.is_file():
+            raise PipelineError(f"{path}: no ONNX model (the export stage writes it: dvc repro export)")
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: its warnings would precede a stage's one-line output
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
+            raise PipelineError(f"{path}: cannot load the ONNX model: {str(exc).splitlines()[0]}") from None
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64)}
+        return self.session.run(["logits"], feed)[0]
+
+
+def exportable(model: Any) -> Any:
+    """The model as one plain module: adapters that fold into the weights (LoRA, AdaLoRA, IA3) are merged;
+    prefix tuning, which feeds extra keys and values to every layer, has no single-graph form here."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        return model
+    if model.peft_config["default"].peft_type.value == "PREFIX_TUNING":
+        raise PipelineError("a prefix-tuning adapter does not merge into the weights; PyTorch serves it")
+    return model.merge_and_unload()
+
+
+def export_onnx(model: Any, tokenizer: Any, target: Path, opset: int) -> None:
+    """Trace `model` with dynamic batch and sequence axes and write it to `target`."""
+    import torch
+
+    # Two inputs of different lengths: batch and sequence sizes stay symbolic instead of being specialised.
+    example = tokenizer(
+        ["a short text", "a somewhat longer text for the sequence axis"], padding=True, return_tensors="pt"
+    )
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # It warns that the two inputs share their axes' names: they do, by design.
+        warnings.filterwarnings("ignore", message="# The axis name")
+        program = torch.onnx.export(
+            model.eval(),
+            (example["input_ids"], example["attention_mask"]),
+            input_names=list(INPUTS),
+            output_names=["logits"],
+            dynamic_shapes=({0: batch, 1: sequence}, {0: batch, 1: sequence}),
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+            optimize=True,
+        )
+    program.save(str(target), external_data=False)
+
+
+def quantize_int8(fp32: Path, target: Path) -> None:
+    """Dynamic int8 quantisation of an exported graph.
+
+    The dynamo exporter leaves `value_info` shape annotations that go stale once its optimiser rewrites
+    the graph; onnxruntime's quantiser runs ONNX shape inference first and fails on them ("Inferred shape
+    and existing shape differ"). They are only hints, so the graph is quantised without them.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(fp32))
+    del graph.graph.value_info[:]
+    cleaned = target.with_name(target.stem + ".noinfo.onnx")
+    onnx.save(graph, str(cleaned))
+    # The quantiser logs a generic "consider pre-processing" warning on the root logger every time.
+    logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(str(cleaned), str(target), weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
+        cleaned.unlink(missing_ok=True)
+
+
+def read_export_card(folder: Path) -> dict[str, Any]:
+    file = folder / EXPORT_CARD
+    if not file.is_file():
+        raise PipelineError(f"{file}: not found (the export stage writes it: dvc repro export)")
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+def machine() -> dict[str, Any]:
+    """What timings depend on: CPU model, cores, the vector ISA int8 kernels use, load, library versions."""
+    from importlib.metadata import version
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
+    return {
+        "cpu": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags],
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "versions": {name: version(name).split("+")[0] for name in ("torch", "onnxruntime", "transformers")},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def speed(predictor: Any, table: pd.DataFrame, single: int = 100) -> dict[str, float]:
+    """samples/s of the whole Predictor path (encode, forward, decode) over `table` at the predictor's batch
+    size, and p50/p95 latency of one example at a time over the first `single` rows (after one warm-up)."""
+    task = predictor.task
+    task.outcomes(predictor, table.head(predictor.batch_size), "warm-up")
+    started = time.perf_counter()
+    task.outcomes(predictor, table, "test split")
+    throughput = len(table) / (time.perf_counter() - started)
+    latencies = []
+    for index in range(min(single, len(table))):
+        started = time.perf_counter()
+        task.outcomes(predictor, table.iloc[[index]], "test split")
+        latencies.append(time.perf_counter() - started)
+    return {
+        "samples_per_second": round(throughput, 1),
+        "latency_p50_ms": round(1000 * float(np.percentile(latencies, 50)), 2),
+        "latency_p95_ms": round(1000 * float(np.percentile(latencies, 95)), 2),
+    }
