@@ -125,8 +125,9 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params()
-    table, labels, _ = ingest(params.ingest, params.task)
-    train = stratified_split(table, params.split, params.seed)["train"]
+    task = get_task(params.task)
+    table, labels, _ = ingest(params.ingest, task)
+    train = stratified_split(table, params.split, params.seed, task)["train"]
     model_dir = resolve_model(params.model)
     tokenizer = load_tokenizer(model_dir)
     dynamic_data = get_task(params.task).encode(train, labels, tokenizer, params.tokenize)

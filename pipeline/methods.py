@@ -28,6 +28,9 @@ def prepare(model: Any, params: FinetuneParams, peft_task_type: str, total_steps
     if params.method == "freeze":
         _freeze(model, params)
         return model
+    if params.method == "full" and params.freeze_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+        return model
     if params.method in PEFT_METHODS:
         from peft import get_peft_model
 

@@ -281,6 +281,13 @@ class FinetuneParams(Section):
             "adapter, trained and saved with the task head"
         ),
     )
+    freeze_word_embeddings: bool = Field(
+        default=False,
+        description=(
+            "method full: the word-embedding matrix keeps its pretrained values (on MiniLM, 52% of the parameters "
+            "whose gradient and AdamW state each step would update; texts use a small part of the vocabulary)"
+        ),
+    )
     freeze: FreezeParams = Field(default=FreezeParams(), description="method freeze: what trains besides the head")
     lora: LoraParams = Field(default=LoraParams(), description="method lora")
     adalora: AdaLoraParams = Field(
@@ -369,6 +376,11 @@ class FinetuneParams(Section):
         if self.merge_adapter and self.method not in ("lora", "adalora", "ia3"):
             raise ValueError(
                 f"merge_adapter: only lora, adalora and ia3 adapters can be merged (method is {self.method})"
+            )
+        if self.freeze_word_embeddings and self.method != "full":
+            raise ValueError(
+                f"freeze_word_embeddings: for method full (method {self.method} has its own: freeze.train_embeddings, "
+                "or adapters that leave the embeddings as they are)"
             )
         return self
 

@@ -192,12 +192,12 @@ def runtime_section(compared: dict) -> list[str]:
         [
             name + (" (served)" if name == compared["served"] else ""),
             row[metric],
-            row["difference"],
-            row["samples_per_second"],
+            f"{row['difference']:+.4f}",
+            f"{row['samples_per_second']:.0f}",
             f"{row['speedup']:.2f}x",
-            row["latency_p50_ms"],
-            row["latency_p95_ms"],
-            row["megabytes"],
+            f"{row['latency_p50_ms']:.2f}",
+            f"{row['latency_p95_ms']:.2f}",
+            f"{row['megabytes']:.1f}",
         ]
         for name, row in compared["runtimes"].items()
     ]
@@ -244,11 +244,11 @@ def plot_curves(plots: Path, target: Path) -> None:
 
 def benchmark_sections(folder: Path, figures: Path) -> list[str]:
     """The method comparison, pretrained vs scratch, and label efficiency measured by
-    benchmarks/compare_methods.py, and truncation of long documents by benchmarks/long_texts.py (each part
-    shown when its results file exists)."""
+    benchmarks/compare_methods.py, time to accuracy by benchmarks/time_to_accuracy.py, and truncation of long
+    documents by benchmarks/long_texts.py (each part shown when its results file exists)."""
     parts = {
         name: data.read_json(folder / f"{name}.json")
-        for name in ("methods", "scratch", "label_efficiency", "long_texts")
+        for name in ("methods", "scratch", "label_efficiency", "long_texts", "time_to_accuracy")
         if (folder / f"{name}.json").is_file()
     }
     if not parts:
@@ -351,6 +351,29 @@ def benchmark_sections(folder: Path, figures: Path) -> list[str]:
                 ],
             ),
             "![label efficiency](figures/label_efficiency.png)",
+        ]
+    if "time_to_accuracy" in parts:
+        result = parts["time_to_accuracy"]
+        sections += [
+            f"### Time to test accuracy {result['target_accuracy']}",
+            provenance(result)
+            + f" {result['machine']['cpu']}, load average {result['load_average_before']} before and "
+            f"{result['load_average_after']} after; test accuracy measured every {result['every_examples']:,} "
+            "training examples with the clock stopped.",
+            _table(
+                ["contender", "seconds to target", "vs hf-careful", "final test accuracy", "train s", "peak RSS MiB"],
+                [
+                    [
+                        r["name"],
+                        f"{r['seconds_to_target']:.1f}" if r["seconds_to_target"] is not None else "not reached",
+                        f"{r['ratio_to_hf_careful']:.3f}x" if r["ratio_to_hf_careful"] else "-",
+                        r["final_accuracy"],
+                        f"{r['train_seconds']:.0f}",
+                        f"{r['peak_rss_mib']:,}",
+                    ]
+                    for r in result["rows"]
+                ],
+            ),
         ]
     if "long_texts" in parts:
         setup = parts["long_texts"]["setup"]

@@ -32,6 +32,7 @@ HEAD = r"(^classifier\.|modules_to_save)"
 
 METHOD_PARAMS = {
     "full": {},
+    "full_frozen_word_embeddings": {"finetune.method": "full", "finetune.freeze_word_embeddings": True},
     "freeze": {},
     "top_1": {"finetune.method": "freeze", "finetune.freeze.top_k_layers": 1},
     "lora": {"finetune.lora.r": 4},
@@ -91,7 +92,8 @@ def test_method_trains_what_it_says_and_reloads_to_identical_logits(
     assert head and head <= changed, "the task head is trained"
     assert changed <= trainable, "a frozen parameter changed"
     if method == "full":
-        assert trainable == set(recorder.initial)
+        words = {"bert.embeddings.word_embeddings.weight"} if changes.get("finetune.freeze_word_embeddings") else set()
+        assert trainable == set(recorder.initial) - words  # everything but the word embeddings, if frozen
     elif method == "freeze":
         last_layer = {n for n in recorder.initial if "encoder.layer.1." in n}  # of the tiny model's two
         assert changed - head == (last_layer if changes.get("finetune.freeze.top_k_layers") else set())
@@ -104,7 +106,7 @@ def test_method_trains_what_it_says_and_reloads_to_identical_logits(
     stats = card.training
     total = sum(p.numel() for p in recorder.trained.parameters())
     assert card.method == method and 0 < stats.trainable_params <= stats.total_params
-    if method in ("full",):
+    if method == "full" and not changes.get("finetune.freeze_word_embeddings"):
         assert stats.trainable_params == stats.total_params == total
     else:
         assert stats.trainable_params < stats.total_params
@@ -163,6 +165,10 @@ def test_adapter_folder_loads_without_the_pretrained_source(
         ),
         ({"finetune.class_weights": [1.0, 2.0, 3.0]}, "finetune.class_weights: 3 weights for 2 labels"),
         ({"finetune.method": "prefix", "finetune.merge_adapter": True}, "merge_adapter: only lora, adalora and ia3"),
+        (
+            {"finetune.method": "lora", "finetune.freeze_word_embeddings": True},
+            "finetune: freeze_word_embeddings: for method full",
+        ),
         ({"finetune.method": "lora", "finetune.lora.target_modules": ["nonexistent"]}, "finetune.lora"),
     ],
 )

@@ -1,0 +1,221 @@
+"""Time to accuracy: training wall time until test accuracy first reaches a target, for the HF Trainer a
+careful user would write and for the pipeline's training (defaults, and variants of its params).
+
+Contenders, each trained from the same pretrained model (params.yaml `model`) on the split and tokenized data
+of the last `dvc repro` (data/split, data/tokenized):
+
+  hf-careful     Trainer with dynamic padding and length-grouped batches, lr 5e-5, batch 16, 3 epochs
+                 (transformers' defaults otherwise: no warm-up, no weight decay, no evaluation, no checkpoints)
+  pipeline       pipeline.training.prepare with the finetune params, exactly what `dvc repro` trains: its
+                 per-epoch validation, checkpoints and early stopping are part of its time
+  NAME           the pipeline with params changed: --variant "NAME:finetune.key=value,finetune.other=value"
+
+Every contender's test accuracy is measured every `--every` training examples (the same data interval for
+all, whatever the batch size); the clock stops while it is measured. Each contender runs in a process of its
+own, one after the other, so peak RSS is its own and none shares the cores. Prints the curves, the time to
+`--target` of each, the ratios to hf-careful and each contender's final test accuracy (the model it ends
+with: the pipeline's best checkpoint), and writes reports/benchmarks/time_to_accuracy.json.
+
+    python benchmarks/time_to_accuracy.py --target 0.85 \\
+        --variant "frozen-embeddings:finetune.freeze_word_embeddings=true"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import data, paths  # noqa: E402
+from pipeline.modeling import load_for_training, load_tokenizer, resolve_model  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
+from pipeline.runtimes import machine  # noqa: E402
+from pipeline.tasks import get_task  # noqa: E402
+from pipeline.training import prepare  # noqa: E402
+from results import load_average, write_results  # noqa: E402
+
+HF_CAREFUL = {"learning_rate": 5e-5, "per_device_train_batch_size": 16, "num_train_epochs": 3}
+
+
+class TestAccuracyCurve(TrainerCallback):
+    """Test accuracy every `every` training examples, with the training clock stopped while measuring."""
+
+    def __init__(self, test: Any, tokenizer: Any, every: int, examples_per_step: int) -> None:
+        order = np.argsort(test["length"], kind="stable")
+        self.batches = [
+            (tokenizer.pad({"input_ids": [test["input_ids"][i] for i in chunk]}, return_tensors="pt"), chunk)
+            for chunk in np.array_split(order, max(1, len(order) // 128))
+        ]
+        self.labels = np.asarray(test["labels"])
+        self.every, self.examples_per_step = every, examples_per_step
+        self.rows: list[dict[str, float]] = []
+        self.started = self.paused = 0.0
+        self.next_mark = every
+
+    def accuracy(self, model: Any) -> float:
+        was_training = model.training
+        model.eval()
+        predicted = np.empty(len(self.labels), dtype=int)
+        with torch.inference_mode():
+            for batch, chunk in self.batches:
+                predicted[chunk] = model(**batch).logits.argmax(-1).numpy()
+        model.train(was_training)
+        return float((predicted == self.labels).mean())
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        examples = state.global_step * self.examples_per_step
+        if examples < self.next_mark:
+            return
+        stopped = time.perf_counter()
+        accuracy = self.accuracy(model)
+        self.rows.append(
+            {
+                "step": state.global_step,
+                "examples": examples,
+                "train_seconds": round(stopped - self.started - self.paused, 2),
+                "accuracy": accuracy,
+            }
+        )
+        self.paused += time.perf_counter() - stopped
+        self.next_mark += self.every
+
+
+def run_contender(name: str, overrides: dict[str, Any], every: int) -> dict[str, Any]:
+    """Train one contender in this process; its curve, final accuracy, wall time and peak RSS."""
+    params = load_params(overrides=overrides)
+    task = get_task(params.task)
+    labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
+    encoded = data.load_tokenized(paths.TOKENIZED)  # what `dvc repro` trained on (run it first)
+    model_dir = resolve_model(params.model)
+    tokenizer = load_tokenizer(model_dir)
+    with tempfile.TemporaryDirectory() as scratch:
+        if name == "hf-careful":
+            set_seed(params.seed)
+            model = load_for_training(model_dir, task, labels)
+            args = TrainingArguments(
+                output_dir=scratch,
+                **HF_CAREFUL,
+                train_sampling_strategy="group_by_length",
+                eval_strategy="no",
+                save_strategy="no",
+                logging_strategy="no",
+                report_to=[],
+                disable_tqdm=True,
+                seed=params.seed,
+                data_seed=params.seed,
+                dataloader_pin_memory=False,
+            )
+            trainer = Trainer(
+                model=model,
+                args=args,
+                train_dataset=encoded["train"],
+                data_collator=DataCollatorWithPadding(tokenizer),
+                processing_class=tokenizer,
+            )
+        else:
+            trainer = prepare(params, encoded, labels, Path(scratch)).trainer
+        batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+        curve = TestAccuracyCurve(encoded["test"], tokenizer, every, batch)
+        trainer.add_callback(curve)
+        started = time.perf_counter()
+        trainer.train()
+        wall = time.perf_counter() - started - curve.paused
+        final = curve.accuracy(trainer.model)  # the pipeline's best checkpoint (load_best_model_at_end)
+    return {
+        "name": name,
+        "overrides": overrides,
+        "batch_size": batch,
+        "steps": trainer.state.global_step,
+        "train_seconds": round(wall, 1),
+        "final_accuracy": final,
+        "curve": curve.rows,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    name, _, changes = text.partition(":")
+    overrides = {}
+    for change in filter(None, changes.split(",")):
+        key, _, value = change.partition("=")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return name, overrides
+
+
+def time_to(target: float, curve: list[dict[str, float]]) -> float | None:
+    return next((row["train_seconds"] for row in curve if row["accuracy"] >= target), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", type=float, default=0.85, help="test accuracy to reach")
+    parser.add_argument("--every", type=int, default=1600, help="training examples between test measurements")
+    parser.add_argument("--variant", action="append", default=[], help='"NAME:finetune.key=value,..." (repeatable)')
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one contender, print its JSON
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.only:
+        print("RESULT " + json.dumps(run_contender(args.only, json.loads(args.overrides), args.every)))
+        return
+
+    started, load_before = time.perf_counter(), load_average()
+    contenders = [("hf-careful", {}), ("pipeline", {}), *map(parse_variant, args.variant)]
+    results = []
+    for name, overrides in contenders:
+        command = [sys.executable, __file__, "--only", name, "--overrides", json.dumps(overrides)]
+        command += ["--every", str(args.every)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
+        result = json.loads(line.removeprefix("RESULT "))
+        result["seconds_to_target"] = time_to(args.target, result["curve"])
+        results.append(result)
+        print(
+            f"{name:<20} to {args.target}: {result['seconds_to_target']} s; final accuracy "
+            f"{result['final_accuracy']:.4f} after {result['train_seconds']} s; peak RSS {result['peak_rss_mib']} MiB",
+            flush=True,
+        )
+    reference = results[0]["seconds_to_target"]
+    for result in results:
+        ours = result["seconds_to_target"]
+        result["ratio_to_hf_careful"] = round(ours / reference, 3) if ours and reference else None
+    print(f"\ntime to test accuracy {args.target} (training seconds, evaluation excluded); ratio to hf-careful")
+    for result in results:
+        print(
+            f"{result['name']:<20} {result['seconds_to_target']!s:>8} s  {result['ratio_to_hf_careful']!s:>6}x  "
+            f"final {result['final_accuracy']:.4f}  peak RSS {result['peak_rss_mib']} MiB"
+        )
+    target = write_results(
+        "time_to_accuracy",
+        "python benchmarks/time_to_accuracy.py " + " ".join(sys.argv[1:]),
+        results,
+        started,
+        target_accuracy=args.target,
+        every_examples=args.every,
+        machine=machine(),
+        load_average_before=load_before,
+        load_average_after=load_average(),
+    )
+    print(f"\nwritten to {target}")
+
+
+if __name__ == "__main__":
+    main()
