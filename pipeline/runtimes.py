@@ -140,20 +140,21 @@ def machine() -> dict[str, Any]:
     }
 
 
-def speed(predictor: Any, table: pd.DataFrame, single: int = 100) -> dict[str, float]:
-    """samples/s of the whole Predictor path (encode, forward, decode) over `table` at the predictor's batch
-    size, and p50/p95 latency of one example at a time over the first `single` rows (after one warm-up)."""
+def timed_outcomes(predictor: Any, table: pd.DataFrame, source: str, single: int = 100) -> tuple[Any, dict]:
+    """The task's outcomes on `table` from one timed pass at the predictor's batch size (encode, forward,
+    decode: samples/s), after a warm-up batch; and p50/p95 latency of one example at a time over the first
+    `single` rows."""
     task = predictor.task
     task.outcomes(predictor, table.head(predictor.batch_size), "warm-up")
     started = time.perf_counter()
-    task.outcomes(predictor, table, "test split")
+    result = task.outcomes(predictor, table, source)
     throughput = len(table) / (time.perf_counter() - started)
     latencies = []
     for index in range(min(single, len(table))):
         started = time.perf_counter()
-        task.outcomes(predictor, table.iloc[[index]], "test split")
+        task.outcomes(predictor, table.iloc[[index]], source)
         latencies.append(time.perf_counter() - started)
-    return {
+    return result, {
         "samples_per_second": round(throughput, 1),
         "latency_p50_ms": round(1000 * float(np.percentile(latencies, 50)), 2),
         "latency_p95_ms": round(1000 * float(np.percentile(latencies, 95)), 2),

@@ -30,7 +30,7 @@ from pipeline.evaluation import (
 )
 from pipeline.inference import Predictor
 from pipeline.params import EvaluateParams, ExportParams, load_params
-from pipeline.runtimes import ONNX_FILES, TORCH, machine, read_export_card, speed
+from pipeline.runtimes import ONNX_FILES, TORCH, machine, read_export_card, timed_outcomes
 from pipeline.sources import tree_sha256
 from pipeline.tasks import Outcomes, Task, get_task
 
@@ -255,7 +255,7 @@ def compare_runtimes(task: Task, test: pd.DataFrame, source: str, eager_value: f
     headline, rows = task.headline_metric, {}
     for runtime in (TORCH, *exported["runtimes"]):
         predictor = Predictor(paths.MODEL, batch_size=32, runtime=runtime, export_dir=paths.ONNX)
-        result = task.outcomes(predictor, test, source)
+        result, timing = timed_outcomes(predictor, test, source)
         if result.logits is not None and not np.isfinite(result.logits).all():
             raise PipelineError(f"evaluate: the {runtime} runtime gives non-finite logits; nothing is registered")
         value = task.summary_scores(result.true, result.pred, predictor.labels)[headline]
@@ -264,7 +264,7 @@ def compare_runtimes(task: Task, test: pd.DataFrame, source: str, eager_value: f
             if runtime == TORCH
             else (paths.ONNX / ONNX_FILES[runtime]).stat().st_size
         )
-        rows[runtime] = {headline: value, "difference": value - eager_value, **speed(predictor, test)}
+        rows[runtime] = {headline: value, "difference": value - eager_value, **timing}
         rows[runtime]["megabytes"] = round(weights / 1e6, 1)
     for row in rows.values():
         row["speedup"] = round(row["samples_per_second"] / rows[TORCH]["samples_per_second"], 2)

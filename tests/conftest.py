@@ -240,21 +240,33 @@ def tokenized(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Pat
     """A tiny project run through tokenize once; `tokenized_project` gives each test its own copy."""
     from stages import ingest, split, tokenize
 
-    base = tmp_path_factory.mktemp("tokenized")
-    root = make_project(base / "project", write_sentiment_tsv(base / "reviews.tsv", n=160), tiny_model)
+    return project_run_through(tmp_path_factory.mktemp("tokenized"), tiny_model, (ingest, split, tokenize), rows=160)
+
+
+def project_run_through(base: Path, tiny_model: Path, stages: tuple, rows: int = 120) -> Path:
+    """A tiny project under `base` with `stages` run once: built by a module- or session-scoped fixture,
+    then copied for each test by `copy_of`."""
+    root = make_project(base / "project", write_sentiment_tsv(base / "reviews.tsv", n=rows), tiny_model)
     with inside(root, PIPELINE_CACHE_DIR=str(base / "cache")):
-        for stage in (ingest, split, tokenize):
+        for stage in stages:
             stage.main()
+    return root
+
+
+def copy_of(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of a built project, as the working directory of one test (its mlflow.db included; the copy's
+    runs name artifacts in the original, which outlives the test)."""
+    root = tmp_path / "project"
+    shutil.copytree(project, root)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return root
 
 
 @pytest.fixture
 def tokenized_project(tokenized: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "project"
-    shutil.copytree(tokenized, root)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = copy_of(tokenized, tmp_path, monkeypatch)
     from helpers import set_params
 
     set_params(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import inside, make_project, write_sentiment_tsv
+from conftest import copy_of, project_run_through
 from helpers import expect_user_error, set_params
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
@@ -30,22 +29,14 @@ def run_through_evaluate() -> dict:
 @pytest.fixture(scope="module")
 def evaluated_project(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     """A tiny project run through evaluate once for the module; `evaluated` gives each test its own copy."""
-    base = tmp_path_factory.mktemp("evaluated")
-    root = make_project(base / "project", write_sentiment_tsv(base / "reviews.tsv"), tiny_model)
-    with inside(root, PIPELINE_CACHE_DIR=str(base / "cache")):
-        run_through_evaluate()
-    return root
+    return project_run_through(
+        tmp_path_factory.mktemp("evaluated"), tiny_model, (ingest, split, tokenize, finetune, export, evaluate)
+    )
 
 
 @pytest.fixture
 def evaluated(evaluated_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """The test metrics of the evaluated project, in a copy of it that is the working directory (its
-    mlflow.db included; the copy's runs name artifacts in the module's project, which stays)."""
-    root = tmp_path / "project"
-    shutil.copytree(evaluated_project, root)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(evaluated_project.parent / "cache"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    copy_of(evaluated_project, tmp_path, monkeypatch)
     return json.loads((paths.EVAL / "metrics.json").read_text())
 
 

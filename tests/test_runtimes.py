@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import onnx
 import pytest
 
-from conftest import inside, make_project, write_sentiment_tsv
+from conftest import copy_of, project_run_through
 from helpers import assert_onnx_matches_pytorch
 from pipeline import paths
 from pipeline.runtimes import ONNX_FILES
@@ -19,22 +18,15 @@ from stages import export, finetune, ingest, split, tokenize
 @pytest.fixture(scope="module")
 def exported_project(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     """A tiny project run through export once for the module; `exported` gives each test its own copy."""
-    base = tmp_path_factory.mktemp("exported")
-    root = make_project(base / "project", write_sentiment_tsv(base / "reviews.tsv"), tiny_model)
-    with inside(root, PIPELINE_CACHE_DIR=str(base / "cache")):
-        for stage in (ingest, split, tokenize, finetune, export):
-            stage.main()
-    return root
+    return project_run_through(
+        tmp_path_factory.mktemp("exported"), tiny_model, (ingest, split, tokenize, finetune, export)
+    )
 
 
 @pytest.fixture
 def exported(exported_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """The export card, in a copy of the exported project that is the working directory."""
-    root = tmp_path / "project"
-    shutil.copytree(exported_project, root)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(exported_project.parent / "cache"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    """The export card, in a copy of the exported project."""
+    copy_of(exported_project, tmp_path, monkeypatch)
     return json.loads((paths.ONNX / "export.json").read_text())
 
 
