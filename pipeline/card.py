@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import PipelineError
+from pipeline.params import PromptParams
 
 CARD_FILE = "training.json"
 SCHEMA_VERSION = 1
@@ -39,6 +40,7 @@ class EncodingSpec(Record):
     context: Literal["none", "document"] = "none"
     mark_case: bool = False
     text_pair: bool = False
+    prompt: PromptParams | None = None  # decoder tasks: the prompt template and label words (tokenize.prompt)
 
 
 class Provenance(Record):

@@ -35,7 +35,7 @@ def prepare(model: Any, params: FinetuneParams, peft_task_type: str, total_steps
         from peft import get_peft_model
 
         config = peft_config(params, peft_task_type, total_steps)
-        if params.method == "prefix":
+        if params.method == "prefix" and "past_key_values" not in inspect.signature(model.forward).parameters:
             _accept_past_key_values(model)
         try:
             return get_peft_model(model, config)
@@ -196,7 +196,8 @@ def load(model_dir: Path, auto_class: Any) -> Any:
     base = auto_class.from_pretrained(
         model_dir / BASE_DIR, config=config, trust_remote_code=False, use_safetensors=True
     )
-    if json.loads((model_dir / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("peft_type") == "PREFIX_TUNING":
+    prefix = json.loads((model_dir / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("peft_type") == "PREFIX_TUNING"
+    if prefix and "past_key_values" not in inspect.signature(base.forward).parameters:
         _accept_past_key_values(base)
     return PeftModel.from_pretrained(base, model_dir).eval()
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from safetensors import SafetensorError
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, atomic_dir
 from pipeline.params import DropoutParams, ModelParams
-from pipeline.sources import resolve
+from pipeline.sources import cache_dir, resolve, sha256_of
 from pipeline.tasks import Task
 
 
@@ -26,11 +26,39 @@ _quiet_loading()
 
 
 def resolve_model(params: ModelParams) -> Path:
+    """The pretrained model as a transformers folder; a GGUF file becomes one (dequantised, cached)."""
     path = resolve(params.source, params.sha256, key="model.source")
+    if path.is_file() and path.suffix == ".gguf":
+        path = dequantised_gguf(path)
     if not (path / "config.json").is_file():
         raise PipelineError(f"{path}: no config.json; model.source must name a transformers model folder")
     check_model_folder(path)
     return path
+
+
+def dequantised_gguf(file: Path) -> Path:
+    """A GGUF decoder (llama.cpp's format) as a plain transformers folder with fp32 safetensors, made once
+    per file and cached by its sha256. transformers dequantises GGUF on loading (with the `gguf` package)
+    but keeps a GGUF quantizer on the model, with which save_pretrained and the Trainer refuse it; once
+    the quantizer is dropped, it is an ordinary model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / "gguf" / sha256_of(file)[:32]
+    if (target / "config.json").is_file():
+        return target
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            file.parent, gguf_file=file.name, dtype="float32", trust_remote_code=False
+        )
+    except (OSError, ValueError, RuntimeError) as exc:  # not GGUF, an architecture transformers cannot read
+        raise PipelineError(f"{file}: cannot load as a GGUF model: {str(exc).splitlines()[0]}") from None
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    with atomic_dir(target) as out:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    return target
 
 
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
@@ -129,13 +157,7 @@ def load_for_training(
             if not hasattr(config, attribute):
                 raise PipelineError(f"finetune.dropout.{key}: the {config.model_type} config has no {attribute}")
             overrides[attribute] = value
-    head = dict(
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        problem_type=task.problem_type,
-        **overrides,
-    )
+    head = {**task.head_config(labels), **overrides}
     try:
         if random_init:
             config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False, **head)

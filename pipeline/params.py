@@ -159,6 +159,35 @@ class ModelParams(Section):
     )
 
 
+class PromptParams(Section):
+    """Decoder tasks (generative_classification): how a text becomes a chat prompt and a label its answer.
+    The model card records it, so serving prompts exactly as training did."""
+
+    template: str = Field(
+        default="{text}",
+        description="the user's message; {text} is replaced by the text (cut to fit max_length, the template never)",
+    )
+    system: str | None = Field(default=None, description="a system message; null: the chat template's own default")
+    label_words: dict[str, str] | None = Field(
+        default=None,
+        description="label -> the word the model answers (first tokens must differ); null: the labels themselves",
+    )
+    max_new_tokens: Int = Field(
+        default=8, ge=1, le=1024, description="tokens a free generation may add before the end-of-turn token"
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _template_has_text(cls, template: str) -> str:
+        try:
+            rendered = template.format(text="\0")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"not a template with only {{text}} in it ({exc!r})") from None
+        if "\0" not in rendered:
+            raise ValueError("the template must contain {text}")
+        return template
+
+
 class TokenizeParams(Section):
     max_length: Int = Field(ge=8, le=8192, description="tokens per model input; shorter texts are never padded on disk")
     truncation: Literal["head", "tail", "head+tail", "chunk"] = Field(
@@ -185,6 +214,9 @@ class TokenizeParams(Section):
             "token_classification: append a marker to each capitalised word (§ Title, ¶ ALL CAPS) so an uncased "
             "encoder still sees case"
         ),
+    )
+    prompt: PromptParams = Field(
+        default=PromptParams(), description="decoder tasks: the prompt template and the label words"
     )
 
     @model_validator(mode="after")
@@ -400,6 +432,15 @@ class BaselineParams(Section):
 Alpha = Annotated[float, Field(gt=0, lt=1)]
 
 
+class PromptingParams(Section):
+    """Decoder tasks: the untuned base model, prompted, as the baselines the fine-tuned one must beat."""
+
+    shots: list[Annotated[int, Strict(), Field(ge=0, le=64)]] = Field(
+        default=[0, 4], description="demonstrations from the train split before each test text (0: zero-shot)"
+    )
+    seed: Int = Field(default=0, ge=0, description="which demonstrations are drawn")
+
+
 class EvaluateParams(Section):
     registered_model_name: str = Field(
         min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="MLflow registered model; each run adds a version"
@@ -422,6 +463,9 @@ class EvaluateParams(Section):
             "refuse to register a model that is not significantly better than the baseline or never predicts a "
             "class of the test split"
         ),
+    )
+    prompting: PromptingParams = Field(
+        default=PromptingParams(), description="decoder tasks: zero- and few-shot baselines of the base model"
     )
 
 

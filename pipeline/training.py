@@ -26,7 +26,7 @@ from pipeline.modeling import (
     require_fits_positions,
     resolve_model,
 )
-from pipeline.params import FinetuneParams, Params
+from pipeline.params import FinetuneParams, Params, TokenizeParams
 from pipeline.tasks import Task, get_task
 
 
@@ -175,17 +175,19 @@ def build_trainer(
     eval_dataset: Any | None,
     callbacks: list[TrainerCallback] | None = None,
     params: FinetuneParams | None = None,
+    tokenize: TokenizeParams | None = None,
 ) -> Trainer:
     """The Trainer for `model` (already prepared by methods.prepare), with the task's collator and
-    validation metrics and the loss, optimizer groups and callbacks the `finetune` params ask for."""
+    validation metrics and the loss, optimizer groups and callbacks the `finetune` params ask for
+    (`tokenize`: what the task's validation metrics read of the outputs, for decoder tasks)."""
     threshold = params.threshold if params else 0.5
     callbacks = list(callbacks or [])
     if params is not None and params.method == "adalora":
         callbacks.append(AdaLoraBudget(model))
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        return task.validation_metrics(np.asarray(logits), np.asarray(prediction.label_ids), labels, threshold)
+        logits, label_ids = task.metric_arrays(prediction.predictions, prediction.label_ids)
+        return task.validation_metrics(logits, label_ids, labels, threshold)
 
     weights = class_weights(params.class_weights, train_dataset, task, len(labels)) if params else None
     return PipelineTrainer(
@@ -197,6 +199,7 @@ def build_trainer(
         # Dynamic padding: each batch is padded to its longest member, not to max_length.
         data_collator=task.collator(tokenizer),
         compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=task.metric_logits(tokenizer, labels, tokenize) if tokenize else None,
         compute_loss_func=loss_function(task, weights, params.label_smoothing if params else 0.0),
         callbacks=callbacks,
         head_learning_rate=params.head_learning_rate if params else None,
@@ -309,7 +312,16 @@ def prepare(params: Params, datasets: Any, labels: list[str], checkpoints: Path)
         else []
     )
     trainer = build_trainer(
-        model, tokenizer, task, labels, args, datasets["train"], datasets["validation"], stopping, params=finetune
+        model,
+        tokenizer,
+        task,
+        labels,
+        args,
+        datasets["train"],
+        datasets["validation"],
+        stopping,
+        params=finetune,
+        tokenize=params.tokenize,
     )
     trainer.add_callback(ChecksumCheckpoints())
     show_progress(trainer)
@@ -339,7 +351,7 @@ def fit(
     def validation_outputs() -> tuple[np.ndarray, np.ndarray]:
         if not cached:
             output = trainer.predict(trainer.eval_dataset)
-            cached.append((np.asarray(output.predictions), np.asarray(output.label_ids)))
+            cached.append(prepared.task.metric_arrays(output.predictions, output.label_ids))
         return cached[0]
 
     require_finite_weights(trainer.model, "finetune: the trained model")
@@ -373,7 +385,11 @@ def fit(
     card = ModelCard(
         task=params.task,
         labels=prepared.labels,
-        encoding=EncodingSpec(**params.tokenize.model_dump(), text_pair=params.ingest.text_pair),
+        encoding=EncodingSpec(
+            **params.tokenize.model_dump(exclude={"prompt"}),
+            text_pair=params.ingest.text_pair,
+            prompt=params.tokenize.prompt if prepared.task.reads_prompts else None,
+        ),
         thresholds=thresholds,
         temperature=temperature,
         method=params.finetune.method,

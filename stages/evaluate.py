@@ -29,6 +29,7 @@ from pipeline.evaluation import (
     under_predicted,
 )
 from pipeline.inference import Predictor
+from pipeline.modeling import resolve_model
 from pipeline.params import EvaluateParams, ExportParams, load_params
 from pipeline.runtimes import ONNX_FILES, TORCH, machine, read_export_card, timed_outcomes
 from pipeline.sources import tree_sha256
@@ -150,15 +151,15 @@ def main() -> None:
     task = get_task(card.task)
     test_file = paths.SPLIT / "test.parquet"
     test = data.read_table(test_file)
-    result = task.outcomes(Predictor(paths.MODEL), test, str(test_file))
+    # One timed pass over the test split per runtime; PyTorch's outcomes are the model's test results.
+    runtimes, result = compare_runtimes(task, test, str(test_file), params.export)
     true, pred = result.true, result.pred
-    metrics = task.test_metrics(true, pred, card.labels)
+    metrics = {**task.test_metrics(true, pred, card.labels), **result.measured}
     nonfinite = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
     if nonfinite:
         raise PipelineError(f"evaluate: test {', '.join(nonfinite)} not finite; the model is not registered")
-    base_true, base_pred = task.baseline_outcomes(
-        data.read_table(paths.SPLIT / "train.parquet"), test, card.labels, params.evaluate.baseline
-    )
+    train = data.read_table(paths.SPLIT / "train.parquet")
+    base_true, base_pred = task.baseline_outcomes(train, test, card.labels, params.evaluate.baseline)
     baseline = task.test_metrics(base_true, base_pred, card.labels)
 
     # Intervals and the comparison with the baseline resample the same test examples (seeded).
@@ -198,8 +199,13 @@ def main() -> None:
             + "".join(f"; {flag}" for flag in metrics["flags"])
         )
 
+    # Decoders: the untuned base model prompted zero- and few-shot, the baselines fine-tuning must beat.
+    prompting = task.prompting_baselines(
+        lambda: resolve_model(params.model), card, train, test, params.evaluate.prompting
+    )
+    if prompting:
+        metrics["prompting"] = prompting
     headline = task.headline_metric
-    runtimes = compare_runtimes(task, test, str(test_file), metrics[headline], params.export)
 
     tracking.configure(params.mlflow.experiment_name)
     with atomic_dir(paths.EVAL) as out:
@@ -215,6 +221,12 @@ def main() -> None:
                 | {f"test_{k}_ci95_low": v[0] for k, v in metrics["ci95"].items()}
                 | {f"test_{k}_ci95_high": v[1] for k, v in metrics["ci95"].items()}
                 | {f"baseline_{k}": v for k, v in baseline.items() if isinstance(v, float)}
+                | {
+                    f"prompting_{name.replace('-', '_')}_{k}": v
+                    for name, row in prompting.items()
+                    for k, v in row.items()
+                    if isinstance(v, (int, float))
+                }
             )
             mlflow.log_dict(metrics, "evaluation/test_metrics.json")
             mlflow.log_dict(runtimes, "evaluation/runtimes.json")
@@ -245,14 +257,15 @@ def main() -> None:
         print(f"evaluate: warning: {flag}")
 
 
-def compare_runtimes(task: Task, test: pd.DataFrame, source: str, eager_value: float, export: ExportParams) -> dict:
+def compare_runtimes(task: Task, test: pd.DataFrame, source: str, export: ExportParams) -> tuple[dict, Outcomes]:
     """Each runtime on the test split, measured side by side in this run: its headline metric and change
     from PyTorch, samples/s at batch 32, single-text p50/p95 latency, weights on disk; and the runtime that
-    serves (`export.serve`; auto: int8 unless it costs more than `export.max_int8_drop`, then fp32 ONNX)."""
+    serves (`export.serve`; auto: int8 unless it costs more than `export.max_int8_drop`, then fp32 ONNX).
+    Returns them with PyTorch's outcomes."""
     exported = read_export_card(paths.ONNX)
     if exported["model_sha256"] != tree_sha256(paths.MODEL):
         raise PipelineError(f"{paths.ONNX}: exported from another model than {paths.MODEL} (run: dvc repro export)")
-    headline, rows = task.headline_metric, {}
+    headline, rows, outcomes = task.headline_metric, {}, {}
     for runtime in (TORCH, *exported["runtimes"]):
         predictor = Predictor(paths.MODEL, batch_size=32, runtime=runtime, export_dir=paths.ONNX)
         result, timing = timed_outcomes(predictor, test, source)
@@ -264,7 +277,8 @@ def compare_runtimes(task: Task, test: pd.DataFrame, source: str, eager_value: f
             if runtime == TORCH
             else (paths.ONNX / ONNX_FILES[runtime]).stat().st_size
         )
-        rows[runtime] = {headline: value, "difference": value - eager_value, **timing}
+        outcomes[runtime] = result
+        rows[runtime] = {headline: value, "difference": value - rows.get(TORCH, {headline: value})[headline], **timing}
         rows[runtime]["megabytes"] = round(weights / 1e6, 1)
     for row in rows.values():
         row["speedup"] = round(row["samples_per_second"] / rows[TORCH]["samples_per_second"], 2)
@@ -276,7 +290,7 @@ def compare_runtimes(task: Task, test: pd.DataFrame, source: str, eager_value: f
         served = export.serve
     else:
         raise PipelineError(f"export.serve: {export.serve} was not exported ({exported.get('skipped', '')})")
-    return {"metric": headline, "served": served, "runtimes": rows, "machine": machine()}
+    return {"metric": headline, "served": served, "runtimes": rows, "machine": machine()}, outcomes[TORCH]
 
 
 def calibration_and_curves(task: Task, result: Outcomes, card: ModelCard, metrics: dict) -> dict[str, dict]:

@@ -40,6 +40,8 @@ def main() -> None:
     record: dict = {"model_sha256": tree_sha256(paths.MODEL), "opset": params.export.opset, "runtimes": {}}
     with atomic_dir(paths.ONNX) as out:
         try:
+            if reference.task.not_exportable:
+                raise PipelineError(reference.task.not_exportable)
             model = exportable(methods.load(paths.MODEL, reference.task.auto_model_class()))
         except PipelineError as exc:
             record["skipped"] = str(exc)

@@ -185,6 +185,42 @@ def evaluation_sections(metrics: dict, errors: pd.DataFrame, errors_note: str, p
     return sections
 
 
+def prompting_section(metrics: dict, model_card: ModelCard, averages: tuple[str, ...]) -> list[str]:
+    """Decoder tasks: the fine-tuned model beside its base model prompted zero- and few-shot, with cost."""
+    if "prompting" not in metrics:
+        return []
+    stats = model_card.training
+    fine_tuned = [
+        "fine-tuned",
+        *[metrics[k] for k in averages],
+        metrics.get("not_a_label_share", "-"),
+        f"{stats.train_seconds:.0f} s training" if stats else "-",
+        f"{metrics.get('generated_tokens_per_second', 0):.1f}",
+        f"{stats.peak_rss_mib:.0f}" if stats else "-",
+    ]
+    rows = [
+        [
+            name,
+            *[row[k] for k in averages],
+            row["not_a_label_share"],
+            f"{row['seconds']:.0f} s, prompts of {row['mean_prompt_tokens']:.0f} tokens",
+            f"{row['generated_tokens_per_second']:.1f}",
+            f"{row['peak_rss_mib']:.0f}",
+        ]
+        for name, row in metrics["prompting"].items()
+    ]
+    return [
+        "### Zero- and few-shot prompting of the base model",
+        _table(
+            ["model", *averages, "free generations not a label", "cost", "generated tokens/s", "peak RSS MiB"],
+            [fine_tuned, *rows],
+        ),
+        "Same test split and prompt template; labels read by scoring the label words after the prompt, and a free "
+        "greedy generation of each text checked for being a label word at all. Few-shot demonstrations come from the "
+        "train split, balanced over labels (`evaluate.prompting`); peak RSS of prompting is the evaluate process's.",
+    ]
+
+
 def runtime_section(compared: dict) -> list[str]:
     """PyTorch and the ONNX Runtime graphs side by side (evaluate measured them in one run)."""
     metric, machine = compared["metric"], compared["machine"]
@@ -572,6 +608,7 @@ def main() -> None:
                     paths.EVAL / "plots",
                     figures,
                 )
+                + prompting_section(model, model_card, task.summary_metrics)
                 + runtime_section(data.read_json(paths.EVAL / "runtimes.json")),
                 benchmark_sections(paths.BENCHMARKS, figures),
             ),

@@ -95,6 +95,75 @@ def build_tiny_model(folder: Path) -> Path:
     return folder
 
 
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_llama(folder: Path, end_first: bool = False) -> Path:
+    """A 2-layer, 32-wide Llama with random weights and a word-level fast tokenizer with a ChatML chat
+    template (<|im_end|> ends a turn, as in SmolLM2). `end_first`: the end-of-turn token gets id 0."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = (
+        ["<|im_end|>", "<pad>", "<unk>", "<|im_start|>"]
+        if end_first
+        else ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    )
+    words = sorted(set(POSITIVE + NEGATIVE + FILLER)) + [
+        "user",
+        "assistant",
+        "system",
+        "review",
+        "sentiment",
+        "positive",
+        "negative",
+        "good",
+        "bad",
+        ":",
+        "?",
+        ".",
+    ]
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>"],
+        chat_template=CHAT_TEMPLATE,
+    )
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=vocab["<|im_end|>"],
+        pad_token_id=vocab["<pad>"],
+        bos_token_id=None,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
 @pytest.fixture(autouse=True)
 def _restore_environment() -> Iterator[None]:
     """mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI for subprocesses; keep that inside one test."""

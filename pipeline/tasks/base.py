@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -26,7 +27,15 @@ import pandas as pd
 import torch
 
 if TYPE_CHECKING:
-    from pipeline.params import BaselineParams, FinetuneParams, IngestParams, Params, TokenizeParams
+    from pipeline.card import ModelCard
+    from pipeline.params import (
+        BaselineParams,
+        FinetuneParams,
+        IngestParams,
+        Params,
+        PromptingParams,
+        TokenizeParams,
+    )
 
 IGNORE_INDEX = -100  # positions the loss and the metrics skip (transformers' convention)
 
@@ -39,6 +48,7 @@ class Outcomes:
     pred: list[Any]
     logits: np.ndarray | None = None  # (examples, labels), raw; tasks that score whole examples only
     targets: np.ndarray | None = None  # (examples, labels) indicator of the true labels, beside logits
+    measured: dict[str, float] = field(default_factory=dict)  # what else the task measured on the way (test metrics)
 
 
 class Task(ABC):
@@ -55,6 +65,8 @@ class Task(ABC):
     example_unit: ClassVar[str]  # what one test example is ("texts", "sentences"): what intervals resample
     confusion_none: ClassVar[str | None] = None  # the confusion axis' entry for "nothing there", if the task has one
     error_examples_note: ClassVar[str] = ""  # what the rows of `error_examples` are, for the report
+    reads_prompts: ClassVar[bool] = False  # a decoder task: the model card keeps `tokenize.prompt`
+    not_exportable: ClassVar[str | None] = None  # why the export stage cannot make ONNX graphs of this task's models
 
     # ---- params: called when params.yaml is validated --------------------------------------------------
     def check_params(self, params: Params) -> None:  # noqa: B027 (a hook: most tasks accept every combination)
@@ -97,9 +109,31 @@ class Task(ABC):
     def auto_model_class(self) -> Any:
         """The transformers Auto class of the model with this task's head."""
 
+    def head_config(self, labels: list[str]) -> dict[str, Any]:
+        """Config overrides that give the pretrained model this task's head for `labels`."""
+        return dict(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            problem_type=self.problem_type,
+        )
+
     @abstractmethod
     def collator(self, tokenizer: Any) -> Any:
         """Pads a batch to its longest member (labels included where they are sequences)."""
+
+    def metric_logits(
+        self, tokenizer: Any, labels: list[str], params: TokenizeParams
+    ) -> Callable[[torch.Tensor, torch.Tensor], Any] | None:
+        """The Trainer's `preprocess_logits_for_metrics`: what of each evaluation batch's outputs is kept for
+        the validation metrics; None keeps the logits as they are."""
+        return None
+
+    def metric_arrays(self, predictions: Any, label_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, label ids) of an evaluation or prediction pass of the Trainer, as validation_metrics,
+        fit_temperature and decision_thresholds read them."""
+        logits = predictions[0] if isinstance(predictions, tuple) else predictions
+        return np.asarray(logits), np.asarray(label_ids)
 
     @abstractmethod
     def validation_metrics(
@@ -182,6 +216,19 @@ class Task(ABC):
     ) -> tuple[list[Any], list[Any]]:
         """(true, predicted) on the test split of a classical model fitted on the train split
         (`baseline_name`): the reference a fine-tuned model must beat."""
+
+    def prompting_baselines(
+        self,
+        pretrained: Callable[[], Path],
+        card: ModelCard,
+        train: pd.DataFrame,
+        test: pd.DataFrame,
+        params: PromptingParams,
+    ) -> dict[str, dict[str, Any]]:
+        """Decoder tasks: the untuned pretrained model (`pretrained()` resolves its folder) prompted
+        zero-shot and few-shot on the test split, each with its summary metrics and cost; none for encoders
+        (their head starts random)."""
+        return {}
 
     def confusion_axis(self, classes: list[str]) -> list[str]:
         """The rows and columns of the confusion matrix the report draws."""

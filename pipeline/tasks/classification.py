@@ -134,14 +134,18 @@ class TextClassification(Task):
     ) -> pd.DataFrame:
         """One row per text from its logits."""
 
+    def example_logits(self, predictor: Any, texts: list[str], pairs: list[str] | None) -> np.ndarray:
+        """One row of label logits per text (and pair): the classification head's outputs."""
+        return predictor.logits(texts, pairs)
+
     def predict(self, predictor: Any, texts: list[str], pairs: list[str] | None = None) -> pd.DataFrame:
         # The card's temperature calibrates the scores (finetune.temperature_scaling); labels do not change.
-        logits = predictor.logits(texts, pairs) / predictor.card.temperature
+        logits = self.example_logits(predictor, texts, pairs) / predictor.card.temperature
         return self.predict_frame(logits, predictor.labels, predictor.card.thresholds)
 
     def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> Outcomes:
         true = self.checked_truth(table, predictor.labels, source)
-        logits = predictor.logits(table[data.TEXT].tolist(), data.text_pairs(table))
+        logits = self.example_logits(predictor, table[data.TEXT].tolist(), data.text_pairs(table))
         frame = self.predict_frame(logits / predictor.card.temperature, predictor.labels, predictor.card.thresholds)
         targets = np.asarray(self.label_targets(table, predictor.labels))
         return Outcomes(true, self.decoded(frame), logits, targets)

@@ -1,0 +1,233 @@
+"""A decoder LM through the same DAG (task generative_classification): the sentiment fixture cast as
+generation with a prompt template and label words, on a tiny random Llama with a chat template.
+
+Specified here: the loss falls on the answer's tokens only; few-shot prompts never show a text its own
+answer; label words are scored the same whatever the padding; generation stops at the end-of-turn token
+and left padding changes no output; and the stages train, score, compare with zero- and few-shot prompting
+of the base model, register and serve it."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import build_tiny_llama
+from helpers import expect_user_error, free_port, running_server, serve_command, set_params, venv_env
+from pipeline import data, paths, prompting, tracking
+from pipeline.inference import Predictor
+from pipeline.params import PromptParams, TokenizeParams
+from pipeline.tasks import IGNORE_INDEX, get_task
+from stages import evaluate, export, finetune, ingest, report, split, tokenize
+
+TASK = get_task("generative_classification")
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+PROMPT = {"template": "review : {text} sentiment ?", "label_words": {"negative": "bad", "positive": "good"}}
+
+
+def table(texts: list[str], labels: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({data.TEXT: texts, data.LABEL: pd.Categorical(labels, categories=["negative", "positive"])})
+
+
+def test_the_loss_falls_on_the_answer_and_its_end_token_only(tiny_llama: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    params = TokenizeParams(max_length=64, prompt=PromptParams(**PROMPT))
+    encoded = TASK.encode(
+        table(["a great film", "the plot was dull"], ["positive", "negative"]),
+        ["negative", "positive"],
+        tokenizer,
+        params,
+    )
+    for row, word in zip(encoded, ["good", "bad"]):
+        answer = tokenizer(word, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        prompt = row["input_ids"][: -len(answer)]
+        assert row["input_ids"][-len(answer) :] == answer
+        assert row["labels"] == [IGNORE_INDEX] * len(prompt) + answer  # nothing of the prompt is learnt
+        assert tokenizer.decode(prompt).endswith("<|im_start|> assistant")  # the chat template's answer slot
+
+
+def test_a_long_text_is_cut_inside_the_template_which_is_kept_whole(tiny_llama: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    params = TokenizeParams(max_length=24, prompt=PromptParams(**PROMPT))
+    encoded = TASK.encode(table(["the film " * 30], ["positive"]), ["negative", "positive"], tokenizer, params)
+    assert encoded[0]["length"] <= 24 and encoded[0]["cut"]
+    assert "sentiment ?" in tokenizer.decode(encoded[0]["input_ids"])  # the instruction survives the cut
+    assert TASK.truncated(encoded, None, 24) == 1
+
+
+def test_label_words_whose_first_tokens_clash_are_refused_naming_the_key(tiny_llama: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    with pytest.raises(Exception, match="tokenize.prompt.label_words"):
+        prompting.first_tokens(tokenizer, ["good", "good film"])
+
+
+def test_few_shot_demonstrations_are_balanced_seeded_and_never_the_text_itself() -> None:
+    pool = [f"text {i}" for i in range(20)]
+    answers = ["good" if i % 2 else "bad" for i in range(20)]
+    asked = ["text 3", "text 4", "unseen"]  # two texts of the pool asked themselves (a split overlap)
+    shown = prompting.demonstrations_for(asked, pool, answers, k=4, seed=0)
+    for text, examples in zip(asked, shown):
+        assert len(examples) == 4
+        assert text not in [d.text for d in examples]  # no text sees itself solved
+        assert sorted(d.answer for d in examples) == ["bad", "bad", "good", "good"]
+        assert all(answers[pool.index(d.text)] == d.answer for d in examples)
+    assert shown == prompting.demonstrations_for(asked, pool, answers, k=4, seed=0)
+    assert shown != prompting.demonstrations_for(asked, pool, answers, k=4, seed=1)
+    assert prompting.demonstrations_for(asked, pool, answers, k=0, seed=0) == [[], [], []]
+
+
+def test_label_word_scores_are_the_same_whatever_the_batch_and_padding(tiny_llama: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    spec = PromptParams(**PROMPT)
+    texts = ["great", "the film was very dull and boring and the cast was bland", "a moving story"]
+    prompts, _ = prompting.prompt_ids(tokenizer, spec, texts, 64, 2)
+    words = prompting.first_tokens(tokenizer, ["bad", "good"])
+    batched = prompting.next_token_scores(model, tokenizer, prompts, words, batch_size=3)
+    alone = prompting.next_token_scores(model, tokenizer, prompts, words, batch_size=1)
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    with torch.inference_mode():  # the definition: log-softmax of the next-token logits after the prompt
+        direct = torch.log_softmax(model(torch.tensor([prompts[1]])).logits[0, -1], dim=-1)[words]
+    np.testing.assert_allclose(batched[1], direct.numpy(), atol=1e-5)
+
+
+def test_generation_with_left_padding_matches_one_prompt_at_a_time(tiny_llama: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    prompts, _ = prompting.prompt_ids(
+        tokenizer, PromptParams(**PROMPT), ["great", "the plot was dull and the cast was bland", "a"], 64, 2
+    )
+    batched, produced = prompting.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=3)
+    alone, _ = prompting.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=1)
+    assert batched == alone
+    assert produced <= 3 * 4
+
+
+def test_generation_stops_at_the_end_of_turn_token(tmp_path: Path) -> None:
+    """A model whose every next token is the end of the turn (all logits equal, the end token has id 0)
+    answers nothing and stops after one step, however many tokens it may add."""
+    folder = build_tiny_llama(tmp_path / "ends", end_first=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        model.model.norm.weight.zero_()  # hidden states 0: every logit 0, argmax is token 0
+    prompts, _ = prompting.prompt_ids(tokenizer, PromptParams(**PROMPT), ["great", "a dull plot"], 64, 2)
+    texts, produced = prompting.generate(model, tokenizer, prompts, max_new_tokens=50, batch_size=2)
+    assert texts == ["", ""] and produced == 2
+
+
+def test_validation_keeps_the_label_words_scores_where_the_answer_starts(tiny_llama: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    params = TokenizeParams(max_length=64, prompt=PromptParams(**PROMPT))
+    keep = TASK.metric_logits(tokenizer, ["negative", "positive"], params)
+    good, bad = prompting.first_tokens(tokenizer, ["good", "bad"])
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, good, 3], [IGNORE_INDEX, bad, 3, IGNORE_INDEX]])
+    logits = torch.zeros(2, 4, tokenizer.vocab_size if hasattr(tokenizer, "vocab_size") else 60)
+    logits[0, 1, good] = 5.0  # row 0's answer starts at position 2: read at position 1
+    logits[1, 0, bad] = 5.0
+    scores, gold = keep(logits, labels)
+    assert gold.tolist() == [1, 0]  # positive, negative
+    assert scores.argmax(dim=1).tolist() == [1, 0]
+
+
+@pytest.fixture
+def decoder_project(project: Path, tiny_llama: Path) -> Path:
+    set_params(
+        project,
+        {
+            "task": "generative_classification",
+            "model.source": str(tiny_llama),
+            "tokenize.max_length": 48,
+            "tokenize.prompt": PROMPT,
+            "finetune.learning_rate": 3e-3,
+            "finetune.num_train_epochs": 12,
+            "finetune.early_stopping_patience": None,
+            "evaluate.prompting": {"shots": [0, 2], "seed": 0},
+        },
+    )
+    return project
+
+
+def test_a_decoder_is_fine_tuned_scored_against_prompting_registered_and_served(decoder_project: Path) -> None:
+    for stage in (ingest, split, tokenize, finetune, export):
+        stage.main()
+    assert "skipped" in json.loads((paths.ONNX / "export.json").read_text())  # PyTorch serves decoders
+    evaluate.main()
+    report.main()
+    metrics = json.loads((paths.EVAL / "metrics.json").read_text())
+    assert set(metrics["prompting"]) == {"zero-shot", "2-shot"}
+    for name, row in metrics["prompting"].items():
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["not_a_label_share"] <= 1, name
+    zero, two = metrics["prompting"]["zero-shot"], metrics["prompting"]["2-shot"]
+    assert two["mean_prompt_tokens"] > zero["mean_prompt_tokens"]
+    # The random tiny model knows nothing: only fine-tuning teaches it to answer the label words.
+    assert metrics["accuracy"] >= 0.8, metrics["accuracy"]
+    assert metrics["accuracy"] > metrics["prompting"]["zero-shot"]["accuracy"]
+    assert 0 <= metrics["not_a_label_share"] <= 1 and metrics["generated_tokens_per_second"] > 0
+    assert json.loads((paths.MODEL / "training.json").read_text())["encoding"]["prompt"]["label_words"] == {
+        "negative": "bad",
+        "positive": "good",
+    }
+    assert "Zero- and few-shot" in Path("reports/report.md").read_text()
+
+    predicted = Predictor(paths.MODEL).predict(["a great and moving film", "a dull and awful plot " + "the " * 60])
+    assert predicted["label"].tolist() == ["positive", "negative"]
+    assert predicted["cut"].tolist() == [False, True]  # the answer says when it read only the text's start
+    tracking.configure("sentiment-finetune")
+    loaded = mlflow.pyfunc.load_model("models:/sentiment-classifier@challenger")
+    assert loaded.predict(["a great and moving film"])["label"].tolist() == ["positive"]
+
+    # Served over REST by `mlflow models serve`: the local answers, and a 400 naming an empty text.
+    port = free_port()
+    env = venv_env(MLFLOW_TRACKING_URI=tracking.tracking_uri())
+    with running_server(
+        serve_command("models:/sentiment-classifier@challenger", port),
+        f"http://127.0.0.1:{port}/ping",
+        env,
+        decoder_project / "serve.log",
+    ):
+        url = f"http://127.0.0.1:{port}/invocations"
+        status, body = post(url, json.dumps({"inputs": ["a great and moving film", "a dull and awful plot"]}).encode())
+        assert status == 200, body
+        assert [row["label"] for row in body["predictions"]] == ["positive", "negative"]
+        status, body = post(url, json.dumps({"inputs": ["a great film", "  "]}).encode())
+        assert status == 400 and "empty" in body["message"], body
+
+
+def test_decoder_params_that_do_not_apply_are_refused_naming_the_key(
+    decoder_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    set_params(decoder_project, {"finetune.label_smoothing": 0.1})
+    assert "finetune.label_smoothing" in expect_user_error(ingest.main, capsys)
+    set_params(decoder_project, {"finetune.label_smoothing": 0.0, "tokenize.prompt.template": "no slot for the text"})
+    assert "tokenize.prompt.template" in expect_user_error(ingest.main, capsys)
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix"])  # merged into the weights; fed to every layer
+def test_peft_methods_train_save_and_load_a_decoder(decoder_project: Path, method: str) -> None:
+    set_params(decoder_project, {"finetune.method": method, "finetune.max_steps": 4, "finetune.eval_steps": 4})
+    for stage in (ingest, split, tokenize, finetune):
+        stage.main()
+    card = json.loads((paths.MODEL / "training.json").read_text())
+    assert card["training"]["trainable_params"] < card["training"]["total_params"]
+    predicted = Predictor(paths.MODEL).predict(["a great film", "a dull plot"])
+    assert set(predicted["label"]) <= {"negative", "positive"}
+    assert predicted["score"].between(0.5, 1).all()
