@@ -74,7 +74,7 @@ class TrainingStats(Record):
 class ModelCard(Record):
     schema_version: int = SCHEMA_VERSION
     task: str
-    labels: list[str] = Field(min_length=1)
+    labels: list[str] = Field(default_factory=list)  # output labels in id order; none for text generation
     encoding: EncodingSpec
     thresholds: list[float] | None = None  # per-label decision thresholds (multi-label)
     temperature: float = Field(default=1.0, gt=0)  # logits are divided by it before softmax/sigmoid (calibration)

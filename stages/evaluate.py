@@ -179,7 +179,7 @@ def main() -> None:
         "beats_baseline": versus.difference > 0 and versus.significant(params.evaluate.alpha),
         "verdict": beats_baseline_line(task.baseline_name, versus, params.evaluate.alpha),
     }
-    metrics["flags"] = under_predicted(pairs, list(metrics["per_class"]))
+    metrics["flags"] = under_predicted(pairs, list(metrics.get("per_class", {})))
     curve_tables = calibration_and_curves(task, result, card, metrics)
     texts = data.raw_texts(test)
     calibrated = task.probabilities(result.logits / card.temperature) if result.logits is not None else None

@@ -202,7 +202,7 @@ def prompting_section(metrics: dict, model_card: ModelCard, averages: tuple[str,
         [
             name,
             *[row[k] for k in averages],
-            row["not_a_label_share"],
+            row.get("not_a_label_share", "-"),
             f"{row['seconds']:.0f} s, prompts of {row['mean_prompt_tokens']:.0f} tokens",
             f"{row['generated_tokens_per_second']:.1f}",
             f"{row['peak_rss_mib']:.0f}",
@@ -504,6 +504,29 @@ def render(
         f"**Verdict:** {versus['verdict']} (95 % interval of the difference, paired bootstrap over the test examples)."
     )
     flags = "".join(f"\n- Warning: {flag}." for flag in model.get("flags", []))
+    per_class = (  # classes, or entity types; free text has none
+        [
+            "### Per class",
+            _table(
+                ["class", "precision", "recall", "F1", "F1 (baseline)", "support"],
+                [
+                    [
+                        c,
+                        model["per_class"][c]["precision"],
+                        model["per_class"][c]["recall"],
+                        model["per_class"][c]["f1"],
+                        baseline["per_class"][c]["f1"],
+                        model["per_class"][c]["support"],
+                    ]
+                    for c in classes
+                ],
+            ),
+            "![per-class F1](figures/per_class_f1.png)",
+            "![confusion matrix](figures/confusion_matrix.png)",
+        ]
+        if classes
+        else []
+    )
     sections = [
         f"# {title}",
         verdict + flags,
@@ -539,23 +562,7 @@ def render(
         ),
         "### Against the champion",
         champion,
-        "### Per class",
-        _table(
-            ["class", "precision", "recall", "F1", "F1 (baseline)", "support"],
-            [
-                [
-                    c,
-                    model["per_class"][c]["precision"],
-                    model["per_class"][c]["recall"],
-                    model["per_class"][c]["f1"],
-                    baseline["per_class"][c]["f1"],
-                    model["per_class"][c]["support"],
-                ]
-                for c in classes
-            ],
-        ),
-        "![per-class F1](figures/per_class_f1.png)",
-        "![confusion matrix](figures/confusion_matrix.png)",
+        *per_class,
         *evaluation,
         "## Training",
         f"{stats.global_step} optimizer steps in {stats.train_seconds} s "
@@ -576,16 +583,17 @@ def main() -> None:
     model = data.read_json(paths.EVAL / "metrics.json")
     registered = data.read_json(paths.EVAL / "registry.json")
     task = get_task(model_card.task)
-    classes = list(model["per_class"])  # labels, or entity types for token tasks
+    classes = list(model.get("per_class", {}))  # labels, or entity types for token tasks; none for free text
     baseline = data.read_json(paths.EVAL / "baseline.json")
     stopping_metric = model_card.training.best_metric_name if model_card.training else "loss"
     with atomic_dir(paths.FIGURES) as figures, atomic_file(paths.REPORT) as report:
         plot_learning_curves(paths.TRAIN_LOGS, stopping_metric, figures / "learning_curves.png")
-        confusion = pd.read_csv(paths.EVAL / "confusion.csv")
-        axis = task.confusion_axis(classes)
-        matrix = confusion_matrix(confusion["actual"], confusion["predicted"], labels=axis)
-        plot_confusion(matrix.tolist(), axis, "Fine-tuned model, test split", figures / "confusion_matrix.png")
-        plot_per_class(model, baseline, classes, figures / "per_class_f1.png")
+        if classes:
+            confusion = pd.read_csv(paths.EVAL / "confusion.csv")
+            axis = task.confusion_axis(classes)
+            matrix = confusion_matrix(confusion["actual"], confusion["predicted"], labels=axis)
+            plot_confusion(matrix.tolist(), axis, "Fine-tuned model, test split", figures / "confusion_matrix.png")
+            plot_per_class(model, baseline, classes, figures / "per_class_f1.png")
         champion = champion_section(registered, model, params.promote, task.summary_metrics)
         report.write_text(
             render(

@@ -20,7 +20,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import build_tiny_llama
+from conftest import build_tiny_llama, sentiment_rows
 from helpers import expect_user_error, free_port, running_server, serve_command, set_params, venv_env
 from pipeline import data, paths, prompting, tracking
 from pipeline.inference import Predictor
@@ -231,3 +231,80 @@ def test_peft_methods_train_save_and_load_a_decoder(decoder_project: Path, metho
     predicted = Predictor(paths.MODEL).predict(["a great film", "a dull plot"])
     assert set(predicted["label"]) <= {"negative", "positive"}
     assert predicted["score"].between(0.5, 1).all()
+
+
+# ---- free text (task text_generation) ----------------------------------------------------------------
+
+
+def write_responses(path: Path, n: int = 120) -> Path:
+    """JSON Lines of (review, summary): the summary says "good film" or "bad film" as the review's words do."""
+    lines = [
+        json.dumps({"review": text, "summary": "good film" if rating > 0 else "bad film"})
+        for rating, text in sentiment_rows(n)
+    ]
+    lines += [json.dumps({"review": "", "summary": "good film"}), json.dumps({"review": "a film", "summary": None})]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_responses_are_scored_by_rouge_l_chrf_and_exact_match() -> None:
+    task = get_task("text_generation")
+    scores = task.summary_scores(["a good film", "a bad film"], ["A good  film", "the plot"], [])
+    assert scores["exact_match"] == 0.5  # case and spacing aside
+    assert scores["rouge_l"] == pytest.approx(0.5)  # 1.0 and 0.0
+    assert 0 < scores["chrf"] < 1
+    true, lead = task.baseline_outcomes(
+        table(["x", "y"], ["positive", "positive"]).assign(label=["two words", "three more words"]),
+        pd.DataFrame({data.TEXT: ["one two three four"], data.LABEL: ["one two"]}),
+        [],
+        None,
+    )
+    assert lead == ["one two"]  # the lead: as many first words as a median train response (2)
+
+
+def test_a_response_longer_than_max_new_tokens_is_cut_for_training(tiny_llama: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    params = TokenizeParams(max_length=64, prompt=PromptParams(template="{text}", max_new_tokens=2))
+    frame = pd.DataFrame({data.TEXT: ["a great film"], data.LABEL: ["good film and story"]})
+    encoded = get_task("text_generation").encode(frame, [], tokenizer, params)
+    learnt = [t for t in encoded[0]["labels"] if t != IGNORE_INDEX]
+    assert learnt == tokenizer("good film", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def test_free_text_is_fine_tuned_and_compared_with_the_lead_and_prompting(project: Path, tiny_llama: Path) -> None:
+    source = write_responses(project.parent / "responses.jsonl")
+    set_params(
+        project,
+        {
+            "task": "text_generation",
+            "ingest.source": str(source),
+            "ingest.format": "jsonl",
+            "ingest.text_column": "review",
+            "ingest.label_column": "summary",
+            "ingest.score_to_label": None,
+            "ingest.column_names": None,
+            "model.source": str(tiny_llama),
+            "tokenize.max_length": 48,
+            "tokenize.prompt": {"template": "review : {text}", "max_new_tokens": 4},
+            "finetune.learning_rate": 3e-3,
+            "finetune.num_train_epochs": 12,
+            "finetune.early_stopping_patience": None,
+            "finetune.metric_for_best_model": "loss",
+            "evaluate.prompting": {"shots": [0, 2], "seed": 0},
+            "promote.metric": "rouge_l",
+        },
+    )
+    for stage in (ingest, split, tokenize, finetune, export, evaluate, report):
+        stage.main()
+    dropped = json.loads((paths.INGESTED / "card.json").read_text())["dropped"]
+    assert dropped == {"no_text": 1, "no_response": 1, "duplicate": 0}  # nothing to learn from: counted, not fatal
+    metrics = json.loads((paths.EVAL / "metrics.json").read_text())
+    baseline = json.loads((paths.EVAL / "baseline.json").read_text())
+    assert metrics["exact_match"] >= 0.8, metrics  # "good film" / "bad film", learnt from the review's words
+    assert metrics["rouge_l"] > baseline["rouge_l"]  # beats the lead
+    assert metrics["rouge_l"] > metrics["prompting"]["zero-shot"]["rouge_l"]  # and the untuned model
+    assert set(metrics["ci95"]) == {"rouge_l", "chrf", "exact_match"}
+    predicted = Predictor(paths.MODEL).predict(["a great and moving film"])
+    assert predicted["generated"].tolist() == ["good film"] and not predicted["cut"].iloc[0]
+    text = Path("reports/report.md").read_text()
+    assert "| best |" in text and "| worst |" in text and "Zero- and few-shot" in text

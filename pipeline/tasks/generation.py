@@ -18,6 +18,7 @@ the decoder routes compare on the same test split; what changes:
 
 from __future__ import annotations
 
+import functools
 import resource
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from pipeline import data
 from pipeline.prompting import (
     answer_ids,
     demonstrations_for,
+    end_of_turn,
     first_tokens,
     generate,
     label_words,
@@ -40,12 +42,12 @@ from pipeline.prompting import (
     prompt_ids,
     training_example,
 )
-from pipeline.tasks.base import IGNORE_INDEX, Outcomes, register
+from pipeline.tasks.base import IGNORE_INDEX, Outcomes, Task, register
 from pipeline.tasks.classification import SingleLabelClassification
 
 if TYPE_CHECKING:
     from pipeline.card import EncodingSpec, ModelCard
-    from pipeline.params import Params, PromptingParams, PromptParams, TokenizeParams
+    from pipeline.params import BaselineParams, IngestParams, Params, PromptingParams, PromptParams, TokenizeParams
 
 
 def answer_room(tokenizer: Any, words: list[str]) -> int:
@@ -53,14 +55,10 @@ def answer_room(tokenizer: Any, words: list[str]) -> int:
     return max(len(answer_ids(tokenizer, word)) for word in words)
 
 
-@register
-class GenerativeClassification(SingleLabelClassification):
-    """One label per text, answered in words by a decoder LM and read off the label words' scores."""
+class Decoder:
+    """What every decoder task shares: a causal LM whose vocabulary is the head, prompted through the chat
+    template, trained on the answer's tokens. Listed first among a task's bases."""
 
-    name: ClassVar[str] = "generative_classification"
-    description: ClassVar[str] = (
-        "a decoder LM answers each text (tokenize.prompt.template) with its label's word; one label per text"
-    )
     peft_task_type: ClassVar[str] = "CAUSAL_LM"
     reads_prompts: ClassVar[bool] = True
     not_exportable: ClassVar[str | None] = (
@@ -68,16 +66,56 @@ class GenerativeClassification(SingleLabelClassification):
     )
 
     def check_params(self, params: Params) -> None:
-        super().check_params(params)
+        super().check_params(params)  # type: ignore[misc]
+        name = params.task
+        if params.ingest.format == "conll":
+            raise ValueError(f"ingest.format: task {name} needs a text format, not conll")
+        if params.tokenize.context != "none" or params.tokenize.mark_case:
+            key = "context" if params.tokenize.context != "none" else "mark_case"
+            raise ValueError(f"tokenize.{key}: for token_classification (task is {name})")
         if params.ingest.text_pair:
-            raise ValueError(f"ingest.text_column: task {self.name} reads one text per prompt, not pairs")
+            raise ValueError(f"ingest.text_column: task {name} reads one text per prompt, not pairs")
         if params.tokenize.truncation != "head":
-            raise ValueError(f"tokenize.truncation: task {self.name} cuts the text's end only (head)")
+            raise ValueError(f"tokenize.truncation: task {name} cuts the text's end only (head)")
         if params.finetune.class_weights is not None or params.finetune.label_smoothing:
             key = "class_weights" if params.finetune.class_weights is not None else "label_smoothing"
-            raise ValueError(f"finetune.{key}: not available for {self.name} (the loss is the answer's tokens)")
+            raise ValueError(f"finetune.{key}: not available for {name} (the loss is the answer's tokens)")
         if params.finetune.head_learning_rate is not None:
-            raise ValueError(f"finetune.head_learning_rate: a decoder has no new head ({self.name})")
+            raise ValueError(f"finetune.head_learning_rate: a decoder has no new head ({name})")
+
+    def head_config(self, labels: list[str]) -> dict[str, Any]:
+        return {}  # the vocabulary is the head: answers are words, not new outputs
+
+    def auto_model_class(self) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+
+    def collator(self, tokenizer: Any) -> Any:
+        from transformers import DataCollatorForSeq2Seq
+
+        # Pads inputs with the pad token and labels with IGNORE_INDEX, each batch to its longest member.
+        return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+
+    @staticmethod
+    def base_model(pretrained: Callable[[], Path]) -> tuple[Any, Any]:
+        """The untuned pretrained model and its tokenizer, for prompting baselines."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = pretrained()
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, use_safetensors=True)
+        return model.eval(), tokenizer
+
+
+@register
+class GenerativeClassification(Decoder, SingleLabelClassification):
+    """One label per text, answered in words by a decoder LM and read off the label words' scores."""
+
+    name: ClassVar[str] = "generative_classification"
+    description: ClassVar[str] = (
+        "a decoder LM answers each text (tokenize.prompt.template) with its label's word; one label per text"
+    )
 
     # ---- tokenize ----------------------------------------------------------------------------------
     def encode(self, table: pd.DataFrame, labels: list[str], tokenizer: Any, params: TokenizeParams) -> Any:
@@ -100,20 +138,6 @@ class GenerativeClassification(SingleLabelClassification):
         return int(sum(encoded["cut"])) if "cut" in encoded.column_names else 0
 
     # ---- finetune ----------------------------------------------------------------------------------
-    def head_config(self, labels: list[str]) -> dict[str, Any]:
-        return {}  # the vocabulary is the head: labels are words, not new outputs
-
-    def auto_model_class(self) -> Any:
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM
-
-    def collator(self, tokenizer: Any) -> Any:
-        from transformers import DataCollatorForSeq2Seq
-
-        # Pads inputs with the pad token and labels with IGNORE_INDEX, each batch to its longest member.
-        return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
-
     def metric_logits(
         self, tokenizer: Any, labels: list[str], params: TokenizeParams
     ) -> Callable[[torch.Tensor, torch.Tensor], Any]:
@@ -209,11 +233,7 @@ class GenerativeClassification(SingleLabelClassification):
         """The untuned pretrained model on the test split, prompted with `shots` demonstrations each
         (0: the prompt alone), scored like the fine-tuned model: summary metrics, the share of free
         generations that are no label word, and the cost (seconds, generated tokens/s, prompt tokens)."""
-        from transformers import AutoTokenizer
-
-        folder = pretrained()
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-        base = self.auto_model_class().from_pretrained(folder, trust_remote_code=False, use_safetensors=True).eval()
+        base, tokenizer = self.base_model(pretrained)
         texts, true = test[data.TEXT].tolist(), test[data.LABEL].astype(str).tolist()
         words = label_words(card.encoding.prompt, card.labels)
         word_of = dict(zip(card.labels, words))
@@ -235,6 +255,220 @@ class GenerativeClassification(SingleLabelClassification):
                 **self.summary_scores(true, pred, card.labels),
                 **measured,
                 "seconds": round(time.perf_counter() - started, 1),
+                "mean_prompt_tokens": round(float(np.mean([len(p) for p in prompts])), 1) if prompts else 0.0,
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        return out
+
+
+RESPONSE_STATS = ("rouge_l", "chrf", "exact_match")
+
+
+@functools.cache
+def _rouge_l() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+@functools.cache
+def _chrf() -> Any:
+    from sacrebleu.metrics import CHRF
+
+    return CHRF()
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def response_scores(reference: str, generated: str) -> tuple[float, float, float]:
+    """ROUGE-L F1 (rouge-score, stemmed), chrF (sacrebleu, on a 0-1 scale) and exact match (case and
+    spaces aside) of one generation. Cached: bootstrap intervals score the same pairs thousands of times."""
+    return (
+        float(_rouge_l().score(reference, generated)["rougeL"].fmeasure),
+        float(_chrf().sentence_score(generated, [reference]).score) / 100,
+        float(" ".join(reference.lower().split()) == " ".join(generated.lower().split())),
+    )
+
+
+@register
+class TextGeneration(Decoder, Task):
+    """Free text: a decoder LM answers each prompt with a response (`ingest.label_column` holds the
+    reference responses), scored by ROUGE-L, chrF and exact match against the reference."""
+
+    name: ClassVar[str] = "text_generation"
+    description: ClassVar[str] = (
+        "a decoder LM answers each text (tokenize.prompt.template) with free text; ingest.label_column holds the "
+        "reference responses"
+    )
+    problem_type: ClassVar[str] = "text_generation"
+    headline_metric: ClassVar[str] = "rouge_l"
+    summary_metrics: ClassVar[tuple[str, ...]] = RESPONSE_STATS
+    validation_metrics_names: ClassVar[tuple[str, ...]] = ()  # the validation loss on the responses decides
+    baseline_name: ClassVar[str] = "lead (the text's first words, as many as a median train response)"
+    example_unit: ClassVar[str] = "texts"
+    error_examples_note: ClassVar[str] = (
+        "The generations with the highest and the lowest ROUGE-L against the reference (score: ROUGE-L F1)."
+    )
+
+    # ---- ingest and split --------------------------------------------------------------------------
+    def read(self, path: Path, params: IngestParams) -> tuple[pd.DataFrame, int, dict[str, dict[str, int]]]:
+        """Texts and their reference responses; a record without a text or without a response has nothing
+        to learn or score and is dropped (counted), as are repeated texts after the first."""
+        raw, where = data.read_raw_table(path, params)
+        records, dropped = len(raw), {}
+        for reason, column in (("no_text", params.text_column), ("no_response", params.label_column)):
+            if column in raw.columns:  # (select_texts names a missing column)
+                empty = raw[column].map(lambda v: data.is_missing(v) or not str(v).strip())
+                raw, dropped[reason] = raw[~empty], int(empty.sum())
+        table = data.select_texts(raw, path, where, params)
+        table[data.LABEL] = table[data.LABEL].map(lambda v: str(v).strip())
+        repeated = data.dedup_keys(table[data.TEXT]).duplicated()
+        dropped["duplicate"] = int(repeated.sum())
+        return table[~repeated].reset_index(drop=True), records, {"dropped": dropped, "repaired": {}}
+
+    def label_order(self, tables: list[pd.DataFrame], params: IngestParams) -> list[str]:
+        return []  # responses are free text: no label set
+
+    def describe(self, table: pd.DataFrame) -> dict[str, Any]:
+        described = {**data.describe(table.assign(**{data.LABEL: ""})), "labels": {}}
+        words = table[data.LABEL].str.split().map(len)
+        described["response_words"] = {
+            "mean": round(float(words.mean()), 2) if len(words) else 0.0,
+            "median": round(float(words.median()), 2) if len(words) else 0.0,
+            "max": int(words.max()) if len(words) else 0,
+        }
+        return described
+
+    def strata(self, table: pd.DataFrame) -> pd.Series:
+        return pd.Series("all", index=table.index)  # nothing to balance: a plain seeded shuffle
+
+    # ---- tokenize ----------------------------------------------------------------------------------
+    def encode(self, table: pd.DataFrame, labels: list[str], tokenizer: Any, params: TokenizeParams) -> Any:
+        """Prompt and response tokens (the response cut to `max_new_tokens`), labels masked to the
+        response; `cut` marks texts cut to fit the prompt."""
+        from datasets import Dataset
+
+        limit = params.prompt.max_new_tokens
+        responses = tokenizer(table[data.LABEL].tolist(), add_special_tokens=False)["input_ids"] if len(table) else []
+        prompts, cut = prompt_ids(tokenizer, params.prompt, table[data.TEXT].tolist(), params.max_length, limit + 1)
+        rows = [
+            {**training_example(prompt, response[:limit] + [end_of_turn(tokenizer)]), "cut": was_cut}
+            for prompt, response, was_cut in zip(prompts, responses, cut)
+        ]
+        return Dataset.from_list(rows) if rows else Dataset.from_dict({"input_ids": [], "labels": [], "length": []})
+
+    def truncated(self, encoded: Any, table: pd.DataFrame, max_length: int) -> int:
+        return int(sum(encoded["cut"])) if "cut" in encoded.column_names else 0
+
+    # ---- finetune ----------------------------------------------------------------------------------
+    def metric_logits(
+        self, tokenizer: Any, labels: list[str], params: TokenizeParams
+    ) -> Callable[[torch.Tensor, torch.Tensor], Any]:
+        """Keep nothing of the vocabulary logits: the validation loss is the metric."""
+        return lambda logits, token_labels: token_labels.new_zeros(len(token_labels), 1)
+
+    def validation_metrics(
+        self, logits: np.ndarray, label_ids: np.ndarray, labels: list[str], threshold: float = 0.5
+    ) -> dict[str, float]:
+        return {}
+
+    def balanced_class_weights(self, targets: list[Any], n_labels: int) -> np.ndarray:
+        raise NotImplementedError("text generation has no classes (refused in check_params)")
+
+    def weighted_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None, label_smoothing: float
+    ) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError("text generation keeps the model's own loss (refused in check_params)")
+
+    # ---- predict -----------------------------------------------------------------------------------
+    def predict(self, predictor: Any, texts: list[str], pairs: list[str] | None = None) -> pd.DataFrame:
+        """The generated response of each text, and whether the text was cut to fit the prompt."""
+        spec = predictor.encoding
+        prompts, cut = prompt_ids(
+            predictor.tokenizer, spec.prompt, texts, spec.max_length, spec.prompt.max_new_tokens + 1
+        )
+        generated, _ = generate(
+            predictor.model, predictor.tokenizer, prompts, spec.prompt.max_new_tokens, predictor.batch_size
+        )
+        return pd.DataFrame({"generated": generated, "cut": cut})
+
+    def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> Outcomes:
+        started = time.perf_counter()
+        frame = self.predict(predictor, table[data.TEXT].tolist())
+        seconds = time.perf_counter() - started
+        tokens = (
+            sum(len(ids) for ids in predictor.tokenizer(frame["generated"].tolist())["input_ids"]) if len(frame) else 0
+        )
+        return Outcomes(
+            table[data.LABEL].tolist(),
+            frame["generated"].tolist(),
+            measured={"generated_tokens_per_second": tokens / seconds if seconds > 0 else 0.0},
+        )
+
+    def test_metrics(self, true: list[Any], pred: list[Any], labels: list[str]) -> dict[str, Any]:
+        return self.summary_scores(true, pred, labels)
+
+    def summary_scores(self, true: list[Any], pred: list[Any], labels: list[str]) -> dict[str, float]:
+        """Means over the examples of ROUGE-L F1, sentence chrF and exact match."""
+        scores = np.array([response_scores(t, p) for t, p in zip(true, pred)]).reshape(-1, len(RESPONSE_STATS))
+        return {name: float(scores[:, i].mean()) if len(scores) else 0.0 for i, name in enumerate(RESPONSE_STATS)}
+
+    def confusion_pairs(self, true: list[Any], pred: list[Any]) -> pd.DataFrame:
+        return pd.DataFrame(columns=["actual", "predicted"])  # free text has no confusion matrix
+
+    def error_examples(
+        self, texts: list[str], result: Outcomes, probabilities: np.ndarray | None, labels: list[str], k: int
+    ) -> pd.DataFrame:
+        """The k best and k worst generations by ROUGE-L."""
+        frame = pd.DataFrame(
+            {
+                "text": texts,
+                "gold": result.true,
+                "predicted": result.pred,
+                "score": [response_scores(t, p)[0] for t, p in zip(result.true, result.pred)],
+            }
+        )
+        out = pd.concat(
+            [frame.nlargest(k, "score").assign(kind="best"), frame.nsmallest(k, "score").assign(kind="worst")],
+            ignore_index=True,
+        )
+        return out.assign(**{"class": ""})[["kind", "class", "text", "gold", "predicted", "score"]]
+
+    # ---- evaluate ----------------------------------------------------------------------------------
+    def baseline_outcomes(
+        self, train: pd.DataFrame, test: pd.DataFrame, labels: list[str], params: BaselineParams
+    ) -> tuple[list[Any], list[Any]]:
+        """Lead: the text's first n words, n the median length of the train responses (the classic
+        reference for summaries and headlines: articles put their gist first)."""
+        n = max(1, int(train[data.LABEL].str.split().map(len).median()))
+        return test[data.LABEL].tolist(), [" ".join(text.split()[:n]) for text in test[data.TEXT]]
+
+    def prompting_baselines(
+        self,
+        pretrained: Callable[[], Path],
+        card: ModelCard,
+        train: pd.DataFrame,
+        test: pd.DataFrame,
+        params: PromptingParams,
+    ) -> dict[str, dict[str, Any]]:
+        """The untuned pretrained model on the test split, with `shots` demonstrations (train texts and
+        their responses) before each text: the summary metrics and the cost."""
+        base, tokenizer = self.base_model(pretrained)
+        spec = card.encoding
+        texts, true = test[data.TEXT].tolist(), test[data.LABEL].tolist()
+        out: dict[str, dict[str, Any]] = {}
+        for k in params.shots:
+            started = time.perf_counter()
+            shown = demonstrations_for(texts, train[data.TEXT].tolist(), train[data.LABEL].tolist(), k, params.seed)
+            prompts, _ = prompt_ids(
+                tokenizer, spec.prompt, texts, spec.max_length, spec.prompt.max_new_tokens + 1, shown
+            )
+            generated, produced = generate(base, tokenizer, prompts, spec.prompt.max_new_tokens, 16)
+            seconds = time.perf_counter() - started
+            out["zero-shot" if k == 0 else f"{k}-shot"] = {
+                "shots": k,
+                **self.summary_scores(true, generated, []),
+                "generated_tokens_per_second": produced / seconds if seconds > 0 else 0.0,
+                "seconds": round(seconds, 1),
                 "mean_prompt_tokens": round(float(np.mean([len(p) for p in prompts])), 1) if prompts else 0.0,
                 "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             }
