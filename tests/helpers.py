@@ -88,6 +88,19 @@ def serve_command(model_uri: str, port: int) -> list[str]:
             "--port", str(port), "--workers", "1"]  # fmt: skip
 
 
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    """POST a JSON body; (status, decoded JSON answer), for errors too."""
+    import json
+    import urllib.error
+
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
 def venv_env(**extra: str) -> dict[str, str]:
     """The environment for a subprocess that uses this interpreter's virtual env (mlflow, dvc on PATH)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

@@ -9,8 +9,6 @@ of the base model, register and serve it."""
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -21,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import build_tiny_llama, sentiment_rows
-from helpers import expect_user_error, free_port, running_server, serve_command, set_params, venv_env
+from helpers import expect_user_error, free_port, post, running_server, serve_command, set_params, venv_env
 from pipeline import data, paths, prompting, tracking
 from pipeline.inference import Predictor
 from pipeline.params import PromptParams, TokenizeParams
@@ -29,15 +27,6 @@ from pipeline.tasks import IGNORE_INDEX, get_task
 from stages import evaluate, export, finetune, ingest, report, split, tokenize
 
 TASK = get_task("generative_classification")
-
-
-def post(url: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
 
 
 PROMPT = {"template": "review : {text} sentiment ?", "label_words": {"negative": "bad", "positive": "good"}}

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import inside, make_project
-from helpers import free_port, running_server, serve_command, venv_env
+from helpers import free_port, post, running_server, serve_command, venv_env
 from pipeline import paths, promote, tracking
 from pipeline.inference import Predictor
 from stages import evaluate
@@ -46,15 +44,6 @@ def server(
 @pytest.fixture(scope="module")
 def served(server: tuple[str, str]) -> str:
     return server[0]
-
-
-def post(url: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
 
 
 def test_served_champion_answers_like_the_local_model(server: tuple[str, str], trained: dict[str, Path]) -> None:

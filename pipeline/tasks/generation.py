@@ -98,6 +98,18 @@ class Decoder:
         return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
 
     @staticmethod
+    def examples(prompts: list[list[int]], answers: list[list[int]], cut: list[bool]) -> Any:
+        """The tokenized split: each prompt with its answer (the loss on the answer), and whether its text
+        was cut to fit."""
+        from datasets import Dataset
+
+        rows = [{**training_example(p, a), "cut": c} for p, a, c in zip(prompts, answers, cut)]
+        return Dataset.from_list(rows) if rows else Dataset.from_dict({"input_ids": [], "labels": [], "length": []})
+
+    def truncated(self, encoded: Any, table: pd.DataFrame, max_length: int) -> int:
+        return int(sum(encoded["cut"])) if "cut" in encoded.column_names else 0
+
+    @staticmethod
     def base_model(pretrained: Callable[[], Path]) -> tuple[Any, Any]:
         """The untuned pretrained model and its tokenizer, for prompting baselines."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -120,7 +132,6 @@ class GenerativeClassification(Decoder, SingleLabelClassification):
     # ---- tokenize ----------------------------------------------------------------------------------
     def encode(self, table: pd.DataFrame, labels: list[str], tokenizer: Any, params: TokenizeParams) -> Any:
         """Prompt and answer tokens of each row, labels masked to the answer; `cut` marks cut texts."""
-        from datasets import Dataset
 
         words = label_words(params.prompt, labels)
         first_tokens(tokenizer, words)  # refuse label words that cannot be told apart, before training
@@ -128,14 +139,7 @@ class GenerativeClassification(Decoder, SingleLabelClassification):
         prompts, cut = prompt_ids(
             tokenizer, params.prompt, table[data.TEXT].tolist(), params.max_length, answer_room(tokenizer, words)
         )
-        rows = [
-            {**training_example(prompt, answers[target]), "cut": was_cut}
-            for prompt, target, was_cut in zip(prompts, self.label_targets(table, labels), cut)
-        ]
-        return Dataset.from_list(rows) if rows else Dataset.from_dict({"input_ids": [], "labels": [], "length": []})
-
-    def truncated(self, encoded: Any, table: pd.DataFrame, max_length: int) -> int:
-        return int(sum(encoded["cut"])) if "cut" in encoded.column_names else 0
+        return self.examples(prompts, [answers[target] for target in self.label_targets(table, labels)], cut)
 
     # ---- finetune ----------------------------------------------------------------------------------
     def metric_logits(
@@ -345,19 +349,11 @@ class TextGeneration(Decoder, Task):
     def encode(self, table: pd.DataFrame, labels: list[str], tokenizer: Any, params: TokenizeParams) -> Any:
         """Prompt and response tokens (the response cut to `max_new_tokens`), labels masked to the
         response; `cut` marks texts cut to fit the prompt."""
-        from datasets import Dataset
 
         limit = params.prompt.max_new_tokens
         responses = tokenizer(table[data.LABEL].tolist(), add_special_tokens=False)["input_ids"] if len(table) else []
         prompts, cut = prompt_ids(tokenizer, params.prompt, table[data.TEXT].tolist(), params.max_length, limit + 1)
-        rows = [
-            {**training_example(prompt, response[:limit] + [end_of_turn(tokenizer)]), "cut": was_cut}
-            for prompt, response, was_cut in zip(prompts, responses, cut)
-        ]
-        return Dataset.from_list(rows) if rows else Dataset.from_dict({"input_ids": [], "labels": [], "length": []})
-
-    def truncated(self, encoded: Any, table: pd.DataFrame, max_length: int) -> int:
-        return int(sum(encoded["cut"])) if "cut" in encoded.column_names else 0
+        return self.examples(prompts, [response[:limit] + [end_of_turn(tokenizer)] for response in responses], cut)
 
     # ---- finetune ----------------------------------------------------------------------------------
     def metric_logits(
