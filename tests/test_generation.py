@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import build_tiny_llama, sentiment_rows
 from helpers import expect_user_error, free_port, post, running_server, serve_command, set_params, venv_env
-from pipeline import data, paths, prompting, tracking
+from pipeline import data, paths, predict, prompting, tracking
 from pipeline.inference import Predictor
 from pipeline.params import PromptParams, TokenizeParams
 from pipeline.tasks import IGNORE_INDEX, get_task
@@ -210,13 +210,22 @@ def test_decoder_params_that_do_not_apply_are_refused_naming_the_key(
     assert "tokenize.prompt.template" in expect_user_error(ingest.main, capsys)
 
 
-@pytest.mark.parametrize("method", ["lora", "prefix"])  # merged into the weights; fed to every layer
-def test_peft_methods_train_save_and_load_a_decoder(decoder_project: Path, method: str) -> None:
-    set_params(decoder_project, {"finetune.method": method, "finetune.max_steps": 4, "finetune.eval_steps": 4})
+@pytest.mark.parametrize(("method", "merge"), [("lora", True), ("prefix", False)])  # merged; fed to every layer
+def test_peft_methods_train_save_and_load_a_decoder(decoder_project: Path, method: str, merge: bool) -> None:
+    set_params(
+        decoder_project,
+        {
+            "finetune.method": method,
+            "finetune.merge_adapter": merge,
+            "finetune.max_steps": 4,
+            "finetune.eval_steps": 4,
+        },
+    )
     for stage in (ingest, split, tokenize, finetune):
         stage.main()
     card = json.loads((paths.MODEL / "training.json").read_text())
     assert card["training"]["trainable_params"] < card["training"]["total_params"]
+    assert (paths.MODEL / "adapter_config.json").is_file() != merge  # a merged LoRA is a plain model
     predicted = Predictor(paths.MODEL).predict(["a great film", "a dull plot"])
     assert set(predicted["label"]) <= {"negative", "positive"}
     assert predicted["score"].between(0.5, 1).all()
@@ -295,5 +304,9 @@ def test_free_text_is_fine_tuned_and_compared_with_the_lead_and_prompting(projec
     assert set(metrics["ci95"]) == {"rouge_l", "chrf", "exact_match"}
     predicted = Predictor(paths.MODEL).predict(["a great and moving film"])
     assert predicted["generated"].tolist() == ["good film"] and not predicted["cut"].iloc[0]
+    # Batch prediction streams a file through the same Predictor.
+    (project / "in.csv").write_text("review\na great and moving film\na dull and awful plot\n", encoding="utf-8")
+    predict.run(["--model", "models/model", "--input", "in.csv", "--output", "out.csv", "--text-column", "review"])
+    assert pd.read_csv(project / "out.csv")["predicted_generated"].tolist() == ["good film", "bad film"]
     text = Path("reports/report.md").read_text()
     assert "| best |" in text and "| worst |" in text and "Zero- and few-shot" in text
