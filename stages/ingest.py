@@ -49,7 +49,11 @@ def main() -> None:
         data.write_table(table, out / "data.parquet")
         data.write_json({"labels": labels}, out / "labels.json")
         data.write_json(card, out / "card.json")
-    print(f"ingest: {card['rows']} rows from {params.ingest.source} ({card['labels']})")
+    dropped = {reason: count for reason, count in card["dropped"].items() if count}
+    counts = f" ({card['labels']})" if card["labels"] else ""  # free text has no label counts
+    print(
+        f"ingest: {card['rows']} rows from {params.ingest.source}{counts}" + (f", dropped {dropped}" if dropped else "")
+    )
 
 
 if __name__ == "__main__":
