@@ -539,6 +539,11 @@ class Params(Section):
 
         task = get_task(self.task)
         task.check_params(self)  # what this task cannot do, each error naming its key
+        if not task.reads_prompts and self.tokenize.prompt != PromptParams():
+            raise ValueError(
+                f"tokenize.prompt: prompts are for decoder tasks (generative_classification, text_generation); "
+                f"task {self.task} would ignore it"
+            )
         if self.ingest.text_pair and self.tokenize.truncation != "head":
             raise ValueError(
                 f"tokenize.truncation: text pairs are cut with head only, the longer text first "

@@ -208,6 +208,8 @@ def test_decoder_params_that_do_not_apply_are_refused_naming_the_key(
     assert "finetune.label_smoothing" in expect_user_error(ingest.main, capsys)
     set_params(decoder_project, {"finetune.label_smoothing": 0.0, "tokenize.prompt.template": "no slot for the text"})
     assert "tokenize.prompt.template" in expect_user_error(ingest.main, capsys)
+    set_params(decoder_project, {"task": "single_label_classification", "tokenize.prompt.template": "{text}?"})
+    assert "tokenize.prompt" in expect_user_error(ingest.main, capsys)  # an encoder would ignore it
 
 
 @pytest.mark.parametrize(("method", "merge"), [("lora", True), ("prefix", False)])  # merged; fed to every layer
