@@ -148,9 +148,10 @@ def demonstrations_for(
     texts: Sequence[str], pool_texts: Sequence[str], pool_answers: Sequence[str], k: int, seed: int
 ) -> list[list[Demonstration]]:
     """k demonstrations for each text, drawn once with `seed` from the pool (the train split), balanced
-    over answers (round robin over the answers in a seeded order, so no answer dominates the context); a
-    demonstration whose text is the text being asked is replaced by the next unused one of its answer,
-    so no text ever sees itself solved."""
+    over answers (round robin over the answers, so no answer dominates the context), in an order shuffled
+    for each text (small models tend to repeat the last answer shown, Zhao et al. 2021, "Calibrate before
+    use"; a fixed order would turn that into one answer for every text); a demonstration whose text is
+    the text being asked is replaced by the next unused one of its answer, so no text sees itself solved."""
     if k == 0:
         return [[] for _ in texts]
     rng = random.Random(seed)
@@ -175,6 +176,7 @@ def demonstrations_for(
                 continue  # every example of this answer is the text itself: show one fewer
             shown.append(Demonstration(pool_texts[candidates[used[answer]]], pool_answers[candidates[used[answer]]]))
             used[answer] += 1
+        rng.shuffle(shown)
         out.append(shown)
     return out
 

@@ -68,7 +68,7 @@ def test_label_words_whose_first_tokens_clash_are_refused_naming_the_key(tiny_ll
         prompting.first_tokens(tokenizer, ["good", "good film"])
 
 
-def test_few_shot_demonstrations_are_balanced_seeded_and_never_the_text_itself() -> None:
+def test_few_shot_demonstrations_are_balanced_shuffled_seeded_and_never_the_text_itself() -> None:
     pool = [f"text {i}" for i in range(20)]
     answers = ["good" if i % 2 else "bad" for i in range(20)]
     asked = ["text 3", "text 4", "unseen"]  # two texts of the pool asked themselves (a split overlap)
@@ -79,6 +79,9 @@ def test_few_shot_demonstrations_are_balanced_seeded_and_never_the_text_itself()
         assert sorted(d.answer for d in examples) == ["bad", "bad", "good", "good"]
         assert all(answers[pool.index(d.text)] == d.answer for d in examples)
     assert shown == prompting.demonstrations_for(asked, pool, answers, k=4, seed=0)
+    many = prompting.demonstrations_for([f"new {i}" for i in range(20)], pool, answers, k=4, seed=0)
+    assert {examples[-1].answer for examples in many} == {"bad", "good"}  # the last one shown varies by text
+    assert len({d.text for examples in many for d in examples}) == 4  # the same four, in other orders
     assert shown != prompting.demonstrations_for(asked, pool, answers, k=4, seed=1)
     assert prompting.demonstrations_for(asked, pool, answers, k=0, seed=0) == [[], [], []]
 
