@@ -262,12 +262,15 @@ def compare_runtimes(task: Task, test: pd.DataFrame, source: str, export: Export
     from PyTorch, samples/s at batch 32, single-text p50/p95 latency, weights on disk; and the runtime that
     serves (`export.serve`; auto: int8 unless it costs more than `export.max_int8_drop`, then fp32 ONNX).
     Returns them with PyTorch's outcomes."""
+    # The model's own folder first: a model that cannot be used (non-finite weights) is refused as such,
+    # before the export it came with is looked at.
+    eager = Predictor(paths.MODEL, batch_size=32)
     exported = read_export_card(paths.ONNX)
     if exported["model_sha256"] != tree_sha256(paths.MODEL):
         raise PipelineError(f"{paths.ONNX}: exported from another model than {paths.MODEL} (run: dvc repro export)")
     headline, rows, outcomes = task.headline_metric, {}, {}
     for runtime in (TORCH, *exported["runtimes"]):
-        predictor = Predictor(paths.MODEL, batch_size=32, runtime=runtime, export_dir=paths.ONNX)
+        predictor = eager if runtime == TORCH else Predictor(paths.MODEL, 32, runtime, paths.ONNX)
         result, timing = timed_outcomes(predictor, test, source)
         if result.logits is not None and not np.isfinite(result.logits).all():
             raise PipelineError(f"evaluate: the {runtime} runtime gives non-finite logits; nothing is registered")
