@@ -166,18 +166,24 @@ class GenerativeClassification(Decoder, SingleLabelClassification):
     # ---- predict -----------------------------------------------------------------------------------
     def example_logits(self, predictor: Any, texts: list[str], pairs: list[str] | None) -> np.ndarray:
         """The label words' scores after each text's prompt."""
-        tokenizer, spec = predictor.tokenizer, predictor.encoding
-        prompts, words, _ = self._prompts(tokenizer, spec, predictor.labels, texts)
-        return next_token_scores(
-            predictor.model, tokenizer, prompts, first_tokens(tokenizer, words), predictor.batch_size
-        )
+        return self._scores(predictor, texts)[0]
 
     def predict(self, predictor: Any, texts: list[str], pairs: list[str] | None = None) -> pd.DataFrame:
         """Label and scores as for any classifier, and `cut`: whether the text was cut to fit the prompt
-        (tokenize.max_length), so a caller knows the answer read only the text's beginning."""
-        frame = super().predict(predictor, texts, pairs)
-        frame["cut"] = self._prompts(predictor.tokenizer, predictor.encoding, predictor.labels, texts)[2]
+        (tokenize.max_length), so a caller knows the answer read only the text's beginning. The prompts
+        are built once per request (the hot path of serving)."""
+        logits, cut = self._scores(predictor, texts)
+        frame = self.predict_frame(logits / predictor.card.temperature, predictor.labels, predictor.card.thresholds)
+        frame["cut"] = cut
         return frame
+
+    def _scores(self, predictor: Any, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
+        tokenizer = predictor.tokenizer
+        prompts, words, cut = self._prompts(tokenizer, predictor.encoding, predictor.labels, texts)
+        scores = next_token_scores(
+            predictor.model, tokenizer, prompts, first_tokens(tokenizer, words), predictor.batch_size
+        )
+        return scores, cut
 
     def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> Outcomes:
         """Scored labels as for any classifier, plus free generations: how often the model, left to
