@@ -63,6 +63,8 @@ class TrainingStats(Record):
     resumed_from_step: int | None = None
     train_seconds: float
     train_samples_per_second: float | None
+    processes: int = 1  # data-parallel training processes (finetune.distributed)
+    global_train_batch_size: int | None = None  # examples per optimizer step over all processes
     trainable_params: int
     total_params: int
     peak_rss_mib: float  # the process's peak resident memory (training dominates it)

@@ -16,6 +16,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from pipeline import distributed
 from pipeline.errors import PipelineError, atomic_file
 from pipeline.params import FinetuneParams
 from pipeline.sources import sha256_of
@@ -101,7 +102,9 @@ class ChecksumCheckpoints(TrainerCallback):
     loads silently."""
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not state.is_world_process_zero:
+        # Under DDP every rank saves its own RNG state into the checkpoint: the saving process sums once all have.
+        distributed.barrier()
+        if not args.should_save:
             return
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         digests = {

@@ -23,13 +23,13 @@ class PipelineError(Exception):
     """A problem with the user's input (params, data, files). Shown as one line, never a traceback."""
 
 
-def stage_main(func: Callable[[], None]) -> Callable[[], None]:
+def stage_main(func: Callable[..., None]) -> Callable[..., None]:
     """Wrap a stage's `main` so that a PipelineError ends the process with one line on stderr."""
 
     @functools.wraps(func)
-    def wrapper() -> None:
+    def wrapper(*args: object) -> None:
         try:
-            func()
+            func(*args)
         except PipelineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)

@@ -305,6 +305,40 @@ Method = Literal["full", "freeze", "lora", "adalora", "prefix", "ia3"]
 PEFT_METHODS = ("lora", "adalora", "prefix", "ia3")
 
 
+class DistributedParams(Section):
+    nproc_per_node: Int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "training processes on each machine: one per GPU, or CPU processes of one thread each; more than one "
+            "process (here or over nnodes) runs the training data-parallel under torchrun"
+        ),
+    )
+    nnodes: Int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "machines with the same params: node 0 runs `dvc repro`, node k runs `python -m stages.finetune "
+            "--node-rank k`"
+        ),
+    )
+    rdzv_endpoint: str = Field(
+        default="localhost:29500",
+        pattern=r"^[^:\s]+:[0-9]+$",
+        description=(
+            "nnodes > 1: host:port of node 0, the machine that runs `dvc repro` and writes the outputs, where the "
+            "others meet (torchrun's static rendezvous); one machine picks a free port itself"
+        ),
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        default="auto", description="auto: nccl with GPUs, gloo on CPU | gloo | nccl"
+    )
+
+    @property
+    def processes(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
 class FinetuneParams(Section):
     method: Method = Field(
         default="full",
@@ -401,6 +435,9 @@ class FinetuneParams(Section):
     )
     on_bad_checkpoint: Literal["error", "restart"] = Field(
         default="error", description="checkpoints of other params/data/model or unreadable: error | restart (deleted)"
+    )
+    distributed: DistributedParams = Field(
+        default=DistributedParams(), description="data-parallel training over processes and machines (torchrun)"
     )
 
     @model_validator(mode="after")

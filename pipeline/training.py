@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from pipeline import methods
+from pipeline import distributed, methods
 from pipeline.card import EncodingSpec, ModelCard, Provenance, TrainingStats
 from pipeline.checkpoints import ChecksumCheckpoints, step_of
 from pipeline.errors import PipelineError
@@ -68,9 +68,17 @@ def training_arguments(params: FinetuneParams, seed: int, output_dir: Path, **ov
         report_to=[],
         logging_nan_inf_filter=False,  # a non-finite loss stops training (PipelineTrainer); logs show real values
         disable_tqdm=True,
-        use_cpu=False,
+        # accelerate trains data-parallel on CPU only when told the processes are CPU ones.
+        use_cpu=distributed.launched() and not torch.cuda.is_available(),
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Under torchrun (pipeline/distributed.py): the process group the stage joined; every method's
+        # trainable parameters all get gradients, so DDP need not search the graph for unused ones.
+        ddp_backend=distributed.backend(params.distributed) if distributed.launched() else None,
+        ddp_find_unused_parameters=False,
+        # Over several machines each keeps its checkpoints in its own checkout (written by its first process),
+        # so every process can load the best weights and resume from local files.
+        save_on_each_node=params.distributed.nnodes > 1,
     )
     settings.update(overrides)
     return TrainingArguments(**settings)
@@ -190,7 +198,7 @@ def build_trainer(
         return task.validation_metrics(logits, label_ids, labels, threshold)
 
     weights = class_weights(params.class_weights, train_dataset, task, len(labels)) if params else None
-    return PipelineTrainer(
+    trainer = PipelineTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -204,6 +212,8 @@ def build_trainer(
         callbacks=callbacks,
         head_learning_rate=params.head_learning_rate if params else None,
     )
+    trainer.model_accepts_loss_kwargs = task.model_loss_counts_items
+    return trainer
 
 
 def write_plots(log_history: list[dict[str, Any]], out_dir: Path) -> None:
@@ -243,6 +253,8 @@ class ProgressLines(TrainerCallback):
         self.started, self.first_step = time.perf_counter(), state.global_step  # a resumed run counts from its start
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:  # under DDP, rank 0 speaks for all
+            return
         if not logs or self.started is None or state.global_step == self.first_step or not SHOWN_LOGS & logs.keys():
             return
         elapsed = time.perf_counter() - self.started
@@ -331,14 +343,15 @@ def prepare(params: Params, datasets: Any, labels: list[str], checkpoints: Path)
 def fit(
     params: Params,
     prepared: Prepared,
-    model_out: Path,
+    model_out: Path | None,
     resume_from: str | None = None,
     plots_out: Path | None = None,
     provenance: Provenance | None = None,
-) -> ModelCard:
+) -> ModelCard | None:
     """Train, save the best model and its card to `model_out` (and the learning curves to `plots_out`):
     the training the stage runs, shared with the method-comparison benchmark so both measure the same
-    thing. Returns the card written."""
+    thing. Returns the card written; None for `model_out` None (a DDP rank other than 0: it trains and
+    validates in step, and writes nothing)."""
     trainer = prepared.trainer
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
@@ -362,6 +375,8 @@ def fit(
         return logits / temperature, label_ids
 
     thresholds = prepared.task.decision_thresholds(calibrated_outputs, params.finetune, len(prepared.labels))
+    if model_out is None:
+        return None
     methods.save(trainer.model, model_out, prepared.pretrained_dir, params.finetune.merge_adapter)
     prepared.tokenizer.save_pretrained(model_out)
     if plots_out is not None:
@@ -374,6 +389,10 @@ def fit(
         resumed_from_step=step_of(resume_from),
         train_seconds=round(train_seconds, 1),
         train_samples_per_second=result.metrics.get("train_samples_per_second"),
+        processes=trainer.args.world_size,
+        global_train_batch_size=trainer.args.train_batch_size
+        * trainer.args.gradient_accumulation_steps
+        * trainer.args.world_size,
         trainable_params=prepared.trainable_params,
         total_params=prepared.total_params,
         peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -406,5 +425,6 @@ def fit(
 def total_steps(args: Any, train_examples: int) -> int:
     if args.max_steps > 0:
         return args.max_steps
-    per_epoch = max(1, -(-train_examples // (args.per_device_train_batch_size * args.gradient_accumulation_steps)))
+    global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    per_epoch = max(1, -(-train_examples // global_batch))
     return int(np.ceil(per_epoch * args.num_train_epochs))

@@ -8,35 +8,58 @@ metrics, git commit, data hash and cost (trainable parameters, time, peak memory
 
 A finetune killed at any moment continues from its newest complete checkpoint (`checkpoints/`) in the
 same MLflow run on the next `dvc repro` (pipeline/checkpoints.py).
+
+With `finetune.distributed` asking for more than one process, the stage runs itself under torchrun and
+trains data-parallel (pipeline/distributed.py); rank 0 does all the writing. On a second machine:
+`python -m stages.finetune --node-rank 1`.
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 
 import mlflow
 from transformers.integrations import MLflowCallback
 
-from pipeline import data, paths, tracking
+from pipeline import data, distributed, paths, tracking
 from pipeline.card import Provenance
 from pipeline.checkpoints import RUN_FILE, checkpoint_to_resume
 from pipeline.errors import atomic_dir, stage_main
 from pipeline.modeling import resolve_model
 from pipeline.params import Params, flat_params, load_params
 from pipeline.sources import tree_sha256
-from pipeline.training import fit, prepare
+from pipeline.training import Prepared, fit, prepare
 
 # The sections whose values shape the trained model: the run's MLflow params and the checkpoint
 # fingerprint. dvc.yaml lists each of them as a param of this stage.
 TRAINING_SECTIONS = ("seed", "task", "ingest", "split", "model", "tokenize", "finetune")
 # Params that change how a run is resumed, not what it trains: left out of the checkpoint fingerprint.
-RESUME_KEYS = ("finetune.resume", "finetune.on_bad_checkpoint")
+# Where the processes meet is not what they train.
+RESUME_KEYS = (
+    "finetune.resume",
+    "finetune.on_bad_checkpoint",
+    "finetune.distributed.rdzv_endpoint",
+    "finetune.distributed.backend",
+)
 
 
 @stage_main
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.finetune", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--node-rank",
+        type=int,
+        default=0,
+        help="this machine's rank when finetune.distributed.nnodes > 1 (node 0 runs dvc repro)",
+    )
+    node_rank = parser.parse_args(argv or []).node_rank
     params = load_params()
+    if distributed.needs_launch(params.finetune.distributed):
+        distributed.launch(params.finetune.distributed, "stages.finetune", node_rank)
+        return
+    distributed.init_process_group(params.finetune.distributed)
     labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
     data_sha256 = tracking.hash_files(
         [paths.SPLIT / name for name in ("train.parquet", "validation.parquet", "labels.json")]
@@ -50,8 +73,16 @@ def main() -> None:
             "model": _model_hash(params),
         }
     )
-    resume_from, run_id = checkpoint_to_resume(paths.CHECKPOINTS, fingerprint, params.finetune)
+    # One process inspects (and may delete) the checkpoints; every rank resumes from its answer.
+    resume_from, run_id = distributed.decided_by_main(
+        lambda: checkpoint_to_resume(paths.CHECKPOINTS, fingerprint, params.finetune)
+    )
     prepared = prepare(params, datasets, labels, paths.CHECKPOINTS)
+    if not distributed.is_main():
+        _follow(params, prepared, resume_from)
+        return
+    global_batch = prepared.trainer.args.train_batch_size * prepared.trainer.args.gradient_accumulation_steps
+    global_batch *= prepared.trainer.args.world_size
 
     tracking.configure(params.mlflow.experiment_name)
     with (
@@ -61,7 +92,7 @@ def main() -> None:
     ):
         git = tracking.git_state()
         if resume_from is None:
-            mlflow.log_params(training_params)
+            mlflow.log_params({**training_params, "global_train_batch_size": global_batch})
         mlflow.set_tags(
             {
                 **git,
@@ -75,6 +106,11 @@ def main() -> None:
         data.write_json({"fingerprint": fingerprint, "mlflow_run_id": run.info.run_id}, paths.CHECKPOINTS / RUN_FILE)
         if resume_from:
             print(f"finetune: resuming from {resume_from} (MLflow run {run.info.run_id})", file=sys.stderr)
+        print(
+            f"finetune: {prepared.trainer.args.world_size} process(es) x {params.finetune.per_device_train_batch_size} "
+            f"examples x {params.finetune.gradient_accumulation_steps} accumulation = global batch {global_batch}",
+            file=sys.stderr,
+        )
         prepared.trainer.add_callback(MLflowCallback())  # per-step metrics into the active run
         provenance = Provenance(
             mlflow_run_id=run.info.run_id,
@@ -102,6 +138,18 @@ def main() -> None:
     )
 
 
+def _follow(params: Params, prepared: Prepared, resume_from: str | None) -> None:
+    """A DDP rank other than 0: trains and validates in step with rank 0, which writes everything. The
+    first process of another machine keeps that machine's checkpoints (Trainer's save_on_each_node) and
+    clears them as rank 0 does its own."""
+    keeps_checkpoints = distributed.is_node_leader() and params.finetune.distributed.nnodes > 1
+    if keeps_checkpoints and resume_from is None:
+        shutil.rmtree(paths.CHECKPOINTS, ignore_errors=True)  # another run's
+    fit(params, prepared, None, resume_from)
+    if keeps_checkpoints:
+        shutil.rmtree(paths.CHECKPOINTS, ignore_errors=True)
+
+
 def _model_hash(params: Params) -> str:
     """The pretrained weights' identity: the pinned sha256, which resolving verified (a distribution, a
     file, or a folder's tree_sha256), or else the tree_sha256 of the resolved folder."""
@@ -109,4 +157,4 @@ def _model_hash(params: Params) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

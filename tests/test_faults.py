@@ -63,10 +63,10 @@ def test_a_nan_loss_stops_training_with_one_line_and_saves_nothing(
     (checkpoint / CHECKSUMS_FILE).unlink()
 
     class Args:
-        output_dir = str(paths.CHECKPOINTS)
+        output_dir, should_save = str(paths.CHECKPOINTS), True
 
     class State:
-        global_step, is_world_process_zero = 4, True
+        global_step = 4
 
     ChecksumCheckpoints().on_save(Args(), State(), None)  # re-sealed: its files now match
     capsys.readouterr()

@@ -67,6 +67,11 @@ class Task(ABC):
     error_examples_note: ClassVar[str] = ""  # what the rows of `error_examples` are, for the report
     reads_prompts: ClassVar[bool] = False  # a decoder task: the model card keeps `tokenize.prompt`
     not_exportable: ClassVar[str | None] = None  # why the export stage cannot make ONNX graphs of this task's models
+    # The model's own loss divides by the Trainer's item count over the whole accumulated (and, under DDP,
+    # all-process) batch, as causal LMs' losses do. Encoder heads average over their own micro-batch
+    # instead, so the Trainer must scale it for accumulation and DDP itself; it would not (their forward
+    # takes **kwargs, which it reads as "counts items") and would sum micro-batches' gradients.
+    model_loss_counts_items: ClassVar[bool] = False
 
     # ---- params: called when params.yaml is validated --------------------------------------------------
     def check_params(self, params: Params) -> None:  # noqa: B027 (a hook: most tasks accept every combination)
