@@ -611,7 +611,8 @@ def main() -> None:
                 task.example_unit,
                 evaluation_sections(
                     model,
-                    pd.read_csv(paths.EVAL / "errors.csv"),
+                    # Text as written: an empty class (free text) or a generated "None" is no missing value.
+                    pd.read_csv(paths.EVAL / "errors.csv", keep_default_na=False),
                     task.error_examples_note,
                     paths.EVAL / "plots",
                     figures,

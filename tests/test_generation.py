@@ -315,3 +315,4 @@ def test_free_text_is_fine_tuned_and_compared_with_the_lead_and_prompting(projec
     assert pd.read_csv(project / "out.csv")["predicted_generated"].tolist() == ["good film", "bad film"]
     text = Path("reports/report.md").read_text()
     assert "| best |" in text and "| worst |" in text and "Zero- and few-shot" in text
+    assert "| best |  |" in text and "nan" not in text  # free text has no class: an empty cell
