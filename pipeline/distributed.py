@@ -23,7 +23,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from pipeline.errors import EXIT_USER_ERROR
+from pipeline.errors import EXIT_USER_ERROR, PipelineError
 from pipeline.params import DistributedParams
 
 T = TypeVar("T")
@@ -64,11 +64,17 @@ def torchrun_arguments(params: DistributedParams, module: str, node_rank: int = 
 
 def launch(params: DistributedParams, module: str, node_rank: int = 0) -> None:
     """Run `python -m module` under torchrun and end this process with its outcome: exit code 2 (the
-    workers printed the one-line error) when a worker stopped on bad input, the first failure's code
-    otherwise."""
+    workers printed the one-line error) when a worker stopped on bad input, another non-zero code when
+    one failed otherwise."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
+    gpus = torch.cuda.device_count()
+    if backend(params) == "nccl" and gpus < params.nproc_per_node:
+        raise PipelineError(
+            f"finetune.distributed: nccl runs one process per GPU; {params.nproc_per_node} processes asked, "
+            f"{gpus} GPU(s) here (set backend: gloo, or fewer processes)"
+        )
     arguments = torchrun_arguments(params, module, node_rank)
     if not torch.cuda.is_available():
         # One thread per process on CPU: the processes share the cores (torchrun would say so in a warning).

@@ -1,7 +1,8 @@
 """MLflow set-up and the provenance every run records: git commit and a hash of the data.
 
 Default tracking is the embedded SQLite store `mlflow.db` at the repository root, with artifacts in
-`mlartifacts/` beside it; `MLFLOW_TRACKING_URI` points everything at a tracking server instead.
+`mlartifacts/` beside it; `MLFLOW_TRACKING_URI` points everything at a tracking server instead. Experiments
+that DVC's queue runs in temporary copies of the project log to the project's store too.
 """
 
 from __future__ import annotations
@@ -16,10 +17,24 @@ from typing import Any
 
 DEFAULT_DB = Path("mlflow.db")
 DEFAULT_ARTIFACTS = Path("mlartifacts")
+# Where `dvc queue start` runs each queued experiment: a temporary copy of the project inside it.
+DVC_QUEUE_WORKSPACES = (".dvc", "tmp", "exps")
+
+
+def project_root() -> Path:
+    """The project whose default store this process uses: the working directory, or the project a queued
+    DVC experiment was queued from. DVC tells a queued run nothing about its origin, and its copy is
+    deleted afterwards, so a store there would take the experiment's runs and registered versions with it."""
+    cwd = Path.cwd().resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - len(DVC_QUEUE_WORKSPACES)):
+        if parts[i : i + len(DVC_QUEUE_WORKSPACES)] == DVC_QUEUE_WORKSPACES:
+            return Path(*parts[:i])
+    return cwd
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB.resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / DEFAULT_DB}"
 
 
 def configure(experiment_name: str) -> str:
@@ -34,7 +49,7 @@ def configure(experiment_name: str) -> str:
         experiment_id = experiment.experiment_id
     else:
         # With the local SQLite store, keep artifacts beside mlflow.db rather than wherever the cwd is.
-        location = DEFAULT_ARTIFACTS.resolve().as_uri() if uri.startswith("sqlite:") else None
+        location = (project_root() / DEFAULT_ARTIFACTS).as_uri() if uri.startswith("sqlite:") else None
         experiment_id = client.create_experiment(experiment_name, artifact_location=location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id

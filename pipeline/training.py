@@ -216,11 +216,13 @@ def build_trainer(
     return trainer
 
 
-def write_plots(log_history: list[dict[str, Any]], out_dir: Path) -> None:
+def write_plots(log_history: list[dict[str, Any]], out_dir: Path, best: dict[str, float] | None = None) -> None:
     """The run's train-loss and validation rows as DVC plot files (dvclive's layout), indexed by the
-    optimizer step. Written from the Trainer's log history at the end, so a resumed run's curves hold the
-    steps from before the interruption too. (transformers' DVCLiveCallback advances its step on every log
-    call, putting train and evaluation rows on one made-up axis.)"""
+    optimizer step, and the summary metrics.json with the newest value of each and `best_validation` (the
+    evaluation whose weights were kept: what experiments are ranked by). Written from the Trainer's log
+    history at the end, so a resumed run's curves hold the steps from before the interruption too.
+    (transformers' DVCLiveCallback advances its step on every log call, putting train and evaluation rows
+    on one made-up axis.)"""
     from dvclive import Live
 
     live = Live(dir=str(out_dir), dvcyaml=False, save_dvc_exp=False, report=None)
@@ -235,6 +237,8 @@ def write_plots(log_history: list[dict[str, Any]], out_dir: Path) -> None:
             ):
                 name = f"eval/{key.removeprefix('eval_')}" if key.startswith("eval_") else f"train/{key}"
                 live.log_metric(name, value)
+    if best:
+        live.summary["best_validation"] = best
     live.make_summary()  # the newest value of each metric
     live.end()
 
@@ -380,7 +384,8 @@ def fit(
     methods.save(trainer.model, model_out, prepared.pretrained_dir, params.finetune.merge_adapter)
     prepared.tokenizer.save_pretrained(model_out)
     if plots_out is not None:
-        write_plots(trainer.state.log_history, plots_out)
+        best = {params.finetune.metric_for_best_model: trainer.state.best_metric}
+        write_plots(trainer.state.log_history, plots_out, best | {"step": step_of(trainer.state.best_model_checkpoint)})
     stats = TrainingStats(
         global_step=trainer.state.global_step,
         best_checkpoint_step=step_of(trainer.state.best_model_checkpoint),

@@ -26,7 +26,7 @@ from transformers.integrations import MLflowCallback
 from pipeline import data, distributed, paths, tracking
 from pipeline.card import Provenance
 from pipeline.checkpoints import RUN_FILE, checkpoint_to_resume
-from pipeline.errors import atomic_dir, stage_main
+from pipeline.errors import PipelineError, atomic_dir, stage_main
 from pipeline.modeling import resolve_model
 from pipeline.params import Params, flat_params, load_params
 from pipeline.sources import tree_sha256
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     node_rank = parser.parse_args(argv or []).node_rank
     params = load_params()
+    nodes = params.finetune.distributed.nnodes
+    if not 0 <= node_rank < nodes:
+        raise PipelineError(f"--node-rank {node_rank}: finetune.distributed.nnodes is {nodes} (ranks 0 to {nodes - 1})")
     if distributed.needs_launch(params.finetune.distributed):
         distributed.launch(params.finetune.distributed, "stages.finetune", node_rank)
         return

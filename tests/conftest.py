@@ -10,6 +10,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -390,3 +391,38 @@ NER_PARAMS = {
     "finetune.metric_for_best_model": "f1",
     "evaluate.registered_model_name": "ner-tagger",
 }
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """A throw-away PostgreSQL server on 127.0.0.1; its SQLAlchemy URI. Skips where none can be started."""
+    pytest.importorskip("psycopg2", reason="psycopg2 is needed for a PostgreSQL backend store")
+    if not shutil.which("initdb") or not shutil.which("pg_ctl"):
+        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
+    # PostgreSQL refuses to run as root; as root, run it as the `postgres` user in a folder it owns.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="pg-"))
+    if as_user:
+        folder.chmod(0o755)
+        shutil.chown(folder, "postgres")
+    from helpers import free_port
+
+    port = free_port()
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
+    try:
+        run("initdb", "-D", str(folder / "data"), "-A", "trust", "-U", "mlflow")
+        run(
+            "pg_ctl",
+            "-D",
+            str(folder / "data"),
+            "-l",
+            str(folder / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -h 127.0.0.1 -k {folder}",
+            "start",
+        )
+        yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, "pg_ctl", "-D", str(folder / "data"), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -18,7 +18,7 @@ import mlflow
 import pytest
 
 from conftest import inside
-from helpers import free_port, set_params
+from helpers import expect_user_error, free_port, set_params
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE
@@ -283,3 +283,20 @@ def test_every_task_and_method_trains_under_ddp(
     expected = [f"single_label {method}: 4 steps, 2 processes" for method in METHODS]
     expected += [f"{task} {'lora' if 'generat' in task else 'full'}: 2 steps, 2 processes" for task in projects]
     assert [line for line in done.stdout.splitlines() if "processes" in line] == expected
+
+
+def test_a_node_rank_outside_nnodes_or_nccl_without_enough_gpus_is_refused_naming_it(
+    tokenized_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    assert "--node-rank 1: finetune.distributed.nnodes is 1" in expect_user_error(
+        lambda: finetune.main(["--node-rank", "1"]), capsys
+    )
+
+    processes = max(2, torch.cuda.device_count() + 1)
+    set_params(
+        tokenized_project, {"finetune.distributed.backend": "nccl", "finetune.distributed.nproc_per_node": processes}
+    )
+    assert "finetune.distributed: nccl runs one process per GPU" in expect_user_error(finetune.main, capsys)
+    assert not (tokenized_project / paths.MODEL).exists()

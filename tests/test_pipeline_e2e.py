@@ -9,6 +9,7 @@ import io
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import make_project, write_sentiment_tsv
-from helpers import set_params, venv_env
+from helpers import free_port, running_server, set_params, venv_env
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE
 
@@ -98,6 +99,43 @@ def test_metrics_and_plots_diff_across_commits(repo: Path) -> None:
     for name in ("Learning curves", "reports/eval/confusion.csv", "reports/train/plots/metrics/train/loss.tsv"):
         assert [p["revisions"] for p in plots[name]] == [["workspace", "HEAD"]], name
     commit(repo, "higher learning rate")
+
+
+def test_a_fresh_clone_pulls_every_output_from_an_s3_remote_and_has_nothing_to_rerun(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's shared remote on an S3-compatible server (moto's, started here): `dvc push` from the
+    project, `git clone` and `dvc pull` elsewhere, and that clone is complete: nothing to re-run, the
+    same metrics."""
+    import boto3
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+    server = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with running_server(server, f"{endpoint}/moto-api/", venv_env(), tmp_path / "moto.log"):
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="team-cache")
+        sh(repo, "dvc", "remote", "add", "--default", "shared", "s3://team-cache/sentiment")
+        sh(repo, "dvc", "remote", "modify", "shared", "endpointurl", endpoint)
+        commit(repo, "the team's remote")
+        sh(repo, "dvc", "push")
+        clone = tmp_path / "clone"
+        sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+        sh(clone, "dvc", "pull")
+    assert repro(clone) == []
+    assert "up to date" in sh(clone, "dvc", "status")
+    assert json.loads(sh(clone, "dvc", "metrics", "show", "--json")) == json.loads(
+        sh(repo, "dvc", "metrics", "show", "--json")
+    )
+    assert (clone / "models" / "model" / "model.safetensors").read_bytes() == (
+        repo / "models" / "model" / "model.safetensors"
+    ).read_bytes()
 
 
 def test_experiment_run_with_set_param_is_listed(repo: Path) -> None:

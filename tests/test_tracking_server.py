@@ -4,12 +4,7 @@ MLFLOW_TRACKING_URI changes."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -19,39 +14,6 @@ from helpers import free_port, running_server, set_params, venv_env
 from pipeline import paths, promote, registry
 from pipeline.card import ModelCard
 from stages import evaluate, export, finetune, ingest, split, tokenize
-
-
-@pytest.fixture
-def postgres() -> Iterator[str]:
-    """A throw-away PostgreSQL server on 127.0.0.1; its SQLAlchemy URI. Skips where none can be started."""
-    pytest.importorskip("psycopg2", reason="psycopg2 is needed for a PostgreSQL backend store")
-    if not shutil.which("initdb") or not shutil.which("pg_ctl"):
-        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
-    # PostgreSQL refuses to run as root; as root, run it as the `postgres` user in a folder it owns.
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    folder = Path(tempfile.mkdtemp(prefix="pg-"))
-    if as_user:
-        folder.chmod(0o755)
-        shutil.chown(folder, "postgres")
-    port = free_port()
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
-    try:
-        run("initdb", "-D", str(folder / "data"), "-A", "trust", "-U", "mlflow")
-        run(
-            "pg_ctl",
-            "-D",
-            str(folder / "data"),
-            "-l",
-            str(folder / "log"),
-            "-w",
-            "-o",
-            f"-p {port} -h 127.0.0.1 -k {folder}",
-            "start",
-        )
-        yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, "pg_ctl", "-D", str(folder / "data"), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
