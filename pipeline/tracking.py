@@ -50,7 +50,13 @@ def configure(experiment_name: str) -> str:
     else:
         # With the local SQLite store, keep artifacts beside mlflow.db rather than wherever the cwd is.
         location = (project_root() / DEFAULT_ARTIFACTS).as_uri() if uri.startswith("sqlite:") else None
-        experiment_id = client.create_experiment(experiment_name, artifact_location=location)
+        try:
+            experiment_id = client.create_experiment(experiment_name, artifact_location=location)
+        except mlflow.exceptions.MlflowException as error:
+            # Another process created it since the lookup (queued experiments starting together): use it.
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

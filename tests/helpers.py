@@ -126,3 +126,18 @@ def assert_onnx_matches_pytorch() -> None:
         assert result.pred == reference.pred, runtime
         if runtime == "onnx" and reference.logits is not None:
             np.testing.assert_allclose(result.logits, reference.logits, atol=1e-4)
+
+
+def slow_steps_hook(folder: Path, seconds: float) -> Path:
+    """A folder for PYTHONPATH whose sitecustomize makes each Trainer step sleep `seconds`, so a test can
+    kill a training process between two checkpoints. Loaded only by the processes given that PYTHONPATH."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import time, transformers\n"
+        "_step = transformers.Trainer.training_step\n"
+        "def _slow_step(self, *args, **kwargs):\n"
+        f"    time.sleep({seconds})\n"
+        "    return _step(self, *args, **kwargs)\n"
+        "transformers.Trainer.training_step = _slow_step\n"
+    )
+    return folder

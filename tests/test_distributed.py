@@ -18,7 +18,7 @@ import mlflow
 import pytest
 
 from conftest import inside
-from helpers import expect_user_error, free_port, set_params
+from helpers import expect_user_error, free_port, set_params, slow_steps_hook
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE
@@ -38,15 +38,6 @@ GLOBAL_BATCH = 8
 # Measured: the curves of one and two processes agree to 6e-8 (gradients averaged by all-reduce in another
 # order, batches padded to another length); 1e-4 still catches a wrong batch, scale or lost step.
 LOSS_TOLERANCE = 1e-4
-
-SLOW_STEPS = """
-import time, transformers
-_step = transformers.Trainer.training_step
-def _slow_step(self, *args, **kwargs):
-    time.sleep(0.5)
-    return _step(self, *args, **kwargs)
-transformers.Trainer.training_step = _slow_step
-"""
 
 
 def loss_curve(root: Path) -> dict[int, float]:
@@ -74,12 +65,18 @@ def finished(process: subprocess.Popen, timeout: float = 300) -> str:
     return output
 
 
+def copy_with(tokenized: Path, root: Path, changes: dict[str, object]) -> Path:
+    """A copy of the tokenized project at `root` with SCHEDULE and `changes` in its params."""
+    shutil.copytree(tokenized, root)
+    set_params(root, {**SCHEDULE, **changes})
+    return root
+
+
 @pytest.fixture(scope="module")
 def one_process(tokenized: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference: one process with the global batch."""
-    root = tmp_path_factory.mktemp("one") / "project"
-    shutil.copytree(tokenized, root)
-    set_params(root, {**SCHEDULE, "finetune.per_device_train_batch_size": GLOBAL_BATCH})
+    one = {"finetune.per_device_train_batch_size": GLOBAL_BATCH}
+    root = copy_with(tokenized, tmp_path_factory.mktemp("one") / "project", one)
     with inside(root, PIPELINE_CACHE_DIR=str(root.parent / "cache")):
         finetune.main()
     return root
@@ -88,19 +85,9 @@ def one_process(tokenized: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def test_two_processes_killed_and_resumed_train_like_one_process_in_one_mlflow_run(
     one_process: Path, tokenized: Path, tmp_path: Path
 ) -> None:
-    root = tmp_path / "project"
-    shutil.copytree(tokenized, root)
-    set_params(
-        root,
-        {
-            **SCHEDULE,
-            "finetune.per_device_train_batch_size": GLOBAL_BATCH // 2,
-            "finetune.distributed.nproc_per_node": 2,
-        },
-    )
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SLOW_STEPS)
+    changes = {"finetune.per_device_train_batch_size": GLOBAL_BATCH // 2, "finetune.distributed.nproc_per_node": 2}
+    root = copy_with(tokenized, tmp_path / "project", changes)
+    hook = slow_steps_hook(tmp_path / "hook", 0.5)
     env = {"PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
 
     # Killed with SIGKILL, launcher and both workers at once, after its checkpoint at step 4.
@@ -144,16 +131,8 @@ def test_accumulated_batches_train_like_one_batch_of_their_size(
 ) -> None:
     """Accumulation is the third factor of the global batch; the encoder's loss (a mean over its own
     micro-batch) is scaled for it, not summed over the micro-batches."""
-    root = tmp_path / "project"
-    shutil.copytree(tokenized, root)
-    set_params(
-        root,
-        {
-            **SCHEDULE,
-            "finetune.per_device_train_batch_size": GLOBAL_BATCH // 2,
-            "finetune.gradient_accumulation_steps": 2,
-        },
-    )
+    changes = {"finetune.per_device_train_batch_size": GLOBAL_BATCH // 2, "finetune.gradient_accumulation_steps": 2}
+    root = copy_with(tokenized, tmp_path / "project", changes)
     with inside(root, PIPELINE_CACHE_DIR=str(tmp_path / "cache")):
         finetune.main()
     accumulated, one = loss_curve(root), loss_curve(one_process)
@@ -165,15 +144,13 @@ def test_two_machines_meet_at_the_endpoint_and_only_node_0_keeps_outputs(tokeniz
     """Two checkouts stand for two machines; each starts its launcher, node 1 with `--node-rank 1`."""
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     changes = {
-        **SCHEDULE,
         "finetune.max_steps": 4,
         "finetune.per_device_train_batch_size": GLOBAL_BATCH // 2,
         "finetune.distributed.nnodes": 2,
         "finetune.distributed.rdzv_endpoint": f"127.0.0.1:{free_port()}",
     }
     for root in nodes:
-        shutil.copytree(tokenized, root)
-        set_params(root, changes)
+        copy_with(tokenized, root, changes)
     env = {"PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
     second = stage(nodes[1], env, "--node-rank", "1")
     first = stage(nodes[0], env)

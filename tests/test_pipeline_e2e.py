@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import make_project, write_sentiment_tsv
-from helpers import free_port, running_server, set_params, venv_env
+from helpers import free_port, running_server, set_params, slow_steps_hook, venv_env
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE
 
@@ -149,14 +149,12 @@ def test_a_finetune_killed_under_dvc_repro_resumes_on_the_next_repro(tmp_path: P
     import signal
     import time
 
-    from test_resume import SCHEDULE, SLOW_STEPS
+    from test_resume import SCHEDULE
 
     root = make_project(tmp_path / "project", write_sentiment_tsv(tmp_path / "reviews.tsv"), tiny_model, repo=True)
     set_params(root, SCHEDULE)
     sh(root, "dvc", "repro", "tokenize")
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SLOW_STEPS)
+    hook = slow_steps_hook(tmp_path / "hook", 0.25)
     env = venv_env(PIPELINE_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(hook))
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen(

@@ -18,7 +18,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import inside
-from helpers import expect_user_error, set_params
+from helpers import expect_user_error, set_params, slow_steps_hook
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE, RUN_FILE
@@ -31,16 +31,6 @@ SCHEDULE = {
     "finetune.per_device_train_batch_size": 8,
     "finetune.early_stopping_patience": None,
 }
-
-# Loaded by the killed process only: each training step sleeps, so the test can kill it between checkpoints.
-SLOW_STEPS = """
-import time, transformers
-_step = transformers.Trainer.training_step
-def _slow_step(self, *args, **kwargs):
-    time.sleep(0.25)
-    return _step(self, *args, **kwargs)
-transformers.Trainer.training_step = _slow_step
-"""
 
 
 def weights(model_dir: Path) -> dict:
@@ -60,9 +50,7 @@ def runs(tokenized: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         finetune.main()
         shutil.copytree(paths.MODEL, base / "reference")
         shutil.rmtree(paths.MODEL)
-    hook = base / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SLOW_STEPS)
+    hook = slow_steps_hook(base / "hook", 0.25)
     child_env = {**os.environ, **env, "PYTHONPATH": str(hook)}
     child_env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen(

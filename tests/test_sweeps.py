@@ -129,3 +129,25 @@ def test_a_queued_sweep_registers_every_version_on_a_tracking_server_on_postgres
         experiments = sweep(repo, RATES["postgresql"])
         assert len(experiments) == 2
         assert_each_experiment_has_its_run_and_version(mlflow.MlflowClient(url), experiments, RATES["postgresql"])
+
+
+def test_an_mlflow_experiment_created_by_a_run_starting_at_the_same_moment_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two queued experiments both find no MLflow experiment, and both create it: the second uses the
+    first's instead of failing (it did, on PostgreSQL, before)."""
+    from pipeline import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    existing = mlflow.MlflowClient(tracking.tracking_uri()).create_experiment("sentiment-finetune")
+    lookup = mlflow.MlflowClient.get_experiment_by_name
+    lookups: list[str] = []
+
+    def after_the_other_created_it(self: mlflow.MlflowClient, name: str) -> object:
+        lookups.append(name)
+        return None if len(lookups) == 1 else lookup(self, name)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_experiment_by_name", after_the_other_created_it)
+    assert tracking.configure("sentiment-finetune") == existing
+    assert lookups == ["sentiment-finetune", "sentiment-finetune"]
