@@ -9,6 +9,11 @@ of the base model, register and serve it."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -19,8 +24,19 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import build_tiny_llama, sentiment_rows
-from helpers import expect_user_error, free_port, post, running_server, serve_command, set_params, venv_env
+from helpers import (
+    expect_user_error,
+    free_port,
+    post,
+    running_server,
+    serve_command,
+    set_params,
+    slow_steps_hook,
+    venv_env,
+)
 from pipeline import data, paths, predict, prompting, tracking
+from pipeline.card import ModelCard
+from pipeline.checkpoints import CHECKSUMS_FILE, RUN_FILE
 from pipeline.inference import Predictor
 from pipeline.params import PromptParams, TokenizeParams
 from pipeline.tasks import IGNORE_INDEX, get_task
@@ -234,6 +250,40 @@ def test_peft_methods_train_save_and_load_a_decoder(decoder_project: Path, metho
     predicted = Predictor(paths.MODEL).predict(["a great film", "a dull plot"])
     assert set(predicted["label"]) <= {"negative", "positive"}
     assert predicted["score"].between(0.5, 1).all()
+
+
+def test_a_decoder_finetune_killed_with_sigkill_resumes_in_the_same_mlflow_run(
+    decoder_project: Path, tmp_path: Path
+) -> None:
+    """The checkpoint contract holds for decoders too: LoRA adapter, optimizer and RNG state come back."""
+    set_params(
+        decoder_project,
+        {"finetune.method": "lora", "finetune.max_steps": 8, "finetune.eval_steps": 4, "finetune.logging_steps": 1},
+    )
+    for stage in (ingest, split, tokenize):
+        stage.main()
+    env = {**os.environ, "PYTHONPATH": str(slow_steps_hook(tmp_path / "hook", 0.5))}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "stages.finetune"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    marker = paths.CHECKPOINTS / "checkpoint-4" / CHECKSUMS_FILE
+    deadline = time.monotonic() + 180
+    while not marker.exists():
+        assert killed.poll() is None and time.monotonic() < deadline, "the finetune ended before its checkpoint"
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    run_id = json.loads((paths.CHECKPOINTS / RUN_FILE).read_text())["mlflow_run_id"]
+    finetune.main()
+    card = ModelCard.read(paths.MODEL)
+    assert (card.training.resumed_from_step, card.training.global_step) == (4, 8)
+    assert card.provenance.mlflow_run_id == run_id
+    assert set(Predictor(paths.MODEL).predict(["a great film"])["label"]) <= {"negative", "positive"}
 
 
 # ---- free text (task text_generation) ----------------------------------------------------------------
