@@ -264,7 +264,7 @@ class ProgressLines(TrainerCallback):
         elapsed = time.perf_counter() - self.started
         done = state.global_step - self.first_step
         left = elapsed / done * (state.max_steps - state.global_step)
-        samples = done * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+        samples = done * global_batch_size(args)
         shown = " ".join(
             f"{k.removeprefix('eval_')} {v:.4g}" if k.startswith("eval_") else f"{k} {v:.4g}"
             for k, v in logs.items()
@@ -395,9 +395,7 @@ def fit(
         train_seconds=round(train_seconds, 1),
         train_samples_per_second=result.metrics.get("train_samples_per_second"),
         processes=trainer.args.world_size,
-        global_train_batch_size=trainer.args.train_batch_size
-        * trainer.args.gradient_accumulation_steps
-        * trainer.args.world_size,
+        global_train_batch_size=global_batch_size(trainer.args),
         trainable_params=prepared.trainable_params,
         total_params=prepared.total_params,
         peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -427,9 +425,13 @@ def fit(
     return card
 
 
+def global_batch_size(args: Any) -> int:
+    """Examples per optimizer step over every process: per device x accumulation x processes."""
+    return args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+
+
 def total_steps(args: Any, train_examples: int) -> int:
     if args.max_steps > 0:
         return args.max_steps
-    global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    per_epoch = max(1, -(-train_examples // global_batch))
+    per_epoch = max(1, -(-train_examples // global_batch_size(args)))
     return int(np.ceil(per_epoch * args.num_train_epochs))

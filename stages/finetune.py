@@ -30,7 +30,7 @@ from pipeline.errors import PipelineError, atomic_dir, stage_main
 from pipeline.modeling import resolve_model
 from pipeline.params import Params, flat_params, load_params
 from pipeline.sources import tree_sha256
-from pipeline.training import Prepared, fit, prepare
+from pipeline.training import Prepared, fit, global_batch_size, prepare
 
 # The sections whose values shape the trained model: the run's MLflow params and the checkpoint
 # fingerprint. dvc.yaml lists each of them as a param of this stage.
@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     if not distributed.is_main():
         _follow(params, prepared, resume_from)
         return
-    global_batch = prepared.trainer.args.train_batch_size * prepared.trainer.args.gradient_accumulation_steps
-    global_batch *= prepared.trainer.args.world_size
+    global_batch = global_batch_size(prepared.trainer.args)
 
     tracking.configure(params.mlflow.experiment_name)
     with (
