@@ -102,6 +102,22 @@ class IngestParams(Section):
         default="text", description="the text column, or two columns [first, second] for text pairs"
     )
     label_column: str = Field(default="label", description="the label column")
+    input_column: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "text_generation: a column appended to the text after a blank line where it is not empty (Alpaca's "
+            "instruction/input/output: text_column instruction, input_column input, label_column output)"
+        ),
+    )
+    messages_column: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "text_generation: a column of chats read instead of text_column and label_column, each a list of "
+            "{role, content}: one user message, then the assistant's reply (the response learnt)"
+        ),
+    )
     encoding: str = Field(
         default="utf-8", description="text encoding; a byte that does not decode is an error naming the line"
     )
@@ -580,6 +596,11 @@ class Params(Section):
             raise ValueError(
                 f"tokenize.prompt: prompts are for decoder tasks (generative_classification, text_generation); "
                 f"task {self.task} would ignore it"
+            )
+        responses_only = [key for key in ("input_column", "messages_column") if getattr(self.ingest, key)]
+        if responses_only and not task.reads_responses:
+            raise ValueError(
+                f"ingest.{responses_only[0]}: for text_generation (task {self.task} reads labels, not responses)"
             )
         if self.ingest.text_pair and self.tokenize.truncation != "head":
             raise ValueError(

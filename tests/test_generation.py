@@ -37,8 +37,9 @@ from helpers import (
 from pipeline import data, paths, predict, prompting, tracking
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE, RUN_FILE
+from pipeline.errors import PipelineError
 from pipeline.inference import Predictor
-from pipeline.params import PromptParams, TokenizeParams
+from pipeline.params import IngestParams, PromptParams, TokenizeParams
 from pipeline.tasks import IGNORE_INDEX, get_task
 from stages import evaluate, export, finetune, ingest, report, split, tokenize
 
@@ -229,6 +230,8 @@ def test_decoder_params_that_do_not_apply_are_refused_naming_the_key(
     assert "tokenize.prompt.template" in expect_user_error(ingest.main, capsys)
     set_params(decoder_project, {"task": "single_label_classification", "tokenize.prompt.template": "{text}?"})
     assert "tokenize.prompt" in expect_user_error(ingest.main, capsys)  # an encoder would ignore it
+    set_params(decoder_project, {"tokenize.prompt": PromptParams().model_dump(), "ingest.input_column": "input"})
+    assert "ingest.input_column: for text_generation" in expect_user_error(ingest.main, capsys)  # labels, not responses
 
 
 @pytest.mark.parametrize(("method", "merge"), [("lora", True), ("prefix", False)])  # merged; fed to every layer
@@ -366,3 +369,62 @@ def test_free_text_is_fine_tuned_and_compared_with_the_lead_and_prompting(projec
     text = Path("reports/report.md").read_text()
     assert "| best |" in text and "| worst |" in text and "Zero- and few-shot" in text
     assert "| best |  |" in text and "nan" not in text  # free text has no class: an empty cell
+
+
+def read_responses(path: Path, fmt: str, **columns: str) -> pd.DataFrame:
+    params = IngestParams(source=str(path), format=fmt, **columns)
+    return get_task("text_generation").read(path, params)[0]
+
+
+def test_instruction_input_output_records_become_a_prompt_with_the_input_after_a_blank_line(tmp_path: Path) -> None:
+    records = [
+        {"instruction": "Name the sentiment.", "input": "a great film", "output": "positive"},
+        {"instruction": "Say hello.", "input": "", "output": "hello"},  # no input: the instruction alone
+        {"instruction": "Say bye.", "output": "bye"},  # no input key at all
+        {"instruction": "", "input": "orphan input", "output": "x"},  # no instruction: nothing to answer
+    ]
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    table = read_responses(path, "jsonl", text_column="instruction", input_column="input", label_column="output")
+    assert table[data.TEXT].tolist() == ["Name the sentiment.\n\na great film", "Say hello.", "Say bye."]
+    assert table[data.LABEL].tolist() == ["positive", "hello", "bye"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_single_turn_chats_are_read_as_the_user_message_and_the_reply_learnt(tmp_path: Path, fmt: str) -> None:
+    chats = [
+        [{"role": "user", "content": "a great film"}, {"role": "assistant", "content": "good film"}],
+        [{"role": "user", "content": "a dull plot"}, {"role": "assistant", "content": "bad film"}],
+        [{"role": "user", "content": "no reply"}, {"role": "assistant", "content": ""}],  # dropped, counted
+    ]
+    path = tmp_path / f"chats.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats), encoding="utf-8")
+    else:
+        pd.DataFrame({"messages": chats}).to_parquet(path)  # read back as numpy arrays of dicts
+    table, records, counts = get_task("text_generation").read(
+        path, IngestParams(source=str(path), format=fmt, messages_column="messages")
+    )
+    assert table[data.TEXT].tolist() == ["a great film", "a dull plot"]
+    assert table[data.LABEL].tolist() == ["good film", "bad film"]
+    assert records == 3 and counts["dropped"]["no_response"] == 1
+
+
+@pytest.mark.parametrize(
+    ("chat", "says"),
+    [
+        ("not a list", "is not a list of {role, content} messages"),
+        ([{"role": "user"}, {"role": "assistant", "content": 3}], "is not a list of {role, content} messages"),
+        ([{"role": "system", "content": "brief"}, {"role": "user", "content": "hi"}], "roles ['system', 'user']"),
+        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}] * 2, "multi-turn chats"),
+    ],
+)
+def test_a_chat_that_is_not_one_user_message_and_its_reply_stops_naming_its_line(
+    tmp_path: Path, chat: object, says: str
+) -> None:
+    good = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    path = tmp_path / "chats.jsonl"
+    path.write_text(json.dumps({"messages": good}) + "\n" + json.dumps({"messages": chat}) + "\n", encoding="utf-8")
+    with pytest.raises(PipelineError, match=r"chats\.jsonl: line 2: column 'messages'") as raised:
+        read_responses(path, "jsonl", messages_column="messages")
+    assert says in str(raised.value)

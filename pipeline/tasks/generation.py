@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from pipeline import data
+from pipeline.errors import PipelineError
 from pipeline.prompting import (
     answer_ids,
     demonstrations_for,
@@ -300,12 +301,62 @@ def response_scores(reference: str, generated: str) -> tuple[float, float, float
     )
 
 
+INPUT_SEPARATOR = "\n\n"  # between an instruction and its input, as Alpaca's prompts have them
+CHAT_TEXT, CHAT_RESPONSE = "chat_text", "chat_response"  # the columns a chat is read into
+
+
+def with_inputs(raw: pd.DataFrame, path: Path, params: IngestParams) -> pd.DataFrame:
+    """The text column with `ingest.input_column` appended after a blank line where both have text (an
+    instruction without input is the whole prompt; a record without an instruction is dropped later)."""
+    for column in (params.text_column, params.input_column):
+        if column not in raw.columns:
+            raise PipelineError(f"{path}: no column '{column}' (columns: {', '.join(map(str, raw.columns))})")
+
+    def present(value: Any) -> bool:
+        return not data.is_missing(value) and bool(str(value).strip())
+
+    def joined(text: Any, extra: Any) -> Any:
+        return f"{str(text).strip()}{INPUT_SEPARATOR}{str(extra).strip()}" if present(text) and present(extra) else text
+
+    text_column = str(params.text_column)
+    return raw.assign(**{text_column: [joined(t, e) for t, e in zip(raw[text_column], raw[params.input_column])]})
+
+
+def single_turn_chats(raw: pd.DataFrame, path: Path, where: str, params: IngestParams) -> tuple[pd.DataFrame, Any]:
+    """Chats ([{role, content}, ...]: one user message, then the assistant's reply) as a text and its
+    response, and the params that read them; anything else stops with its line or row."""
+    column = params.messages_column
+    if column not in raw.columns:
+        raise PipelineError(f"{path}: no column '{column}' (columns: {', '.join(map(str, raw.columns))})")
+    texts, responses = [], []
+    for row, chat in zip(raw[data.SOURCE_ROW], raw[column]):
+        # JSON Lines give lists, Parquet and datasets numpy arrays of dicts.
+        turns = list(chat) if isinstance(chat, (list, tuple, np.ndarray)) else None
+        if turns is None or not all(
+            isinstance(t, dict) and isinstance(t.get("role"), str) and isinstance(t.get("content"), (str, type(None)))
+            for t in turns
+        ):
+            raise PipelineError(f"{path}: {where} {row}: column '{column}' is not a list of {{role, content}} messages")
+        roles = [t["role"] for t in turns]
+        if roles != ["user", "assistant"]:
+            raise PipelineError(
+                f"{path}: {where} {row}: column '{column}': expected a user message, then the assistant's reply "
+                f"(got roles {roles}); multi-turn chats and system messages are not read (the system prompt is "
+                "tokenize.prompt.system)"
+            )
+        texts.append(turns[0]["content"])
+        responses.append(turns[1]["content"])
+    chats = raw.assign(**{CHAT_TEXT: texts, CHAT_RESPONSE: responses})
+    return chats, params.model_copy(update={"text_column": CHAT_TEXT, "label_column": CHAT_RESPONSE})
+
+
 @register
 class TextGeneration(Decoder, Task):
     """Free text: a decoder LM answers each prompt with a response (`ingest.label_column` holds the
     reference responses), scored by ROUGE-L, chrF and exact match against the reference."""
 
     name: ClassVar[str] = "text_generation"
+    reads_responses: ClassVar[bool] = True
     description: ClassVar[str] = (
         "a decoder LM answers each text (tokenize.prompt.template) with free text; ingest.label_column holds the "
         "reference responses"
@@ -326,6 +377,10 @@ class TextGeneration(Decoder, Task):
         to learn or score and is dropped (counted), as are repeated texts after the first."""
         raw, where = data.read_raw_table(path, params)
         records, dropped = len(raw), {}
+        if params.messages_column:
+            raw, params = single_turn_chats(raw, path, where, params)
+        if params.input_column:
+            raw = with_inputs(raw, path, params)
         for reason, column in (("no_text", params.text_column), ("no_response", params.label_column)):
             if column in raw.columns:  # (select_texts names a missing column)
                 empty = raw[column].map(lambda v: data.is_missing(v) or not str(v).strip())
