@@ -7,6 +7,7 @@ fast. Needs only the model folder (weights, tokenizer, model card), never the re
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pipeline.card import EncodingSpec, ModelCard
 from pipeline.encoding import encode_texts, in_context, pool
 from pipeline.errors import PipelineError
 from pipeline.modeling import check_model_folder, require_finite_weights
+from pipeline.prompting import GREEDY, Sampling
 from pipeline.runtimes import ONNX_FILES, RUNTIMES, TORCH, OnnxSession
 from pipeline.tasks import get_task
 from pipeline.tasks.classification import softmax
@@ -42,6 +44,7 @@ class Predictor:
         self.encoding: EncodingSpec = self.card.encoding  # long texts are cut and pooled as in training
         self.batch_size = batch_size
         self.runtime = runtime
+        self.sampling = GREEDY  # how free text is generated (text_generation); set per request by with_sampling
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
             if runtime == TORCH:
@@ -130,6 +133,13 @@ class Predictor:
                 previous = word
             tagged.append(tags)
         return tagged
+
+    def with_sampling(self, sampling: Sampling) -> Predictor:
+        """This predictor generating free text as `sampling` says (the weights are shared, not copied, so a
+        request's choice never leaks into another's)."""
+        chosen = copy.copy(self)
+        chosen.sampling = sampling
+        return chosen
 
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> pd.DataFrame:
         """One row per text (and pair), as the task decodes it: label and scores, label sets, or entities."""

@@ -598,7 +598,7 @@ class Params(Section):
                 f"task {self.task} would ignore it"
             )
         responses_only = [key for key in ("input_column", "messages_column") if getattr(self.ingest, key)]
-        if responses_only and not task.reads_responses:
+        if responses_only and not task.generates_text:
             raise ValueError(
                 f"ingest.{responses_only[0]}: for text_generation (task {self.task} reads labels, not responses)"
             )

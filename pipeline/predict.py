@@ -30,6 +30,7 @@ from tqdm import tqdm
 from pipeline.data import json_record
 from pipeline.errors import PipelineError, atomic_file, stage_main
 from pipeline.inference import Predictor, load_predictor
+from pipeline.prompting import Sampling
 from pipeline.runtimes import RUNTIMES
 
 PREFIX = "predicted_"  # predicted_label, predicted_score, predicted_score_<label>: never clash with input columns
@@ -202,6 +203,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="what runs the model: torch | onnx (fp32) | onnx-int8 (ONNX Runtime); default: the registered "
         "version's own runtime, torch for a model folder",
     )
+    sampling = parser.add_argument_group("sampling (text generation; greedy by default)")
+    sampling.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above 0: sampled")
+    sampling.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set of this probability")
+    sampling.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens (0: all)")
+    sampling.add_argument("--seed", type=int, default=0, help="the same seed and input give the same text")
     args = parser.parse_args(argv)
     if args.chunk_size < 1 or args.batch_size < 1:
         parser.error("--chunk-size and --batch-size must be positive")
@@ -212,7 +218,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     file_format(args.input), file_format(args.output)  # refuse unknown types before loading a model
     transformers.logging.disable_progress_bar()  # one bar (ours), not one per weight file
-    predictor = load_predictor(args.model, args.runtime)
+    try:
+        sampling = Sampling(args.temperature, args.top_p, args.top_k, args.seed)
+    except ValueError as exc:
+        raise PipelineError(f"--{str(exc).replace('_', '-')}") from None
+    predictor = load_predictor(args.model, args.runtime).with_sampling(sampling)
     predictor.batch_size = args.batch_size
     if predictor.text_pair != bool(args.pair_column):
         raise PipelineError(

@@ -28,6 +28,47 @@ from pipeline.params import PromptParams
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """How a free generation picks its tokens: greedy by default (temperature 0: evaluate's scores are
+    reproducible), or sampled at `temperature` from the `top_p` nucleus and the `top_k` likeliest tokens
+    (0: all), seeded by `seed` so the same request gives the same text. Chosen per request (serving's
+    params, `pipeline.predict --temperature ...`), never at training."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 100):
+            raise ValueError(f"temperature: a number from 0 (greedy) to 100 (got {self.temperature!r})")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p: a share above 0 and at most 1 (got {self.top_p!r})")
+        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise ValueError(f"top_k: a count of tokens, 0 for all (got {self.top_k!r})")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
+            raise ValueError(f"seed: a non-negative integer (got {self.seed!r})")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def generate_options(self) -> dict[str, Any]:
+        """`generate`'s keyword arguments for this choice."""
+        if self.greedy:
+            return {"do_sample": False}
+        return {
+            "do_sample": True,
+            "temperature": float(self.temperature),
+            "top_p": float(self.top_p),
+            "top_k": self.top_k,
+        }
+
+
+GREEDY = Sampling()
+
+
+@dataclass(frozen=True)
 class Demonstration:
     """One solved example shown in a few-shot prompt."""
 
@@ -209,12 +250,19 @@ def next_token_scores(
 
 @torch.inference_mode()
 def generate(
-    model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    sampling: Sampling = GREEDY,
 ) -> tuple[list[str], int]:
-    """Greedy continuations of each prompt, batched with left padding (generate's contract: every row ends
-    where the new tokens start) and the KV cache; a row stops at the end-of-turn token. Returns the texts
-    and the number of tokens generated."""
+    """Continuations of each prompt (greedy unless `sampling` says otherwise), batched with left padding
+    (generate's contract: every row ends where the new tokens start) and the KV cache; a row stops at the
+    end-of-turn token. Returns the texts and the number of tokens generated."""
     end = end_of_turn(tokenizer)
+    if not sampling.greedy:
+        torch.manual_seed(sampling.seed)  # generate draws from torch's global generator: it takes no other
     texts: list[str] = [""] * len(prompts)
     produced = 0
     order = np.argsort([len(p) for p in prompts], kind="stable")
@@ -225,7 +273,7 @@ def generate(
         output = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
+            **sampling.generate_options(),
             eos_token_id=end,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end,
         )

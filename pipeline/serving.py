@@ -7,7 +7,9 @@ Requests are bounded, so a few huge requests cannot occupy the workers: at most
 `PIPELINE_MAX_REQUEST_TEXTS` inputs (default 1,000) and `PIPELINE_MAX_REQUEST_CHARS` characters in all
 (default 1,000,000) per request, read from the server's environment when the model loads; more is a 400
 naming the limit. Empty or whitespace-only texts are refused here as in batch prediction (400 naming the
-input). Longer texts are cut to the model's max_length tokens, as in training.
+input). Longer texts are cut to the model's max_length tokens, as in training. A text generation model
+takes sampling params per request ({"inputs": [...], "params": {"temperature": 0.7, "top_p": 0.9, "seed": 1}});
+greedy without them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import mlflow
 import pandas as pd
 
 from pipeline.inference import Predictor
+from pipeline.prompting import Sampling
 from pipeline.runtimes import TORCH
 
 MAX_TEXTS = "PIPELINE_MAX_REQUEST_TEXTS"
@@ -57,7 +60,14 @@ class TextModel(_ServedModel):
     # before predict runs), and `/invocations` accepts {"inputs": ["a text", ...]}.
     def predict(self, model_input: list[str], params: dict[str, Any] | None = None) -> pd.DataFrame:
         self._check([[text] for text in model_input])
-        return self.predictor.predict(model_input)
+        if not params:
+            return self.predictor.predict(model_input)
+        try:
+            # A text generation model's signature has these params (evaluate); MLflow may hand numpy scalars.
+            sampling = Sampling(**{key: getattr(value, "item", lambda v=value: v)() for key, value in params.items()})
+        except (TypeError, ValueError) as exc:
+            raise _bad_request(f"params: {exc}") from None
+        return self.predictor.with_sampling(sampling).predict(model_input)
 
 
 class TextPairModel(_ServedModel):

@@ -8,9 +8,11 @@ command, because it changes shared state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -31,6 +33,7 @@ from pipeline.evaluation import (
 from pipeline.inference import Predictor
 from pipeline.modeling import resolve_model
 from pipeline.params import EvaluateParams, ExportParams, load_params
+from pipeline.prompting import GREEDY
 from pipeline.runtimes import ONNX_FILES, TORCH, machine, read_export_card, timed_outcomes
 from pipeline.sources import tree_sha256
 from pipeline.tasks import Outcomes, Task, get_task
@@ -50,14 +53,16 @@ def _pip_requirements(model_dir: Path, runtime: str) -> list[str]:
     return [f"{name}=={pin}" for name, pin in pins.items()]
 
 
-def input_example(rows: pd.DataFrame) -> list:
-    """A few test inputs as the served model takes them: texts, or [text, pair] lists."""
+def input_example(rows: pd.DataFrame, task: Task) -> Any:
+    """A few test inputs as the served model takes them: texts, or [text, pair] lists; with the sampling
+    params and their defaults for a model that generates text (MLflow reads the params schema off it)."""
     pairs = data.text_pairs(rows)
-    return [[a, b] for a, b in zip(rows[data.TEXT], pairs)] if pairs else data.raw_texts(rows)
+    inputs = [[a, b] for a, b in zip(rows[data.TEXT], pairs)] if pairs else data.raw_texts(rows)
+    return (inputs, dataclasses.asdict(GREEDY)) if task.generates_text else inputs
 
 
 def register(
-    model_dir: Path, params: EvaluateParams, card: ModelCard, metrics: dict, example: list, runtime: str
+    model_dir: Path, params: EvaluateParams, card: ModelCard, metrics: dict, example: Any, runtime: str
 ) -> dict:
     """Log the pyfunc model to the active run, register it as a new version with its provenance, and
     point the alias at it. The version carries the ONNX export too and serves with `runtime`."""
@@ -242,7 +247,7 @@ def main() -> None:
             mlflow.log_artifact(str(test_file), "evaluation")
             mlflow.log_dict({"labels": card.labels, "true": true, "pred": pred}, OUTCOMES_ARTIFACT)
             registry = register(
-                paths.MODEL, params.evaluate, card, metrics, input_example(test.head(3)), runtimes["served"]
+                paths.MODEL, params.evaluate, card, metrics, input_example(test.head(3), task), runtimes["served"]
             )
         data.write_json(registry, out / "registry.json")
     low, high = metrics["ci95"][headline]

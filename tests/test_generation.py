@@ -130,6 +130,24 @@ def test_generation_with_left_padding_matches_one_prompt_at_a_time(tiny_llama: P
     assert produced <= 3 * 4
 
 
+def test_sampling_is_seeded_differs_from_greedy_and_refuses_values_outside_its_range(tiny_llama: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    prompts, _ = prompting.prompt_ids(tokenizer, PromptParams(**PROMPT), ["great", "a dull plot", "fine"], 64, 2)
+
+    def sampled(**choice: float) -> list[str]:
+        return prompting.generate(model, tokenizer, prompts, 6, 3, prompting.Sampling(**choice))[0]
+
+    greedy = sampled()
+    assert sampled(temperature=1.5, seed=1) == sampled(temperature=1.5, seed=1)  # the seed decides
+    assert sampled(temperature=1.5, seed=1) != greedy  # a random tiny model: near-uniform next tokens
+    assert sampled(temperature=1.5, seed=1) != sampled(temperature=1.5, seed=2)
+    assert sampled(temperature=1.5, top_k=1, seed=3) == greedy  # the likeliest token only: greedy again
+    for bad, key in (({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_k": 1.5}, "top_k")):
+        with pytest.raises(ValueError, match=key):
+            prompting.Sampling(**bad)
+
+
 def test_generation_stops_at_the_end_of_turn_token(tmp_path: Path) -> None:
     """A model whose every next token is the end of the turn (all logits equal, the end token has id 0)
     answers nothing and stops after one step, however many tokens it may add."""
@@ -366,6 +384,24 @@ def test_free_text_is_fine_tuned_and_compared_with_the_lead_and_prompting(projec
     (project / "in.csv").write_text("review\na great and moving film\na dull and awful plot\n", encoding="utf-8")
     predict.run(["--model", "models/model", "--input", "in.csv", "--output", "out.csv", "--text-column", "review"])
     assert pd.read_csv(project / "out.csv")["predicted_generated"].tolist() == ["good film", "bad film"]
+    # Sampling is chosen per request: served params, and the same flags for batch prediction.
+    registry = json.loads((paths.EVAL / "registry.json").read_text())
+    served = mlflow.pyfunc.load_model(registry["model_uri"])
+    texts = ["a great and moving film", "a dull and awful plot"]
+    assert served.predict(texts)["generated"].tolist() == ["good film", "bad film"]  # greedy by default
+    hot = {"temperature": 50.0, "seed": 7}  # hot enough for a tiny model to leave its answer
+    assert (
+        served.predict(texts, params=hot)["generated"].tolist()
+        == served.predict(texts, params=hot)["generated"].tolist()
+    )
+    assert served.predict(texts, params=hot)["generated"].tolist() != ["good film", "bad film"]
+    with pytest.raises(mlflow.exceptions.MlflowException, match="top_p"):
+        served.predict(texts, params={"top_p": 2.0})
+    predict.run(
+        ["--model", "models/model", "--input", "in.csv", "--output", "hot.csv", "--text-column", "review"]
+        + ["--temperature", "50", "--seed", "7"]
+    )
+    assert pd.read_csv(project / "hot.csv")["predicted_generated"].tolist() != ["good film", "bad film"]
     text = Path("reports/report.md").read_text()
     assert "| best |" in text and "| worst |" in text and "Zero- and few-shot" in text
     assert "| best |  |" in text and "nan" not in text  # free text has no class: an empty cell

@@ -356,7 +356,7 @@ class TextGeneration(Decoder, Task):
     reference responses), scored by ROUGE-L, chrF and exact match against the reference."""
 
     name: ClassVar[str] = "text_generation"
-    reads_responses: ClassVar[bool] = True
+    generates_text: ClassVar[bool] = True
     description: ClassVar[str] = (
         "a decoder LM answers each text (tokenize.prompt.template) with free text; ingest.label_column holds the "
         "reference responses"
@@ -445,7 +445,12 @@ class TextGeneration(Decoder, Task):
             predictor.tokenizer, spec.prompt, texts, spec.max_length, spec.prompt.max_new_tokens + 1
         )
         generated, _ = generate(
-            predictor.model, predictor.tokenizer, prompts, spec.prompt.max_new_tokens, predictor.batch_size
+            predictor.model,
+            predictor.tokenizer,
+            prompts,
+            spec.prompt.max_new_tokens,
+            predictor.batch_size,
+            predictor.sampling,
         )
         return pd.DataFrame({"generated": generated, "cut": cut})
 
