@@ -3,6 +3,7 @@ stage and the benchmarks, so a benchmark measures exactly the training the pipel
 
 from __future__ import annotations
 
+import ctypes
 import resource
 import sys
 import time
@@ -297,6 +298,27 @@ def show_progress(trainer: Trainer, stream: Any = None) -> None:
     trainer.add_callback(ProgressCallback() if stream.isatty() else ProgressLines(stream))
 
 
+MMAP_THRESHOLD_BYTES = 4 << 20  # a batch's largest activation buffers (MiniLM, 16-32 texts) are 4-16 MiB
+
+
+def return_freed_buffers_to_the_system() -> None:
+    """Serve allocations of MMAP_THRESHOLD_BYTES and more by their own mmap, unmapped when freed.
+
+    Why by hand: glibc raises its mmap threshold each time such a block is freed (up to 32 MiB), after which
+    activation buffers come from the heap; with batches of changing lengths (group_by_length) the heap
+    fragments and its free holes stay resident: the finetune's peak RSS grew by about 0.5 GiB over three
+    epochs that way. A fixed threshold (what MALLOC_MMAP_THRESHOLD_ sets before a process starts) stops it;
+    torch has no CPU caching allocator that would. Measured on the default data, 120 steps of 16 texts, two
+    runs each on 2 idle cores: 41 and 41 s with it, 42 and 40 s without; peak RSS 1,347 and 1,319 MiB
+    against 1,386 and 1,425 MiB. A no-op without glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_mmap_threshold = -3  # from glibc's malloc.h
+    libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES)
+
+
 @dataclass
 class Prepared:
     """A model ready to train: everything that can fail on a bad param is done before training starts."""
@@ -312,6 +334,7 @@ class Prepared:
 
 def prepare(params: Params, datasets: Any, labels: list[str], checkpoints: Path) -> Prepared:
     """The pretrained model with its new head, prepared for `finetune.method`, inside its Trainer."""
+    return_freed_buffers_to_the_system()
     finetune = params.finetune
     task = get_task(params.task)
     model_dir = resolve_model(params.model)

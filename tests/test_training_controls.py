@@ -12,7 +12,7 @@ import torch
 from datasets import Dataset
 
 from helpers import set_params
-from pipeline import data, methods, paths
+from pipeline import data, methods, paths, training
 from pipeline.params import load_params
 from pipeline.tasks import get_task
 from pipeline.training import Prepared, class_weights, fit, loss_function, prepare
@@ -269,3 +269,27 @@ def test_progress_is_a_bar_on_a_terminal_and_one_line_per_logging_step_in_logs(t
     assert steps == ["2/6", "3/6", "4/6", "6/6", "6/6"], lines  # loss at 2, 4, 6; validation at 3 and 6
     assert all(line.startswith("finetune: step ") and "samples/s | ETA " in line for line in lines)
     assert "loss " in lines[0] and "accuracy " in lines[1] and "{" not in log.getvalue()  # no dict lines
+
+
+def test_after_prepare_large_freed_buffers_leave_the_heap_instead_of_fragmenting_it() -> None:
+    """glibc's dynamic threshold would serve a 5 MiB block from the heap once an 8 MiB block was freed;
+    with the fixed threshold set when training is prepared it gets its own mapping (returned on free)."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd")] + [
+            (name, ctypes.c_size_t) for name in ("usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+        ]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.mallinfo2.restype = MallInfo2
+    training.return_freed_buffers_to_the_system()
+    libc.free(libc.malloc(8 << 20))  # would raise a dynamic threshold to 8 MiB
+    mapped_before = libc.mallinfo2().hblks
+    block = libc.malloc(5 << 20)
+    try:
+        assert libc.mallinfo2().hblks == mapped_before + 1
+    finally:
+        libc.free(block)
