@@ -246,15 +246,20 @@ def describe_tokens(table: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def require_columns(frame: pd.DataFrame, source: Path, *columns: str) -> None:
+    """Stop naming the first of `columns` that `frame` lacks, and the columns it has."""
+    missing = next((column for column in columns if column not in frame.columns), None)
+    if missing is not None:
+        raise PipelineError(f"{source}: no column '{missing}' (columns: {', '.join(map(str, frame.columns))})")
+
+
 def select_texts(frame: pd.DataFrame, path: Path, where: str, params: IngestParams) -> pd.DataFrame:
     """The text column(s) (stripped, never empty), the raw label column and `source_row` of a raw table."""
     if frame.empty:
         raise PipelineError(f"{path}: no records (only a header, or nothing)")
     text_columns = dict(zip((TEXT, TEXT_PAIR), params.text_column if params.text_pair else [params.text_column]))
     slice_columns = [params.slice_column] if params.slice_column else []
-    for column in (*text_columns.values(), params.label_column, *slice_columns):
-        if column not in frame.columns:
-            raise PipelineError(f"{path}: no column '{column}' (columns: {', '.join(map(str, frame.columns))})")
+    require_columns(frame, path, *text_columns.values(), params.label_column, *slice_columns)
     table = pd.DataFrame(
         {
             **{name: frame[column] for name, column in text_columns.items()},

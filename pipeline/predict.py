@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import transformers
 from tqdm import tqdm
 
-from pipeline.data import json_record
+from pipeline.data import json_record, require_columns
 from pipeline.errors import PipelineError, atomic_file, stage_main
 from pipeline.inference import Predictor, load_predictor
 from pipeline.prompting import Sampling
@@ -166,11 +166,8 @@ def predict_file(
         with tqdm(total=total, unit="rows", desc="predict", disable=None) as progress:
             for chunk in read_chunks(source, chunk_size):
                 columns = [text_column] + ([pair_column] if pair_column else [])
+                require_columns(chunk, source, *columns)
                 for column in columns:
-                    if column not in chunk.columns:
-                        raise PipelineError(
-                            f"{source}: no column '{column}' (columns: {', '.join(map(str, chunk.columns))})"
-                        )
                     bad = chunk[column].map(lambda v: not isinstance(v, str) or not v.strip()).to_numpy()
                     if bad.any():
                         raise PipelineError(

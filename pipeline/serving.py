@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 from pipeline.inference import Predictor
@@ -64,7 +65,7 @@ class TextModel(_ServedModel):
             return self.predictor.predict(model_input)
         try:
             # A text generation model's signature has these params (evaluate); MLflow may hand numpy scalars.
-            sampling = Sampling(**{key: getattr(value, "item", lambda v=value: v)() for key, value in params.items()})
+            sampling = Sampling(**{k: v.item() if isinstance(v, np.generic) else v for k, v in params.items()})
         except (TypeError, ValueError) as exc:
             raise _bad_request(f"params: {exc}") from None
         return self.predictor.with_sampling(sampling).predict(model_input)

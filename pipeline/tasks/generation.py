@@ -308,9 +308,8 @@ CHAT_TEXT, CHAT_RESPONSE = "chat_text", "chat_response"  # the columns a chat is
 def with_inputs(raw: pd.DataFrame, path: Path, params: IngestParams) -> pd.DataFrame:
     """The text column with `ingest.input_column` appended after a blank line where both have text (an
     instruction without input is the whole prompt; a record without an instruction is dropped later)."""
-    for column in (params.text_column, params.input_column):
-        if column not in raw.columns:
-            raise PipelineError(f"{path}: no column '{column}' (columns: {', '.join(map(str, raw.columns))})")
+    text_column, input_column = str(params.text_column), str(params.input_column)
+    data.require_columns(raw, path, text_column, input_column)
 
     def present(value: Any) -> bool:
         return not data.is_missing(value) and bool(str(value).strip())
@@ -318,16 +317,16 @@ def with_inputs(raw: pd.DataFrame, path: Path, params: IngestParams) -> pd.DataF
     def joined(text: Any, extra: Any) -> Any:
         return f"{str(text).strip()}{INPUT_SEPARATOR}{str(extra).strip()}" if present(text) and present(extra) else text
 
-    text_column = str(params.text_column)
-    return raw.assign(**{text_column: [joined(t, e) for t, e in zip(raw[text_column], raw[params.input_column])]})
+    return raw.assign(**{text_column: [joined(t, e) for t, e in zip(raw[text_column], raw[input_column])]})
 
 
-def single_turn_chats(raw: pd.DataFrame, path: Path, where: str, params: IngestParams) -> tuple[pd.DataFrame, Any]:
+def single_turn_chats(
+    raw: pd.DataFrame, path: Path, where: str, params: IngestParams
+) -> tuple[pd.DataFrame, IngestParams]:
     """Chats ([{role, content}, ...]: one user message, then the assistant's reply) as a text and its
     response, and the params that read them; anything else stops with its line or row."""
-    column = params.messages_column
-    if column not in raw.columns:
-        raise PipelineError(f"{path}: no column '{column}' (columns: {', '.join(map(str, raw.columns))})")
+    column = str(params.messages_column)
+    data.require_columns(raw, path, column)
     texts, responses = [], []
     for row, chat in zip(raw[data.SOURCE_ROW], raw[column]):
         # JSON Lines give lists, Parquet and datasets numpy arrays of dicts.
