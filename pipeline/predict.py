@@ -219,8 +219,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         sampling = Sampling(args.temperature, args.top_p, args.top_k, args.seed)
     except ValueError as exc:
         raise PipelineError(f"--{str(exc).replace('_', '-')}") from None
-    predictor = load_predictor(args.model, args.runtime).with_sampling(sampling)
-    predictor.batch_size = args.batch_size
+    predictor = load_predictor(args.model, args.runtime)
+    # Plain attributes, as this command owns its predictor (one registered by older code has no with_sampling).
+    predictor.batch_size, predictor.sampling = args.batch_size, sampling
     if predictor.text_pair != bool(args.pair_column):
         raise PipelineError(
             f"{args.model}: the model reads text pairs: name the second text's column with --pair-column"
