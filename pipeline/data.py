@@ -26,6 +26,7 @@ TOKENS, TAGS = "tokens", "tags"  # token classification: a sentence's words and 
 DOCUMENT = "document"  # token classification: the document a sentence belongs to (CoNLL -DOCSTART- blocks)
 SPLIT = "split"  # the predefined split of a record, when the source has one
 SLICE = "slice"  # the values of `ingest.slice_column`, carried to evaluate's sliced metrics
+HISTORY = "history"  # text_generation chats: the turns before the last user message (prompting.History as JSON)
 
 
 def decode_text_file(path: Path, encoding: str) -> str:
@@ -216,6 +217,15 @@ def raw_texts(table: pd.DataFrame) -> list[str]:
     return table[TEXT].tolist()
 
 
+def example_keys(table: pd.DataFrame) -> pd.Series:
+    """What makes two records the same example, for duplicate and overlap checks: the raw text up to case
+    and spacing, with a chat's history (the same last message in two conversations is two examples)."""
+    texts = raw_texts(table)
+    if HISTORY in table.columns:
+        texts = [text + PAIR_SEPARATOR + history for text, history in zip(texts, table[HISTORY])]
+    return dedup_keys(pd.Series(texts, index=table.index, dtype=object))
+
+
 def text_pairs(table: pd.DataFrame) -> list[str] | None:
     """The second texts of a pair table, None for single texts."""
     return table[TEXT_PAIR].tolist() if TEXT_PAIR in table.columns else None
@@ -398,7 +408,7 @@ def _dedup_key(text: str) -> str:
 
 def _drop_duplicates(table: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
     """Keep the first of identical texts with one label; drop every copy of a text with conflicting labels."""
-    keys = dedup_keys(pd.Series(raw_texts(table), index=table.index, dtype=object))
+    keys = example_keys(table)
     hashable = table[LABEL].map(lambda v: tuple(v) if isinstance(v, list) else v)  # label sets compare as tuples
     labels_per_key = hashable.groupby(keys).nunique()
     conflicting = keys.isin(labels_per_key[labels_per_key > 1].index)

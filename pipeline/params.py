@@ -115,7 +115,9 @@ class IngestParams(Section):
         min_length=1,
         description=(
             "text_generation: a column of chats read instead of text_column and label_column, each a list of "
-            "{role, content}: one user message, then the assistant's reply (the response learnt)"
+            "{role, content}: an optional system message, then user and assistant in turn, ending with the "
+            "assistant's reply (the response learnt; the turns before it are the prompt, oldest dropped first "
+            "when they do not fit tokenize.max_length)"
         ),
     )
     encoding: str = Field(

@@ -6,7 +6,8 @@ renders it; a tokenizer without one gets the plain text), and the model answers 
 (`tokenize.prompt.label_words`) followed by the end-of-turn token. The text alone is cut when the prompt
 would not leave room for the answer within `tokenize.max_length`, so the template's instruction is never
 lost. Few-shot prompts put demonstrations from the train split before the text as earlier turns of the
-same chat.
+same chat, and a chat read from data (`ingest.messages_column`) brings its own earlier turns (`History`),
+whose oldest exchanges are dropped when they leave no room.
 
 transformers has the chat template, padding and `generate`; what it does not have, and is written here:
 cutting the text inside a template, reading label words' scores off one forward pass, and drawing
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pydantic
 import torch
 
 from pipeline.errors import PipelineError
@@ -76,6 +78,27 @@ class Demonstration:
     answer: str
 
 
+@dataclass(frozen=True)
+class History:
+    """The turns of a chat before its last user message: the chat's own system message (None: the
+    prompt's, `tokenize.prompt.system`) and its earlier user/assistant exchanges, oldest first. They are
+    shown as they were said (the template wraps only the last user message), after any demonstrations."""
+
+    system: str | None = None
+    exchanges: tuple[Demonstration, ...] = ()
+
+    def to_json(self) -> str:
+        return _HISTORY_JSON.dump_json(self).decode()
+
+    @staticmethod
+    def from_json(text: str) -> History:
+        return _HISTORY_JSON.validate_json(text)
+
+
+NO_HISTORY = History()
+_HISTORY_JSON = pydantic.TypeAdapter(History)  # how a history is stored in a table column
+
+
 def label_words(spec: PromptParams, labels: Sequence[str]) -> list[str]:
     """The word the model answers for each label, in label order (the label itself when none is given)."""
     words = dict(spec.label_words or {})
@@ -111,23 +134,38 @@ def first_tokens(tokenizer: Any, words: Sequence[str]) -> list[int]:
     return firsts
 
 
-def render(tokenizer: Any, spec: PromptParams, text: str, demonstrations: Sequence[Demonstration] = ()) -> str:
-    """The prompt string for `text`, after the demonstrations, ready for the answer to follow."""
-    turns: list[dict[str, str]] = [{"role": "system", "content": spec.system}] if spec.system else []
+def render(
+    tokenizer: Any,
+    spec: PromptParams,
+    text: str,
+    demonstrations: Sequence[Demonstration] = (),
+    history: History = NO_HISTORY,
+) -> str:
+    """The prompt string for `text`, after the demonstrations and the chat's history, ready for the
+    answer to follow."""
+    system = spec.system if history.system is None else history.system
+    turns: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     for shown in demonstrations:
         turns += [
             {"role": "user", "content": spec.template.format(text=shown.text)},
             {"role": "assistant", "content": shown.answer},
         ]
+    for said in history.exchanges:
+        turns += [{"role": "user", "content": said.text}, {"role": "assistant", "content": said.answer}]
     turns.append({"role": "user", "content": spec.template.format(text=text)})
     if tokenizer.chat_template:
         return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
     return "".join(f"{t['content']}\n" for t in turns)  # a base model: the turns as plain lines
 
 
-def text_budget(tokenizer: Any, spec: PromptParams, max_length: int, answer_tokens: int) -> int:
-    """Tokens left for the text itself once the template and the answer are counted."""
-    overhead = len(tokenizer(render(tokenizer, spec, ""), add_special_tokens=False)["input_ids"])
+def text_budget(
+    tokenizer: Any, spec: PromptParams, max_length: int, answer_tokens: int, system: str | None = None
+) -> int:
+    """Tokens left for the text itself once the template (with a chat's own `system` message) and the
+    answer are counted."""
+    overhead = len(
+        tokenizer(render(tokenizer, spec, "", history=History(system)), add_special_tokens=False)["input_ids"]
+    )
     budget = max_length - overhead - answer_tokens
     if budget < 1:
         raise PipelineError(
@@ -151,18 +189,37 @@ def prompt_ids(
     max_length: int,
     answer_tokens: int,
     demonstrations: Sequence[Sequence[Demonstration]] | None = None,
+    histories: Sequence[History] | None = None,
 ) -> tuple[list[list[int]], list[bool]]:
-    """The prompt tokens of each text (with its own demonstrations, if given), every text (shown ones too)
-    cut to the room `max_length` leaves; and whether each text was cut."""
-    budget = text_budget(tokenizer, spec, max_length, answer_tokens)
-    texts, cut = cut_texts(tokenizer, texts, budget)
+    """The prompt tokens of each text (with its own demonstrations and chat history, if given), every text
+    (shown ones too) cut to the room `max_length` leaves; a history's oldest exchanges are dropped while
+    the prompt without demonstrations would leave no room for the answer. And whether each text was cut
+    (or lost turns of its history)."""
+
+    def encoded(prompt: str) -> list[int]:
+        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    histories = list(histories) if histories is not None else [NO_HISTORY] * len(texts)
+    budgets = {  # a chat's own system message takes room too
+        system: text_budget(tokenizer, spec, max_length, answer_tokens, system)
+        for system in {None, *(history.system for history in histories)}
+    }
+    texts, cut = list(texts), [False] * len(texts)
+    for system, budget in budgets.items():
+        rows = [i for i, history in enumerate(histories) if history.system == system]
+        for i, piece, was_cut in zip(rows, *cut_texts(tokenizer, [texts[i] for i in rows], budget)):
+            texts[i], cut[i] = piece, was_cut
     shown: list[Sequence[Demonstration]] = list(demonstrations) if demonstrations is not None else [()] * len(texts)
     shown_texts = sorted({d.text for examples in shown for d in examples})
-    cut_shown = dict(zip(shown_texts, cut_texts(tokenizer, shown_texts, budget)[0]))
+    cut_shown = dict(zip(shown_texts, cut_texts(tokenizer, shown_texts, budgets[None])[0]))
     prompts = []
-    for text, examples in zip(texts, shown):
+    for i, (text, examples, history) in enumerate(zip(texts, shown, histories)):
+        while (
+            history.exchanges and len(encoded(render(tokenizer, spec, text, (), history))) + answer_tokens > max_length
+        ):
+            history, cut[i] = History(history.system, history.exchanges[1:]), True
         examples = [Demonstration(cut_shown[d.text], d.answer) for d in examples]
-        prompts.append(tokenizer(render(tokenizer, spec, text, examples), add_special_tokens=False)["input_ids"])
+        prompts.append(encoded(render(tokenizer, spec, text, examples, history)))
     return prompts, cut
 
 
@@ -248,6 +305,18 @@ def next_token_scores(
     return out
 
 
+@dataclass
+class Generated:
+    """What `generate` returns: each prompt's text, the tokens generated in all (the end-of-turn token
+    counted where it came), and, when asked for, each prompt's `next_token_scores` of the scored tokens,
+    read off the forward pass the generation starts with (scoring and generating then cost one pass over
+    the prompt, not two)."""
+
+    texts: list[str]
+    tokens: int
+    first_scores: np.ndarray | None = None
+
+
 @torch.inference_mode()
 def generate(
     model: Any,
@@ -256,14 +325,16 @@ def generate(
     max_new_tokens: int,
     batch_size: int,
     sampling: Sampling = GREEDY,
-) -> tuple[list[str], int]:
+    scored: Sequence[int] = (),
+) -> Generated:
     """Continuations of each prompt (greedy unless `sampling` says otherwise), batched with left padding
     (generate's contract: every row ends where the new tokens start) and the KV cache; a row stops at the
-    end-of-turn token. Returns the texts and the number of tokens generated."""
+    end-of-turn token. With `scored` token ids, also log p(token | prompt) of each, as `next_token_scores`."""
     end = end_of_turn(tokenizer)
     if not sampling.greedy:
         torch.manual_seed(sampling.seed)  # generate draws from torch's global generator: it takes no other
     texts: list[str] = [""] * len(prompts)
+    scores = np.zeros((len(prompts), len(scored)), dtype=np.float32) if scored else None
     produced = 0
     order = np.argsort([len(p) for p in prompts], kind="stable")
     for start in range(0, len(order), batch_size):
@@ -276,14 +347,18 @@ def generate(
             **sampling.generate_options(),
             eos_token_id=end,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end,
+            return_dict_in_generate=True,
+            output_logits=scores is not None,  # the raw logits of each step, before any sampling warper
         )
-        new = output[:, batch["input_ids"].shape[1] :]
+        if scores is not None:
+            scores[chunk] = torch.log_softmax(output.logits[0].float(), dim=-1)[:, list(scored)].numpy()
+        new = output.sequences[:, batch["input_ids"].shape[1] :]
         for row, index in enumerate(chunk):
             tokens = new[row].tolist()
             tokens = tokens[: tokens.index(end)] if end in tokens else tokens
             produced += len(tokens) + (len(tokens) < new.shape[1])  # the end token counts when it came
             texts[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-    return texts, produced
+    return Generated(texts, produced, scores)
 
 
 def matching_label(generated: str, words: Sequence[str], labels: Sequence[str]) -> str | None:

@@ -53,16 +53,12 @@ def predefined_split(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {name: table[table[data.SPLIT] == name].drop(columns=data.SPLIT) for name in paths.SPLITS}
 
 
-def text_keys(part: pd.DataFrame) -> pd.Series:
-    return data.dedup_keys(pd.Series(data.raw_texts(part), dtype=object))
-
-
 def overlap(parts: dict[str, pd.DataFrame], policy: str) -> dict[str, int]:
     """Texts of validation and test that also occur in an earlier split: an error, or counts with `warn`."""
     seen: dict[str, str] = {}
     counts: dict[str, int] = {}
     for name, part in parts.items():
-        for key in dict.fromkeys(text_keys(part)):
+        for key in dict.fromkeys(data.example_keys(part)):
             first = seen.setdefault(key, name)
             if first != name:
                 if policy == "error":

@@ -124,10 +124,15 @@ def test_generation_with_left_padding_matches_one_prompt_at_a_time(tiny_llama: P
     prompts, _ = prompting.prompt_ids(
         tokenizer, PromptParams(**PROMPT), ["great", "the plot was dull and the cast was bland", "a"], 64, 2
     )
-    batched, produced = prompting.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=3)
-    alone, _ = prompting.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=1)
-    assert batched == alone
-    assert produced <= 3 * 4
+    words = prompting.first_tokens(tokenizer, ["bad", "good"])
+    batched = prompting.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=3, scored=words)
+    alone = prompting.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=1)
+    assert batched.texts == alone.texts
+    assert batched.tokens <= 3 * 4
+    # The label words' scores come off the generation's first step: the same as scoring alone.
+    scores = prompting.next_token_scores(model, tokenizer, prompts, words, batch_size=3)
+    np.testing.assert_allclose(batched.first_scores, scores, atol=1e-5)
+    assert alone.first_scores is None
 
 
 def test_sampling_is_seeded_differs_from_greedy_and_refuses_values_outside_its_range(tiny_llama: Path) -> None:
@@ -136,7 +141,7 @@ def test_sampling_is_seeded_differs_from_greedy_and_refuses_values_outside_its_r
     prompts, _ = prompting.prompt_ids(tokenizer, PromptParams(**PROMPT), ["great", "a dull plot", "fine"], 64, 2)
 
     def sampled(**choice: float) -> list[str]:
-        return prompting.generate(model, tokenizer, prompts, 6, 3, prompting.Sampling(**choice))[0]
+        return prompting.generate(model, tokenizer, prompts, 6, 3, prompting.Sampling(**choice)).texts
 
     greedy = sampled()
     assert sampled(temperature=1.5, seed=1) == sampled(temperature=1.5, seed=1)  # the seed decides
@@ -157,8 +162,8 @@ def test_generation_stops_at_the_end_of_turn_token(tmp_path: Path) -> None:
     with torch.no_grad():
         model.model.norm.weight.zero_()  # hidden states 0: every logit 0, argmax is token 0
     prompts, _ = prompting.prompt_ids(tokenizer, PromptParams(**PROMPT), ["great", "a dull plot"], 64, 2)
-    texts, produced = prompting.generate(model, tokenizer, prompts, max_new_tokens=50, batch_size=2)
-    assert texts == ["", ""] and produced == 2
+    generated = prompting.generate(model, tokenizer, prompts, max_new_tokens=50, batch_size=2)
+    assert generated.texts == ["", ""] and generated.tokens == 2
 
 
 def test_validation_keeps_the_label_words_scores_where_the_answer_starts(tiny_llama: Path) -> None:
@@ -321,6 +326,24 @@ def write_responses(path: Path, n: int = 120) -> Path:
     return path
 
 
+def chat(*said: str, system: str | None = None) -> list[dict[str, str]]:
+    """A chat's messages: user and assistant in turn, after an optional system message."""
+    turns = [{"role": "system", "content": system}] if system is not None else []
+    return turns + [{"role": ("user", "assistant")[i % 2], "content": text} for i, text in enumerate(said)]
+
+
+def write_chats(path: Path) -> Path:
+    """The responses of `write_responses` as chats: review in, summary out; every third chat starts with
+    an exchange of small talk and every fifth with a system message, so histories reach every stage."""
+    chats = []
+    for i, line in enumerate(write_responses(path).read_text(encoding="utf-8").splitlines()):
+        record = json.loads(line)
+        said = (["the story", "the film"] if i % 3 == 0 else []) + [record["review"], record["summary"]]
+        chats.append(json.dumps({"messages": chat(*said, system="review ?" if i % 5 == 0 else None)}))
+    path.write_text("\n".join(chats) + "\n", encoding="utf-8")
+    return path
+
+
 def test_responses_are_scored_by_rouge_l_chrf_and_exact_match() -> None:
     task = get_task("text_generation")
     scores = task.summary_scores(["a good film", "a bad film"], ["A good  film", "the plot"], [])
@@ -346,22 +369,21 @@ def test_a_response_longer_than_max_new_tokens_is_cut_for_training(tiny_llama: P
 
 
 def test_free_text_is_fine_tuned_and_compared_with_the_lead_and_prompting(project: Path, tiny_llama: Path) -> None:
-    source = write_responses(project.parent / "responses.jsonl")
+    source = write_chats(project.parent / "chats.jsonl")
     set_params(
         project,
         {
             "task": "text_generation",
             "ingest.source": str(source),
             "ingest.format": "jsonl",
-            "ingest.text_column": "review",
-            "ingest.label_column": "summary",
+            "ingest.messages_column": "messages",
             "ingest.score_to_label": None,
             "ingest.column_names": None,
             "model.source": str(tiny_llama),
-            "tokenize.max_length": 48,
+            "tokenize.max_length": 64,
             "tokenize.prompt": {"template": "review : {text}", "max_new_tokens": 4},
             "finetune.learning_rate": 3e-3,
-            "finetune.num_train_epochs": 12,
+            "finetune.num_train_epochs": 20,
             "finetune.early_stopping_patience": None,
             "finetune.metric_for_best_model": "loss",
             "evaluate.prompting": {"shots": [0, 2], "seed": 0},
@@ -372,6 +394,8 @@ def test_free_text_is_fine_tuned_and_compared_with_the_lead_and_prompting(projec
         stage.main()
     dropped = json.loads((paths.INGESTED / "card.json").read_text())["dropped"]
     assert dropped == {"no_text": 1, "no_response": 1, "duplicate": 0}  # nothing to learn from: counted, not fatal
+    histories = data.read_table(paths.SPLIT / "test.parquet")[data.HISTORY].map(prompting.History.from_json)
+    assert any(h.exchanges for h in histories) and any(h.system for h in histories)  # carried to evaluate
     metrics = json.loads((paths.EVAL / "metrics.json").read_text())
     baseline = json.loads((paths.EVAL / "baseline.json").read_text())
     assert metrics["exact_match"] >= 0.8, metrics  # "good film" / "bad film", learnt from the review's words
@@ -427,11 +451,15 @@ def test_instruction_input_output_records_become_a_prompt_with_the_input_after_a
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
-def test_single_turn_chats_are_read_as_the_user_message_and_the_reply_learnt(tmp_path: Path, fmt: str) -> None:
+def test_chats_are_read_as_the_last_user_message_the_reply_learnt_and_the_history_before(
+    tmp_path: Path, fmt: str
+) -> None:
     chats = [
-        [{"role": "user", "content": "a great film"}, {"role": "assistant", "content": "good film"}],
-        [{"role": "user", "content": "a dull plot"}, {"role": "assistant", "content": "bad film"}],
-        [{"role": "user", "content": "no reply"}, {"role": "assistant", "content": ""}],  # dropped, counted
+        chat("a great film", "good film"),
+        chat("hello", "hi", "a dull plot", "bad film", system="be brief"),
+        chat("a great film", "good film", "a great film", "good film"),  # same last message, other history
+        chat("a great film", "good film"),  # the first chat again: a duplicate
+        chat("no reply", ""),  # nothing to learn: dropped, counted
     ]
     path = tmp_path / f"chats.{fmt}"
     if fmt == "jsonl":
@@ -441,26 +469,61 @@ def test_single_turn_chats_are_read_as_the_user_message_and_the_reply_learnt(tmp
     table, records, counts = get_task("text_generation").read(
         path, IngestParams(source=str(path), format=fmt, messages_column="messages")
     )
-    assert table[data.TEXT].tolist() == ["a great film", "a dull plot"]
-    assert table[data.LABEL].tolist() == ["good film", "bad film"]
-    assert records == 3 and counts["dropped"]["no_response"] == 1
+    assert table[data.TEXT].tolist() == ["a great film", "a dull plot", "a great film"]
+    assert table[data.LABEL].tolist() == ["good film", "bad film", "good film"]
+    histories = [prompting.History.from_json(h) for h in table[data.HISTORY]]
+    assert histories == [
+        prompting.NO_HISTORY,
+        prompting.History("be brief", (prompting.Demonstration("hello", "hi"),)),
+        prompting.History(None, (prompting.Demonstration("a great film", "good film"),)),
+    ]
+    assert records == 5 and counts["dropped"] == {"no_text": 0, "no_response": 1, "duplicate": 1}
 
 
 @pytest.mark.parametrize(
-    ("chat", "says"),
+    ("messages", "says"),
     [
         ("not a list", "is not a list of {role, content} messages"),
         ([{"role": "user"}, {"role": "assistant", "content": 3}], "is not a list of {role, content} messages"),
-        ([{"role": "system", "content": "brief"}, {"role": "user", "content": "hi"}], "roles ['system', 'user']"),
-        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}] * 2, "multi-turn chats"),
+        (chat("hi", system="brief"), "got roles ['system', 'user']"),  # no reply to learn
+        (chat("a", "b", "c"), "got roles ['user', 'assistant', 'user']"),
+        ([{"role": "user", "content": "a"}, *chat("b", "c")], "got roles ['user', 'user', 'assistant']"),
+        ([*chat("a"), {"role": "system", "content": "s"}, *chat("b", "c")[1:]], "roles ['user', 'system'"),
     ],
 )
-def test_a_chat_that_is_not_one_user_message_and_its_reply_stops_naming_its_line(
-    tmp_path: Path, chat: object, says: str
-) -> None:
-    good = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+def test_a_chat_of_any_other_shape_stops_naming_its_line_and_roles(tmp_path: Path, messages: object, says: str) -> None:
     path = tmp_path / "chats.jsonl"
-    path.write_text(json.dumps({"messages": good}) + "\n" + json.dumps({"messages": chat}) + "\n", encoding="utf-8")
+    lines = [json.dumps({"messages": chat("a", "b")}), json.dumps({"messages": messages})]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(PipelineError, match=r"chats\.jsonl: line 2: column 'messages'") as raised:
         read_responses(path, "jsonl", messages_column="messages")
     assert says in str(raised.value)
+
+
+def test_a_chat_history_is_shown_before_the_last_message_and_dropped_oldest_first_when_too_long(
+    tiny_llama: Path,
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    spec = PromptParams(template="review : {text}", system="sentiment ?")
+    history = prompting.History(
+        "be brief", (prompting.Demonstration("the film", "good"), prompting.Demonstration("the story", "bad"))
+    )
+    prompts, cut = prompting.prompt_ids(tokenizer, spec, ["a dull plot"], 64, 2, histories=[history])
+    assert tokenizer.decode(prompts[0]) == (
+        "<|im_start|> system <unk> <unk> <|im_end|> "  # the chat's own system message replaces the prompt's
+        "<|im_start|> user the film <|im_end|> <|im_start|> assistant good <|im_end|> "  # verbatim, no template
+        "<|im_start|> user the story <|im_end|> <|im_start|> assistant bad <|im_end|> "
+        "<|im_start|> user review : a dull plot <|im_end|> <|im_start|> assistant"
+    )
+    assert cut == [False]
+    room = len(prompts[0]) - 8  # one exchange (8 tokens) too few
+    (shorter,), cut = prompting.prompt_ids(tokenizer, spec, ["a dull plot"], room + 2, 2, histories=[history])
+    assert "the film" not in tokenizer.decode(shorter) and "the story" in tokenizer.decode(shorter)
+    assert cut == [True] and len(shorter) <= room
+    # The loss stays on the last reply alone.
+    frame = pd.DataFrame({data.TEXT: ["a dull plot"], data.LABEL: ["bad"], data.HISTORY: [history.to_json()]})
+    params = TokenizeParams(max_length=64, prompt=spec)
+    (row,) = get_task("text_generation").encode(frame, [], tokenizer, params)
+    assert row["input_ids"][: len(prompts[0])] == prompts[0]
+    learnt = [t for t in row["labels"] if t != IGNORE_INDEX]
+    assert learnt == tokenizer("bad", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]

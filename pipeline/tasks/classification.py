@@ -146,9 +146,16 @@ class TextClassification(Task):
     def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> Outcomes:
         true = self.checked_truth(table, predictor.labels, source)
         logits = self.example_logits(predictor, table[data.TEXT].tolist(), data.text_pairs(table))
+        return self.scored_outcomes(predictor, table, true, logits)
+
+    def scored_outcomes(
+        self, predictor: Any, table: pd.DataFrame, true: list[Any], logits: np.ndarray, measured: dict | None = None
+    ) -> Outcomes:
+        """The outcomes of `table` from its raw label logits, read as the served model reads them (the
+        card's temperature and thresholds)."""
         frame = self.predict_frame(logits / predictor.card.temperature, predictor.labels, predictor.card.thresholds)
         targets = np.asarray(self.label_targets(table, predictor.labels))
-        return Outcomes(true, self.decoded(frame), logits, targets)
+        return Outcomes(true, self.decoded(frame), logits, targets, measured or {})
 
     @abstractmethod
     def checked_truth(self, table: pd.DataFrame, labels: list[str], source: str) -> list[Any]:

@@ -32,6 +32,8 @@ import torch
 from pipeline import data
 from pipeline.errors import PipelineError
 from pipeline.prompting import (
+    Demonstration,
+    History,
     answer_ids,
     demonstrations_for,
     end_of_turn,
@@ -188,11 +190,11 @@ class GenerativeClassification(Decoder, SingleLabelClassification):
         return scores, cut
 
     def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> Outcomes:
-        """Scored labels as for any classifier, plus free generations: how often the model, left to
-        generate, says no label word at all."""
-        result = super().outcomes(predictor, table, source)
+        """Labels read off the label words' scores as for any classifier, and, from the same pass over each
+        prompt, a free generation: how often the model, left to generate, says no label word at all."""
+        true = self.checked_truth(table, predictor.labels, source)
         prompts, words, _ = self._prompts(predictor.tokenizer, predictor.encoding, predictor.labels, table[data.TEXT])
-        result.measured = self._free_generation(
+        logits, measured = self._answers(
             predictor.model,
             predictor.tokenizer,
             prompts,
@@ -201,7 +203,7 @@ class GenerativeClassification(Decoder, SingleLabelClassification):
             predictor.encoding.prompt.max_new_tokens,
             predictor.batch_size,
         )
-        return result
+        return self.scored_outcomes(predictor, table, true, logits, measured)
 
     def _prompts(
         self, tokenizer: Any, spec: EncodingSpec, labels: list[str], texts: Any, demonstrations: Any = None
@@ -214,7 +216,7 @@ class GenerativeClassification(Decoder, SingleLabelClassification):
         )
         return prompts, words, cut
 
-    def _free_generation(
+    def _answers(
         self,
         model: Any,
         tokenizer: Any,
@@ -223,14 +225,18 @@ class GenerativeClassification(Decoder, SingleLabelClassification):
         labels: list[str],
         max_new_tokens: int,
         batch_size: int,
-    ) -> dict[str, float]:
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        """The label words' scores after each prompt and, from the same pass, a free generation: the
+        share of generations that are no label word, and the generated tokens per second."""
         started = time.perf_counter()
-        texts, produced = generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+        generated = generate(
+            model, tokenizer, prompts, max_new_tokens, batch_size, scored=first_tokens(tokenizer, words)
+        )
         seconds = time.perf_counter() - started
-        said = [matching_label(text, words, labels) for text in texts]
-        return {
+        said = [matching_label(text, words, labels) for text in generated.texts]
+        return generated.first_scores, {
             "not_a_label_share": float(np.mean([label is None for label in said])) if said else 0.0,
-            "generated_tokens_per_second": produced / seconds if seconds > 0 else 0.0,
+            "generated_tokens_per_second": generated.tokens / seconds if seconds > 0 else 0.0,
         }
 
     # ---- evaluate ----------------------------------------------------------------------------------
@@ -250,18 +256,16 @@ class GenerativeClassification(Decoder, SingleLabelClassification):
         words = label_words(card.encoding.prompt, card.labels)
         word_of = dict(zip(card.labels, words))
         pool_texts, pool_answers = train[data.TEXT].tolist(), [word_of[str(v)] for v in train[data.LABEL]]
-        firsts = first_tokens(tokenizer, words)
         batch_size = 16
         out: dict[str, dict[str, Any]] = {}
         for k in params.shots:
             started = time.perf_counter()
             shown = demonstrations_for(texts, pool_texts, pool_answers, k, params.seed)
             prompts, _, _ = self._prompts(tokenizer, card.encoding, card.labels, texts, shown)
-            scores = next_token_scores(base, tokenizer, prompts, firsts, batch_size)
-            pred = [card.labels[i] for i in scores.argmax(axis=1)]
-            measured = self._free_generation(
+            scores, measured = self._answers(
                 base, tokenizer, prompts, words, card.labels, card.encoding.prompt.max_new_tokens, batch_size
             )
+            pred = [card.labels[i] for i in scores.argmax(axis=1)]
             out["zero-shot" if k == 0 else f"{k}-shot"] = {
                 "shots": k,
                 **self.summary_scores(true, pred, card.labels),
@@ -302,7 +306,7 @@ def response_scores(reference: str, generated: str) -> tuple[float, float, float
 
 
 INPUT_SEPARATOR = "\n\n"  # between an instruction and its input, as Alpaca's prompts have them
-CHAT_TEXT, CHAT_RESPONSE = "chat_text", "chat_response"  # the columns a chat is read into
+CHAT_TEXT, CHAT_RESPONSE, CHAT_HISTORY = "chat_text", "chat_response", "chat_history"  # what a chat is read into
 
 
 def with_inputs(raw: pd.DataFrame, path: Path, params: IngestParams) -> pd.DataFrame:
@@ -320,14 +324,13 @@ def with_inputs(raw: pd.DataFrame, path: Path, params: IngestParams) -> pd.DataF
     return raw.assign(**{text_column: [joined(t, e) for t, e in zip(raw[text_column], raw[input_column])]})
 
 
-def single_turn_chats(
-    raw: pd.DataFrame, path: Path, where: str, params: IngestParams
-) -> tuple[pd.DataFrame, IngestParams]:
-    """Chats ([{role, content}, ...]: one user message, then the assistant's reply) as a text and its
-    response, and the params that read them; anything else stops with its line or row."""
+def chats(raw: pd.DataFrame, path: Path, where: str, params: IngestParams) -> tuple[pd.DataFrame, IngestParams]:
+    """Chats ([{role, content}, ...]: an optional system message, then user and assistant in turn, ending
+    with the assistant's reply) as the last user message, the reply learnt, and the history before them
+    (prompting.History as JSON); and the params that read them. Anything else stops with its line or row."""
     column = str(params.messages_column)
     data.require_columns(raw, path, column)
-    texts, responses = [], []
+    texts, responses, histories = [], [], []
     for row, chat in zip(raw[data.SOURCE_ROW], raw[column]):
         # JSON Lines give lists, Parquet and datasets numpy arrays of dicts.
         turns = list(chat) if isinstance(chat, (list, tuple, np.ndarray)) else None
@@ -337,16 +340,24 @@ def single_turn_chats(
         ):
             raise PipelineError(f"{path}: {where} {row}: column '{column}' is not a list of {{role, content}} messages")
         roles = [t["role"] for t in turns]
-        if roles != ["user", "assistant"]:
+        system = turns[0]["content"] if roles[:1] == ["system"] else None
+        said = turns[1:] if roles[:1] == ["system"] else turns
+        if not said or [t["role"] for t in said] != ["user", "assistant"] * (len(said) // 2):
             raise PipelineError(
-                f"{path}: {where} {row}: column '{column}': expected a user message, then the assistant's reply "
-                f"(got roles {roles}); multi-turn chats and system messages are not read (the system prompt is "
-                "tokenize.prompt.system)"
+                f"{path}: {where} {row}: column '{column}': expected an optional system message, then user and "
+                f"assistant messages in turn, ending with the assistant's reply (got roles {roles})"
             )
-        texts.append(turns[0]["content"])
-        responses.append(turns[1]["content"])
-    chats = raw.assign(**{CHAT_TEXT: texts, CHAT_RESPONSE: responses})
-    return chats, params.model_copy(update={"text_column": CHAT_TEXT, "label_column": CHAT_RESPONSE})
+        earlier = [Demonstration(u["content"] or "", a["content"] or "") for u, a in zip(said[:-2:2], said[1:-2:2])]
+        texts.append(said[-2]["content"])
+        responses.append(said[-1]["content"])
+        histories.append(History(system, tuple(earlier)).to_json())
+    read = raw.assign(**{CHAT_TEXT: texts, CHAT_RESPONSE: responses, CHAT_HISTORY: histories})
+    return read, params.model_copy(update={"text_column": CHAT_TEXT, "label_column": CHAT_RESPONSE})
+
+
+def chat_histories(table: pd.DataFrame) -> list[History] | None:
+    """Each record's chat history, None for records that are not chats."""
+    return [History.from_json(h) for h in table[data.HISTORY]] if data.HISTORY in table.columns else None
 
 
 @register
@@ -377,7 +388,7 @@ class TextGeneration(Decoder, Task):
         raw, where = data.read_raw_table(path, params)
         records, dropped = len(raw), {}
         if params.messages_column:
-            raw, params = single_turn_chats(raw, path, where, params)
+            raw, params = chats(raw, path, where, params)
         if params.input_column:
             raw = with_inputs(raw, path, params)
         for reason, column in (("no_text", params.text_column), ("no_response", params.label_column)):
@@ -386,7 +397,9 @@ class TextGeneration(Decoder, Task):
                 raw, dropped[reason] = raw[~empty], int(empty.sum())
         table = data.select_texts(raw, path, where, params)
         table[data.LABEL] = table[data.LABEL].map(lambda v: str(v).strip())
-        repeated = data.dedup_keys(table[data.TEXT]).duplicated()
+        if CHAT_HISTORY in raw.columns:
+            table[data.HISTORY] = raw[CHAT_HISTORY]
+        repeated = data.example_keys(table).duplicated()
         dropped["duplicate"] = int(repeated.sum())
         return table[~repeated].reset_index(drop=True), records, {"dropped": dropped, "repaired": {}}
 
@@ -413,7 +426,14 @@ class TextGeneration(Decoder, Task):
 
         limit = params.prompt.max_new_tokens
         responses = tokenizer(table[data.LABEL].tolist(), add_special_tokens=False)["input_ids"] if len(table) else []
-        prompts, cut = prompt_ids(tokenizer, params.prompt, table[data.TEXT].tolist(), params.max_length, limit + 1)
+        prompts, cut = prompt_ids(
+            tokenizer,
+            params.prompt,
+            table[data.TEXT].tolist(),
+            params.max_length,
+            limit + 1,
+            histories=chat_histories(table),
+        )
         return self.examples(prompts, [response[:limit] + [end_of_turn(tokenizer)] for response in responses], cut)
 
     # ---- finetune ----------------------------------------------------------------------------------
@@ -439,11 +459,19 @@ class TextGeneration(Decoder, Task):
     # ---- predict -----------------------------------------------------------------------------------
     def predict(self, predictor: Any, texts: list[str], pairs: list[str] | None = None) -> pd.DataFrame:
         """The generated response of each text, and whether the text was cut to fit the prompt."""
+        return self._respond(predictor, texts, None)
+
+    def _respond(self, predictor: Any, texts: list[str], histories: list[History] | None) -> pd.DataFrame:
         spec = predictor.encoding
         prompts, cut = prompt_ids(
-            predictor.tokenizer, spec.prompt, texts, spec.max_length, spec.prompt.max_new_tokens + 1
+            predictor.tokenizer,
+            spec.prompt,
+            texts,
+            spec.max_length,
+            spec.prompt.max_new_tokens + 1,
+            histories=histories,
         )
-        generated, _ = generate(
+        generated = generate(
             predictor.model,
             predictor.tokenizer,
             prompts,
@@ -451,11 +479,11 @@ class TextGeneration(Decoder, Task):
             predictor.batch_size,
             predictor.sampling,
         )
-        return pd.DataFrame({"generated": generated, "cut": cut})
+        return pd.DataFrame({"generated": generated.texts, "cut": cut})
 
     def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> Outcomes:
         started = time.perf_counter()
-        frame = self.predict(predictor, table[data.TEXT].tolist())
+        frame = self._respond(predictor, table[data.TEXT].tolist(), chat_histories(table))
         seconds = time.perf_counter() - started
         tokens = (
             sum(len(ids) for ids in predictor.tokenizer(frame["generated"].tolist())["input_ids"]) if len(frame) else 0
@@ -516,20 +544,20 @@ class TextGeneration(Decoder, Task):
         their responses) before each text: the summary metrics and the cost."""
         base, tokenizer = self.base_model(pretrained)
         spec = card.encoding
-        texts, true = test[data.TEXT].tolist(), test[data.LABEL].tolist()
+        texts, true, histories = test[data.TEXT].tolist(), test[data.LABEL].tolist(), chat_histories(test)
         out: dict[str, dict[str, Any]] = {}
         for k in params.shots:
             started = time.perf_counter()
             shown = demonstrations_for(texts, train[data.TEXT].tolist(), train[data.LABEL].tolist(), k, params.seed)
             prompts, _ = prompt_ids(
-                tokenizer, spec.prompt, texts, spec.max_length, spec.prompt.max_new_tokens + 1, shown
+                tokenizer, spec.prompt, texts, spec.max_length, spec.prompt.max_new_tokens + 1, shown, histories
             )
-            generated, produced = generate(base, tokenizer, prompts, spec.prompt.max_new_tokens, 16)
+            generated = generate(base, tokenizer, prompts, spec.prompt.max_new_tokens, 16)
             seconds = time.perf_counter() - started
             out["zero-shot" if k == 0 else f"{k}-shot"] = {
                 "shots": k,
-                **self.summary_scores(true, generated, []),
-                "generated_tokens_per_second": produced / seconds if seconds > 0 else 0.0,
+                **self.summary_scores(true, generated.texts, []),
+                "generated_tokens_per_second": generated.tokens / seconds if seconds > 0 else 0.0,
                 "seconds": round(seconds, 1),
                 "mean_prompt_tokens": round(float(np.mean([len(p) for p in prompts])), 1) if prompts else 0.0,
                 "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
