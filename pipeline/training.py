@@ -406,9 +406,6 @@ def fit(
         return None
     methods.save(trainer.model, model_out, prepared.pretrained_dir, params.finetune.merge_adapter)
     prepared.tokenizer.save_pretrained(model_out)
-    if plots_out is not None:
-        best = {params.finetune.metric_for_best_model: trainer.state.best_metric}
-        write_plots(trainer.state.log_history, plots_out, best | {"step": step_of(trainer.state.best_model_checkpoint)})
     stats = TrainingStats(
         global_step=trainer.state.global_step,
         best_checkpoint_step=step_of(trainer.state.best_model_checkpoint),
@@ -427,6 +424,9 @@ def fit(
         artifact_bytes=methods.folder_bytes(model_out),
         trained_bytes=methods.folder_bytes(model_out, exclude=methods.BASE_DIR),
     )
+    if plots_out is not None:
+        best = {stats.best_metric_name: stats.best_metric, "step": stats.best_checkpoint_step}
+        write_plots(trainer.state.log_history, plots_out, best)
     card = ModelCard(
         task=params.task,
         labels=prepared.labels,
