@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ def dequantised_gguf(file: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(
             file.parent, gguf_file=file.name, dtype="float32", trust_remote_code=False
         )
-    except (OSError, ValueError, RuntimeError) as exc:  # not GGUF, an architecture transformers cannot read
+    # Not GGUF, an architecture transformers cannot read, or a cut file (its reader's struct.unpack_from fails)
+    except (OSError, ValueError, RuntimeError, KeyError, struct.error) as exc:
         raise PipelineError(f"{file}: cannot load as a GGUF model: {str(exc).splitlines()[0]}") from None
     model.hf_quantizer = None
     del model.config.quantization_config

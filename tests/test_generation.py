@@ -23,7 +23,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import build_tiny_llama, sentiment_rows
+from conftest import CHAT_TEMPLATE, build_tiny_llama, sentiment_rows
 from helpers import (
     expect_user_error,
     free_port,
@@ -527,3 +527,89 @@ def test_a_chat_history_is_shown_before_the_last_message_and_dropped_oldest_firs
     assert row["input_ids"][: len(prompts[0])] == prompts[0]
     learnt = [t for t in row["labels"] if t != IGNORE_INDEX]
     assert learnt == tokenizer("bad", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def write_gguf(model: torch.nn.Module, path: Path) -> Path:
+    """`model` (a Llama) as llama.cpp writes it: GGUF metadata for the architecture, a byte-level BPE
+    tokenizer (as SmolLM2's) with a chat template, and fp32 tensors under GGUF names, with the query and
+    key rows permuted as llama.cpp's converter does (transformers undoes it on loading)."""
+    import gguf
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    def permuted(weight: np.ndarray, heads: int) -> np.ndarray:  # convert_hf_to_gguf.py LlamaModel.permute
+        return weight.reshape(heads, 2, weight.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(weight.shape)
+
+    config = model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    words, specials = [*bytes_to_unicode().values(), "he", "ll"], ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokens = words + specials
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.NORMAL] * len(words) + [gguf.TokenType.CONTROL] * len(specials))
+    writer.add_token_merges(["h e", "l l"])
+    writer.add_eos_token_id(tokens.index("<|im_end|>"))
+    writer.add_pad_token_id(tokens.index("<|endoftext|>"))
+    writer.add_chat_template(CHAT_TEMPLATE)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    for name, tensor in model.state_dict().items():
+        weight = tensor.numpy()
+        if name.endswith("q_proj.weight"):
+            weight = permuted(weight, config.num_attention_heads)
+        elif name.endswith("k_proj.weight"):
+            weight = permuted(weight, config.num_key_value_heads)
+        writer.add_tensor(names.get_name(name, try_suffixes=(".weight",)), np.ascontiguousarray(weight))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_decoder_becomes_once_a_plain_model_folder_with_the_same_logits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pipeline.modeling import resolve_model
+    from pipeline.params import ModelParams
+
+    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=261,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
+    original = LlamaForCausalLM(config).eval()
+    source = write_gguf(original, tmp_path / "tiny.Q4_1.gguf")
+
+    folder = resolve_model(ModelParams(source=str(source)))
+    assert (folder / "model.safetensors").is_file() and folder.is_relative_to(tmp_path / "cache")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer("hello world", add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == "hello world" and ids[:2] == [256, 257]  # the file's merges: "he", "ll"
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.chat_template == CHAT_TEMPLATE
+    converted = AutoModelForCausalLM.from_pretrained(folder).eval()  # plain safetensors: no GGUF quantizer left
+    assert getattr(converted, "hf_quantizer", None) is None
+    with torch.inference_mode():
+        torch.testing.assert_close(converted(torch.tensor([ids])).logits, original(torch.tensor([ids])).logits)
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model(ModelParams(source=str(source))) == folder  # cached by the file's sha256
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF but not really")
+    with pytest.raises(PipelineError, match=r"broken\.gguf: cannot load as a GGUF model"):
+        resolve_model(ModelParams(source=str(tmp_path / "broken.gguf")))
