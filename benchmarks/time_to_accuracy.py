@@ -144,6 +144,8 @@ def run_contender(name: str, overrides: dict[str, Any], every: int) -> dict[str,
         "steps": trainer.state.global_step,
         "train_seconds": round(wall, 1),
         "final_accuracy": final,
+        # The pipeline's selection criterion: validation accuracy of the checkpoint it kept (none for hf-careful).
+        "best_validation": trainer.state.best_metric,
         "curve": curve.rows,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
@@ -201,7 +203,8 @@ def main() -> None:
     for result in results:
         print(
             f"{result['name']:<20} {result['seconds_to_target']!s:>8} s  {result['ratio_to_hf_careful']!s:>6}x  "
-            f"final {result['final_accuracy']:.4f}  peak RSS {result['peak_rss_mib']} MiB"
+            f"final {result['final_accuracy']:.4f}  best validation {result['best_validation']}  "
+            f"peak RSS {result['peak_rss_mib']} MiB"
         )
     target = write_results(
         "time_to_accuracy",
