@@ -188,6 +188,7 @@ def tiny_params(data_file: Path, model_dir: Path) -> dict:
     params["finetune"].update(
         num_train_epochs=2,
         per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
         per_device_eval_batch_size=16,
         logging_steps=2,
         learning_rate=1e-3,
