@@ -207,8 +207,13 @@ def make_project(root: Path, data_file: Path, model_dir: Path, *, repo: bool = F
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "reports" / "benchmarks", root / "reports" / "benchmarks")  # a report dependency
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(data_file, model_dir), sort_keys=False))
-    if not repo:
-        return root
+    if repo:
+        init_repo(root)
+    return root
+
+
+def init_repo(root: Path) -> None:
+    """Make a project folder a git + DVC repository with everything in it committed, as a user's clone is."""
     env_bin = str(Path(sys.executable).parent)
     run = lambda *cmd: subprocess.run(cmd, cwd=root, check=True, capture_output=True)  # noqa: E731
     run("git", "init", "-q", "-b", "main")
@@ -216,7 +221,6 @@ def make_project(root: Path, data_file: Path, model_dir: Path, *, repo: bool = F
     run(f"{env_bin}/dvc", "config", "core.analytics", "false")
     run("git", "add", "-A")
     run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "tiny project")
-    return root
 
 
 @pytest.fixture

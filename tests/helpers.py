@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -141,3 +142,20 @@ def slow_steps_hook(folder: Path, seconds: float) -> Path:
         "transformers.Trainer.training_step = _slow_step\n"
     )
     return folder
+
+
+ALL_STAGES = ["ingest", "split", "tokenize", "finetune", "export", "evaluate", "report"]
+
+
+def sh(root: Path, *cmd: str) -> str:
+    """Run a command in `root` as a user would (the venv's tools, the default MLflow store); its output."""
+    env = venv_env(PIPELINE_CACHE_DIR=str(root.parent / "cache"))
+    env.pop("MLFLOW_TRACKING_URI", None)  # the default: mlflow.db in the project
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def dvc_repro(root: Path) -> list[str]:
+    """Run `dvc repro` and return the stages it ran, in order."""
+    return re.findall(r"Running stage '(\w+)'", sh(root, "dvc", "repro"))

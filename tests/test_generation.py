@@ -23,8 +23,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import CHAT_TEMPLATE, build_tiny_llama, sentiment_rows
+from conftest import CHAT_TEMPLATE, build_tiny_llama, init_repo, sentiment_rows
 from helpers import (
+    ALL_STAGES,
+    dvc_repro,
     expect_user_error,
     free_port,
     post,
@@ -199,11 +201,9 @@ def decoder_project(project: Path, tiny_llama: Path) -> Path:
 
 
 def test_a_decoder_is_fine_tuned_scored_against_prompting_registered_and_served(decoder_project: Path) -> None:
-    for stage in (ingest, split, tokenize, finetune, export):
-        stage.main()
+    init_repo(decoder_project)
+    assert dvc_repro(decoder_project) == ALL_STAGES  # the whole DAG, as a user runs it
     assert "skipped" in json.loads((paths.ONNX / "export.json").read_text())  # PyTorch serves decoders
-    evaluate.main()
-    report.main()
     metrics = json.loads((paths.EVAL / "metrics.json").read_text())
     assert set(metrics["prompting"]) == {"zero-shot", "2-shot"}
     for name, row in metrics["prompting"].items():

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,24 +17,9 @@ import pytest
 import yaml
 
 from conftest import make_project, write_sentiment_tsv
-from helpers import free_port, running_server, set_params, slow_steps_hook, venv_env
+from helpers import ALL_STAGES, dvc_repro, free_port, running_server, set_params, sh, slow_steps_hook, venv_env
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE
-
-ALL_STAGES = ["ingest", "split", "tokenize", "finetune", "export", "evaluate", "report"]
-
-
-def sh(root: Path, *cmd: str) -> str:
-    env = venv_env(PIPELINE_CACHE_DIR=str(root.parent / "cache"))
-    env.pop("MLFLOW_TRACKING_URI", None)  # the default: mlflow.db in the project
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
-
-
-def repro(root: Path) -> list[str]:
-    """Run `dvc repro` and return the stages it ran, in order."""
-    return re.findall(r"Running stage '(\w+)'", sh(root, "dvc", "repro"))
 
 
 def commit(root: Path, message: str) -> None:
@@ -51,7 +35,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
 
 
 def test_repro_runs_every_stage_in_order(repo: Path) -> None:
-    assert repro(repo) == ALL_STAGES
+    assert dvc_repro(repo) == ALL_STAGES
     assert (repo / "reports" / "report.md").read_text().startswith("# Sentiment fine-tuning report")
     assert {p.name for p in (repo / "reports" / "figures").iterdir()} >= {
         "learning_curves.png",
@@ -76,17 +60,17 @@ def test_registered_version_carries_the_dvc_lock_hashes(repo: Path) -> None:
 
 
 def test_second_repro_does_nothing(repo: Path) -> None:
-    assert repro(repo) == []
+    assert dvc_repro(repo) == []
 
 
 def test_report_param_reruns_only_report(repo: Path) -> None:
     set_params(repo, {"report.title": "Another title"})
-    assert repro(repo) == ["report"]
+    assert dvc_repro(repo) == ["report"]
 
 
 def test_learning_rate_reruns_finetune_and_what_follows(repo: Path) -> None:
     set_params(repo, {"finetune.learning_rate": 0.003})
-    assert repro(repo) == ["finetune", "export", "evaluate", "report"]
+    assert dvc_repro(repo) == ["finetune", "export", "evaluate", "report"]
 
 
 def test_metrics_and_plots_diff_across_commits(repo: Path) -> None:
@@ -128,7 +112,7 @@ def test_a_fresh_clone_pulls_every_output_from_an_s3_remote_and_has_nothing_to_r
         clone = tmp_path / "clone"
         sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
         sh(clone, "dvc", "pull")
-    assert repro(clone) == []
+    assert dvc_repro(clone) == []
     assert "up to date" in sh(clone, "dvc", "status")
     assert json.loads(sh(clone, "dvc", "metrics", "show", "--json")) == json.loads(
         sh(repo, "dvc", "metrics", "show", "--json")
@@ -173,7 +157,7 @@ def test_a_finetune_killed_under_dvc_repro_resumes_on_the_next_repro(tmp_path: P
     os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage under it, as a crash or the OOM killer would
     proc.wait()
 
-    assert repro(root) == ["finetune", "export", "evaluate", "report"]
+    assert dvc_repro(root) == ["finetune", "export", "evaluate", "report"]
     stats = ModelCard.read(root / "models" / "model").training
     assert stats.resumed_from_step >= 8 and stats.global_step == 16
     assert "changed" not in sh(root, "dvc", "status")
@@ -185,10 +169,10 @@ def test_a_pooling_change_reaches_the_evaluated_model(repo: Path) -> None:
     from pipeline.inference import Predictor
 
     set_params(repo, {"tokenize.truncation": "chunk", "tokenize.max_length": 8, "tokenize.stride": 2})
-    assert repro(repo) == ["tokenize", "finetune", "export", "evaluate", "report"]
+    assert dvc_repro(repo) == ["tokenize", "finetune", "export", "evaluate", "report"]
     mean_model = Predictor(repo / "models" / "model")
     set_params(repo, {"tokenize.pooling": "max"})
-    assert repro(repo) == [
+    assert dvc_repro(repo) == [
         "tokenize",
         "finetune",
         "export",
