@@ -13,6 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -102,11 +103,21 @@ CHAT_TEMPLATE = (
 )
 
 
+def tiny_llama_config(vocab_size: int, **changes: Any) -> Any:
+    """The tests' Llama: 2 layers, 32 wide, 2 attention heads sharing 1 key/value head."""
+    from transformers import LlamaConfig
+
+    shape = {"num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1}
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, max_position_embeddings=512, **(shape | changes)
+    )
+
+
 def build_tiny_llama(folder: Path, end_first: bool = False) -> Path:
     """A 2-layer, 32-wide Llama with random weights and a word-level fast tokenizer with a ChatML chat
     template (<|im_end|> ends a turn, as in SmolLM2). `end_first`: the end-of-turn token gets id 0."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     specials = (
@@ -140,14 +151,8 @@ def build_tiny_llama(folder: Path, end_first: bool = False) -> Path:
         chat_template=CHAT_TEMPLATE,
     )
     tokenizer.save_pretrained(folder)
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
+    config = tiny_llama_config(
+        len(vocab),
         tie_word_embeddings=True,
         eos_token_id=vocab["<|im_end|>"],
         pad_token_id=vocab["<pad>"],

@@ -23,7 +23,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import CHAT_TEMPLATE, build_tiny_llama, init_repo, sentiment_rows
+from conftest import CHAT_TEMPLATE, build_tiny_llama, init_repo, sentiment_rows, tiny_llama_config
 from helpers import (
     ALL_STAGES,
     dvc_repro,
@@ -577,23 +577,15 @@ def write_gguf(model: torch.nn.Module, path: Path) -> Path:
 def test_a_gguf_decoder_becomes_once_a_plain_model_folder_with_the_same_logits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from pipeline.modeling import resolve_model
     from pipeline.params import ModelParams
 
     monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=261,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
+    # Untied output weights (GGUF's output.weight), 4 query heads on 2 key/value heads (both permutations).
+    config = tiny_llama_config(261, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
     original = LlamaForCausalLM(config).eval()
     source = write_gguf(original, tmp_path / "tiny.Q4_1.gguf")
 
