@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from conftest import make_project, write_sentiment_tsv
-from helpers import free_port, running_server, set_params, venv_env
-from test_pipeline_e2e import commit, repro
+from helpers import dvc_repro, free_port, running_server, set_params, venv_env
+from test_pipeline_e2e import commit
 
 # Each test sweeps other values: DVC's run cache would restore a repeated experiment without running it.
 RATES = {"sqlite": ("0.002", "0.004"), "postgresql": ("0.003", "0.005")}
@@ -38,7 +38,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     base = tmp_path_factory.mktemp("sweeps")
     root = make_project(base / "project", write_sentiment_tsv(base / "reviews.tsv"), tiny_model, repo=True)
     set_params(root, {"export.serve": "torch"})  # no ONNX graphs: each experiment is training and evaluation
-    repro(root)
+    dvc_repro(root)
     commit(root, "baseline")
     return root
 
