@@ -38,7 +38,7 @@ def prepare(model: Any, params: FinetuneParams, peft_task_type: str, total_steps
         if params.method == "prefix" and "past_key_values" not in inspect.signature(model.forward).parameters:
             _accept_past_key_values(model)
         try:
-            return get_peft_model(model, config)
+            return _prefix_generates(get_peft_model(model, config))
         except ValueError as exc:  # e.g. target modules the model does not have
             raise PipelineError(f"finetune.{params.method}: {str(exc).splitlines()[0]}") from None
     return model
@@ -63,6 +63,31 @@ def _accept_past_key_values(model: Any) -> None:
         + [p for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
     )
     model.forward = forward_with_prefix
+
+
+def _prefix_generates(model: Any) -> Any:
+    """`model`, and a prefix-tuned decoder made able to generate (`_generate_with_old_cache_name`)."""
+    if model.active_peft_config.peft_type == "PREFIX_TUNING" and hasattr(
+        model, "base_model_prepare_inputs_for_generation"
+    ):
+        _generate_with_old_cache_name(model)
+    return model
+
+
+def _generate_with_old_cache_name(model: Any) -> None:
+    """Let a prefix-tuned decoder generate. peft's generation step looks for the KV cache, and injects the
+    prefix into it, under transformers 4's `past_key_values`; transformers 5's input preparation hands the
+    cache over as `cache`, so peft would inject the prefix again at every step and the forward would get
+    both names. The cache is renamed back here for peft; the forward above turns it into `cache` again."""
+    prepare = model.base_model_prepare_inputs_for_generation
+
+    def prepare_with_old_name(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        inputs = prepare(*args, **kwargs)
+        if "cache" in inputs:
+            inputs["past_key_values"] = inputs.pop("cache")
+        return inputs
+
+    model.base_model_prepare_inputs_for_generation = prepare_with_old_name
 
 
 def peft_config(params: FinetuneParams, peft_task_type: str, total_steps: int) -> Any:
@@ -199,7 +224,7 @@ def load(model_dir: Path, auto_class: Any) -> Any:
     prefix = json.loads((model_dir / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("peft_type") == "PREFIX_TUNING"
     if prefix and "past_key_values" not in inspect.signature(base.forward).parameters:
         _accept_past_key_values(base)
-    return PeftModel.from_pretrained(base, model_dir).eval()
+    return _prefix_generates(PeftModel.from_pretrained(base, model_dir).eval())
 
 
 def folder_bytes(folder: Path, exclude: str | None = None) -> int:

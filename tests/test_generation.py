@@ -23,7 +23,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import CHAT_TEMPLATE, build_tiny_llama, init_repo, sentiment_rows, tiny_llama_config
+from conftest import CHAT_TEMPLATE, REPO, build_tiny_llama, init_repo, sentiment_rows, tiny_llama_config
 from helpers import (
     ALL_STAGES,
     dvc_repro,
@@ -36,12 +36,12 @@ from helpers import (
     slow_steps_hook,
     venv_env,
 )
-from pipeline import data, paths, predict, prompting, tracking
+from pipeline import data, methods, paths, predict, prompting, tracking
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE, RUN_FILE
 from pipeline.errors import PipelineError
 from pipeline.inference import Predictor
-from pipeline.params import IngestParams, PromptParams, TokenizeParams
+from pipeline.params import IngestParams, PromptParams, TokenizeParams, load_params
 from pipeline.tasks import IGNORE_INDEX, get_task
 from stages import evaluate, export, finetune, ingest, report, split, tokenize
 
@@ -137,6 +137,36 @@ def test_generation_with_left_padding_matches_one_prompt_at_a_time(tiny_llama: P
     assert alone.first_scores is None
 
 
+def test_a_prefix_tuned_decoder_generates_what_its_forward_pass_reads_step_by_step(tiny_llama: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    finetune = load_params(REPO / "params.yaml", overrides={"finetune.method": "prefix"}).finetune
+    model = methods.prepare(AutoModelForCausalLM.from_pretrained(tiny_llama), finetune, "CAUSAL_LM", total_steps=1)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in model.prompt_encoder.parameters():
+            weight.normal_(0, 5)  # a prefix far from its start, so it changes the answers (checked below)
+    model.eval()
+    # Plain texts, not chat prompts: the random tiny model repeats a prompt's last token, and the chat
+    # template ends every prompt alike.
+    texts = ["good film user", "the plot was dull and the cast was bland", "bad"]
+    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    end = prompting.end_of_turn(tokenizer)
+
+    def greedy_without_cache(prompt: list[int], steps: int = 4) -> str:
+        ids = list(prompt)
+        with torch.no_grad():
+            for _ in range(steps):
+                ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+        new = ids[len(prompt) :]
+        return tokenizer.decode(new[: new.index(end)] if end in new else new, skip_special_tokens=True).strip()
+
+    # Batched, left-padded and with the KV cache, as predict and evaluate generate.
+    generated = prompting.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=3).texts
+    assert generated == [greedy_without_cache(p) for p in prompts]
+    with model.disable_adapter():
+        assert prompting.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=3).texts != generated
+
+
 def test_sampling_is_seeded_differs_from_greedy_and_refuses_values_outside_its_range(tiny_llama: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
@@ -222,6 +252,7 @@ def test_a_decoder_is_fine_tuned_scored_against_prompting_registered_and_served(
 
     predicted = Predictor(paths.MODEL).predict(["a great and moving film", "a dull and awful plot " + "the " * 60])
     assert predicted["label"].tolist() == ["positive", "negative"]
+    assert predicted["generated"].tolist() == ["good", "bad"]  # its own free answer: the label's word, then it ends
     assert predicted["cut"].tolist() == [False, True]  # the answer says when it read only the text's start
     tracking.configure("sentiment-finetune")
     loaded = mlflow.pyfunc.load_model("models:/sentiment-classifier@challenger")
@@ -239,7 +270,10 @@ def test_a_decoder_is_fine_tuned_scored_against_prompting_registered_and_served(
         url = f"http://127.0.0.1:{port}/invocations"
         status, body = post(url, json.dumps({"inputs": ["a great and moving film", "a dull and awful plot"]}).encode())
         assert status == 200, body
-        assert [row["label"] for row in body["predictions"]] == ["positive", "negative"]
+        assert [(row["label"], row["generated"]) for row in body["predictions"]] == [
+            ("positive", "good"),
+            ("negative", "bad"),
+        ]
         status, body = post(url, json.dumps({"inputs": ["a great film", "  "]}).encode())
         assert status == 400 and "empty" in body["message"], body
 

@@ -32,8 +32,11 @@ import torch
 from pipeline import data
 from pipeline.errors import PipelineError
 from pipeline.prompting import (
+    GREEDY,
     Demonstration,
+    Generated,
     History,
+    Sampling,
     answer_ids,
     demonstrations_for,
     end_of_turn,
@@ -169,32 +172,37 @@ class GenerativeClassification(Decoder, SingleLabelClassification):
 
     # ---- predict -----------------------------------------------------------------------------------
     def example_logits(self, predictor: Any, texts: list[str], pairs: list[str] | None) -> np.ndarray:
-        """The label words' scores after each text's prompt."""
-        return self._scores(predictor, texts)[0]
-
-    def predict(self, predictor: Any, texts: list[str], pairs: list[str] | None = None) -> pd.DataFrame:
-        """Label and scores as for any classifier, and `cut`: whether the text was cut to fit the prompt
-        (tokenize.max_length), so a caller knows the answer read only the text's beginning. The prompts
-        are built once per request (the hot path of serving)."""
-        logits, cut = self._scores(predictor, texts)
-        frame = self.predict_frame(logits / predictor.card.temperature, predictor.labels, predictor.card.thresholds)
-        frame["cut"] = cut
-        return frame
-
-    def _scores(self, predictor: Any, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
+        """The label words' scores after each text's prompt, without generating."""
         tokenizer = predictor.tokenizer
-        prompts, words, cut = self._prompts(tokenizer, predictor.encoding, predictor.labels, texts)
-        scores = next_token_scores(
+        prompts, words, _ = self._prompts(tokenizer, predictor.encoding, predictor.labels, texts)
+        return next_token_scores(
             predictor.model, tokenizer, prompts, first_tokens(tokenizer, words), predictor.batch_size
         )
-        return scores, cut
+
+    def predict(self, predictor: Any, texts: list[str], pairs: list[str] | None = None) -> pd.DataFrame:
+        """Label and scores as for any classifier; `generated`, the model's own answer left free (greedy
+        unless batch prediction samples), whose first step gives the scores, so both cost one pass over
+        each prompt plus at most `max_new_tokens` cached steps; and `cut`: whether the text was cut to fit
+        the prompt (tokenize.max_length), so a caller knows the answer read only the text's beginning."""
+        generated, _, cut = self._answered(predictor, texts)
+        frame = self.predict_frame(
+            generated.first_scores / predictor.card.temperature, predictor.labels, predictor.card.thresholds
+        )
+        frame["generated"] = generated.texts
+        frame["cut"] = cut
+        return frame
 
     def outcomes(self, predictor: Any, table: pd.DataFrame, source: str) -> Outcomes:
         """Labels read off the label words' scores as for any classifier, and, from the same pass over each
         prompt, a free generation: how often the model, left to generate, says no label word at all."""
         true = self.checked_truth(table, predictor.labels, source)
-        prompts, words, _ = self._prompts(predictor.tokenizer, predictor.encoding, predictor.labels, table[data.TEXT])
-        logits, measured = self._answers(
+        generated, measured, _ = self._answered(predictor, table[data.TEXT])
+        return self.scored_outcomes(predictor, table, true, generated.first_scores, measured)
+
+    def _answered(self, predictor: Any, texts: Any) -> tuple[Generated, dict[str, float], list[bool]]:
+        """The fine-tuned model's answers to `texts` (`_answers`), and which texts were cut to fit."""
+        prompts, words, cut = self._prompts(predictor.tokenizer, predictor.encoding, predictor.labels, texts)
+        generated, measured = self._answers(
             predictor.model,
             predictor.tokenizer,
             prompts,
@@ -202,8 +210,9 @@ class GenerativeClassification(Decoder, SingleLabelClassification):
             predictor.labels,
             predictor.encoding.prompt.max_new_tokens,
             predictor.batch_size,
+            predictor.sampling,
         )
-        return self.scored_outcomes(predictor, table, true, logits, measured)
+        return generated, measured, cut
 
     def _prompts(
         self, tokenizer: Any, spec: EncodingSpec, labels: list[str], texts: Any, demonstrations: Any = None
@@ -225,16 +234,17 @@ class GenerativeClassification(Decoder, SingleLabelClassification):
         labels: list[str],
         max_new_tokens: int,
         batch_size: int,
-    ) -> tuple[np.ndarray, dict[str, float]]:
-        """The label words' scores after each prompt and, from the same pass, a free generation: the
-        share of generations that are no label word, and the generated tokens per second."""
+        sampling: Sampling = GREEDY,
+    ) -> tuple[Generated, dict[str, float]]:
+        """A free generation after each prompt with, from its first step, the label words' scores; and
+        the share of generations that are no label word, and the generated tokens per second."""
         started = time.perf_counter()
         generated = generate(
-            model, tokenizer, prompts, max_new_tokens, batch_size, scored=first_tokens(tokenizer, words)
+            model, tokenizer, prompts, max_new_tokens, batch_size, sampling, scored=first_tokens(tokenizer, words)
         )
         seconds = time.perf_counter() - started
         said = [matching_label(text, words, labels) for text in generated.texts]
-        return generated.first_scores, {
+        return generated, {
             "not_a_label_share": float(np.mean([label is None for label in said])) if said else 0.0,
             "generated_tokens_per_second": generated.tokens / seconds if seconds > 0 else 0.0,
         }
@@ -262,10 +272,10 @@ class GenerativeClassification(Decoder, SingleLabelClassification):
             started = time.perf_counter()
             shown = demonstrations_for(texts, pool_texts, pool_answers, k, params.seed)
             prompts, _, _ = self._prompts(tokenizer, card.encoding, card.labels, texts, shown)
-            scores, measured = self._answers(
+            generated, measured = self._answers(
                 base, tokenizer, prompts, words, card.labels, card.encoding.prompt.max_new_tokens, batch_size
             )
-            pred = [card.labels[i] for i in scores.argmax(axis=1)]
+            pred = [card.labels[i] for i in generated.first_scores.argmax(axis=1)]
             out["zero-shot" if k == 0 else f"{k}-shot"] = {
                 "shots": k,
                 **self.summary_scores(true, pred, card.labels),
