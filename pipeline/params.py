@@ -447,6 +447,11 @@ class FinetuneParams(Section):
     early_stopping_threshold: float = Field(default=0.0, ge=0, description="minimum improvement that counts")
     logging_steps: Int = Field(ge=1, description="train-loss points in the learning curve (and progress lines)")
     group_by_length: bool = Field(default=True, description="batch texts of similar length together (less padding)")
+    activation_checkpointing: bool = Field(
+        default=False,
+        description="gradient checkpointing: each layer's activations are recomputed in the backward pass instead "
+        "of kept from the forward pass (less memory, one more forward pass of compute; for decoders and long inputs)",
+    )
     resume: bool = Field(
         default=True,
         description="a killed finetune continues from its last checkpoint (checkpoints/) in the same MLflow run",

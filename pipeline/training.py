@@ -52,6 +52,9 @@ def training_arguments(params: FinetuneParams, seed: int, output_dir: Path, **ov
         optim_args=f"momentum={params.momentum}" if params.optimizer == "sgd" else None,
         # Length-grouped batches put texts of similar length together so per-batch padding stays small.
         train_sampling_strategy="group_by_length" if params.group_by_length else "random",
+        # transformers 5's name for gradient checkpointing (non-reentrant by default, so adapters need no
+        # input gradients).
+        activation_checkpointing=params.activation_checkpointing,
         eval_strategy=strategy,
         save_strategy=strategy,
         eval_steps=params.eval_steps,

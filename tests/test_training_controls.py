@@ -119,6 +119,15 @@ def test_gradient_accumulation_takes_one_step_per_accumulated_batch(tokenized_pr
     assert accumulated.trainer.state.global_step == TRAIN_EXAMPLES // 32
 
 
+def test_activation_checkpointing_recomputes_the_layers_and_trains_to_the_same_weights(tokenized_project: Path) -> None:
+    plain = trained(tokenized_project, max_steps=3).trainer.model
+    checkpointed = trained(tokenized_project, max_steps=3, activation_checkpointing=True).trainer.model
+    assert checkpointed.is_activation_checkpointing and not plain.is_activation_checkpointing
+    # Dropout included: the recomputed forward pass replays the first one's random state.
+    for (name, before), (_, after) in zip(plain.named_parameters(), checkpointed.named_parameters(), strict=True):
+        torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def _change(before: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
     return math.sqrt(sum(float((p.detach() - before[n]).pow(2).sum()) for n, p in model.named_parameters()))
 
