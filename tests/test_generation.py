@@ -254,6 +254,15 @@ def test_a_decoder_is_fine_tuned_scored_against_prompting_registered_and_served(
     assert predicted["label"].tolist() == ["positive", "negative"]
     assert predicted["generated"].tolist() == ["good", "bad"]  # its own free answer: the label's word, then it ends
     assert predicted["cut"].tolist() == [False, True]  # the answer says when it read only the text's start
+    (decoder_project / "in.csv").write_text(
+        "review\na great and moving film\na dull and awful plot\n", encoding="utf-8"
+    )
+    predict.run(["--model", "models/model", "--input", "in.csv", "--output", "out.csv", "--text-column", "review"])
+    written = pd.read_csv(decoder_project / "out.csv")
+    assert written[["predicted_label", "predicted_generated"]].values.tolist() == [
+        ["positive", "good"],
+        ["negative", "bad"],
+    ]
     tracking.configure("sentiment-finetune")
     loaded = mlflow.pyfunc.load_model("models:/sentiment-classifier@challenger")
     assert loaded.predict(["a great and moving film"])["label"].tolist() == ["positive"]
