@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,10 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import data, paths  # noqa: E402
 from pipeline.modeling import load_tokenizer, resolve_model  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from pipeline.runtimes import machine  # noqa: E402
 from pipeline.tasks import get_task  # noqa: E402
 from pipeline.training import prepare  # noqa: E402
-from results import load_average, write_results  # noqa: E402
+from results import child_result, load_average, write_results  # noqa: E402
 
 
 class StepClock(TrainerCallback):
@@ -99,12 +97,7 @@ def main() -> None:
     results = []
     for setting in ("off", "on"):
         command = [sys.executable, __file__, "--only", setting, "--preset", str(args.preset)]
-        command += ["--steps", str(args.steps)]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"activation checkpointing {setting} failed:\n{done.stderr[-3000:]}")
-        results.append(json.loads(line.removeprefix("RESULT ")))
+        results.append(child_result(command + ["--steps", str(args.steps)], f"activation checkpointing {setting}"))
         print(f"activation checkpointing {setting}: {results[-1]}", flush=True)
     plain, checkpointed = results
     ratios = {
@@ -120,11 +113,9 @@ def main() -> None:
         "python benchmarks/decoder_memory.py " + " ".join(sys.argv[1:]),
         results,
         started,
+        load_before=load_before,
         **ratios,
         preset=str(args.preset),
-        machine=machine(),
-        load_average_before=load_before,
-        load_average_after=load_average(),
     )
     print(f"written to {target}")
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,28 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def child_result(command: list[str], what: str) -> dict[str, Any]:
+    """Run one contender in a process of its own (so its peak RSS is its own) and return the JSON it
+    printed on its `RESULT ` line; stop with the tail of its stderr when it printed none."""
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"{what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(line.removeprefix("RESULT "))
+
+
 def write_results(
-    name: str, command: str, rows: list[dict[str, Any]], started: float, out: Path = OUT, **extra: Any
+    name: str,
+    command: str,
+    rows: list[dict[str, Any]],
+    started: float,
+    out: Path = OUT,
+    load_before: float | None = None,
+    **extra: Any,
 ) -> Path:
     """Write `rows` (and `extra` fields) to out/NAME.json with the command, machine, core count, date and
-    wall time since `started` (a time.perf_counter() value)."""
+    wall time since `started` (a time.perf_counter() value). With `load_before` (load_average() when the
+    run started): the CPU model and ISA too, and the load before and after."""
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "command": command,
@@ -31,6 +50,10 @@ def write_results(
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "wall_seconds": round(time.perf_counter() - started),
     }
+    if load_before is not None:
+        from pipeline.runtimes import machine  # the benchmarks put the repository on sys.path
+
+        meta |= {"machine": machine(), "load_average_before": load_before, "load_average_after": load_average()}
     target = out / f"{name}.json"
     target.write_text(json.dumps({**meta, **extra, "rows": rows}, indent=2) + "\n")
     return target

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,10 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import data, paths  # noqa: E402
 from pipeline.modeling import load_for_training, load_tokenizer, resolve_model  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from pipeline.runtimes import machine  # noqa: E402
 from pipeline.tasks import get_task  # noqa: E402
 from pipeline.training import prepare  # noqa: E402
-from results import load_average, write_results  # noqa: E402
+from results import child_result, load_average, write_results  # noqa: E402
 
 HF_CAREFUL = {"learning_rate": 5e-5, "per_device_train_batch_size": 16, "num_train_epochs": 3}
 
@@ -164,11 +162,38 @@ def time_to(target: float, curve: list[dict[str, float]]) -> float | None:
     return next((row["train_seconds"] for row in curve if row["accuracy"] >= target), None)
 
 
+def summarise(name: str, runs: list[dict[str, Any]], reference: float | None) -> dict[str, Any]:
+    """One contender over its seeds: the median time to the target (a seed that never reached it counts as
+    infinitely slow), the ratio of that median to hf-careful's, and the mean and range of final accuracy."""
+    times = [run["seconds_to_target"] if run["seconds_to_target"] is not None else float("inf") for run in runs]
+    median = float(np.median(times))
+    finals = [run["final_accuracy"] for run in runs]
+    validations = [run["best_validation"] for run in runs if run["best_validation"] is not None]
+    return {
+        "name": name,
+        "seeds": [run["seed"] for run in runs],
+        "median_seconds_to_target": round(median, 1) if np.isfinite(median) else None,
+        "ratio_to_hf_careful": round(median / reference, 3) if reference and np.isfinite(median) else None,
+        "mean_final_accuracy": round(float(np.mean(finals)), 4),
+        "final_accuracy_range": [min(finals), max(finals)],
+        "mean_best_validation": round(float(np.mean(validations)), 4) if validations else None,
+        "max_peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", type=float, default=0.85, help="test accuracy to reach")
     parser.add_argument("--every", type=int, default=1600, help="training examples between test measurements")
     parser.add_argument("--variant", action="append", default=[], help='"NAME:finetune.key=value,..." (repeatable)')
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="training seeds (head initialisation, data order, dropout; the split stays as tokenized): each "
+        "contender trains once per seed and is summarised by its median time and mean final accuracy; "
+        "default: params.yaml's seed",
+    )
     parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one contender, print its JSON
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -178,44 +203,44 @@ def main() -> None:
         return
 
     started, load_before = time.perf_counter(), load_average()
+    seeds = args.seeds or [load_params().seed]
     contenders = [("hf-careful", {}), ("pipeline", {}), *map(parse_variant, args.variant)]
     results = []
     for name, overrides in contenders:
-        command = [sys.executable, __file__, "--only", name, "--overrides", json.dumps(overrides)]
-        command += ["--every", str(args.every)]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
-        result = json.loads(line.removeprefix("RESULT "))
-        result["seconds_to_target"] = time_to(args.target, result["curve"])
-        results.append(result)
+        for seed in seeds:
+            command = [sys.executable, __file__, "--only", name, "--overrides", json.dumps({**overrides, "seed": seed})]
+            result = {**child_result(command + ["--every", str(args.every)], f"{name} (seed {seed})"), "seed": seed}
+            result["seconds_to_target"] = time_to(args.target, result["curve"])
+            results.append(result)
+            print(
+                f"{name:<20} seed {seed}: to {args.target}: {result['seconds_to_target']} s; final accuracy "
+                f"{result['final_accuracy']:.4f} after {result['train_seconds']} s; best validation "
+                f"{result['best_validation']}; peak RSS {result['peak_rss_mib']} MiB",
+                flush=True,
+            )
+    reference = summarise("hf-careful", results[: len(seeds)], None)["median_seconds_to_target"]
+    summary = [summarise(name, [r for r in results if r["name"] == name], reference) for name, _ in contenders]
+    print(
+        f"\ntime to test accuracy {args.target} (training seconds, evaluation excluded), median of seeds {seeds}; "
+        "ratio to hf-careful's median"
+    )
+    for row in summary:
+        low, high = row["final_accuracy_range"]
         print(
-            f"{name:<20} to {args.target}: {result['seconds_to_target']} s; final accuracy "
-            f"{result['final_accuracy']:.4f} after {result['train_seconds']} s; peak RSS {result['peak_rss_mib']} MiB",
-            flush=True,
-        )
-    reference = results[0]["seconds_to_target"]
-    for result in results:
-        ours = result["seconds_to_target"]
-        result["ratio_to_hf_careful"] = round(ours / reference, 3) if ours and reference else None
-    print(f"\ntime to test accuracy {args.target} (training seconds, evaluation excluded); ratio to hf-careful")
-    for result in results:
-        print(
-            f"{result['name']:<20} {result['seconds_to_target']!s:>8} s  {result['ratio_to_hf_careful']!s:>6}x  "
-            f"final {result['final_accuracy']:.4f}  best validation {result['best_validation']}  "
-            f"peak RSS {result['peak_rss_mib']} MiB"
+            f"{row['name']:<20} {row['median_seconds_to_target']!s:>8} s  {row['ratio_to_hf_careful']!s:>6}x  "
+            f"final {row['mean_final_accuracy']:.4f} ({low:.4f}-{high:.4f})  best validation "
+            f"{row['mean_best_validation']}  peak RSS {row['max_peak_rss_mib']} MiB"
         )
     target = write_results(
         "time_to_accuracy",
         "python benchmarks/time_to_accuracy.py " + " ".join(sys.argv[1:]),
         results,
         started,
+        load_before=load_before,
+        summary=summary,
+        seeds=seeds,
         target_accuracy=args.target,
         every_examples=args.every,
-        machine=machine(),
-        load_average_before=load_before,
-        load_average_after=load_average(),
     )
     print(f"\nwritten to {target}")
 
