@@ -1,4 +1,4 @@
-"""Sweeps on DVC's experiment queue: queued experiments run at the same time in temporary copies of the
+"""Sweeps on DVC's experiment queue: queued experiments run on two workers in temporary copies of the
 project, each logs its own MLflow run and registers its own version in the project's store (the embedded
 SQLite one, or a tracking server on PostgreSQL), `dvc exp show` lists validation and test metrics side by
 side, and `pipeline-pick-experiment` applies the best by validation."""
@@ -46,7 +46,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
 def sweep(root: Path, rates: tuple[str, str]) -> list[dict]:
     """Queue one experiment per learning rate, run them two at a time, wait; their `dvc exp show` rows."""
     sh(root, "dvc", "exp", "run", "--queue", "-S", f"finetune.learning_rate={','.join(rates)}")
-    sh(root, "dvc", "queue", "start", "--jobs", "2")
+    # Two workers, so the two experiments may run at the same moment. Whether they overlap is up to when
+    # DVC's second worker boots, not up to this project, so the tests assert the workers, not the overlap.
+    assert "Started '2' new experiments task queue workers." in sh(root, "dvc", "queue", "start", "--jobs", "2")
     deadline = time.monotonic() + 900
     while True:
         status = sh(root, "dvc", "queue", "status")
@@ -77,8 +79,6 @@ def assert_each_experiment_has_its_run_and_version(
 ) -> None:
     runs = finetune_runs(client, rates)
     assert sorted(run.data.params["finetune.learning_rate"] for run in runs) == sorted(rates)
-    (a, b) = runs
-    assert a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time  # they ran at once
     versions = client.search_model_versions("name = 'sentiment-classifier'")
     registered = {v.tags.get("mlflow_run_id") for v in versions}
     assert {run.info.run_id for run in runs} <= registered  # both registered
@@ -89,7 +89,7 @@ def assert_each_experiment_has_its_run_and_version(
         assert run.data.metrics["test_accuracy"] == pytest.approx(row["reports/eval/metrics.json:accuracy"])
 
 
-def test_queued_experiments_run_at_once_into_the_project_store_and_the_best_by_validation_is_applied(
+def test_experiments_queued_to_two_workers_log_into_the_project_store_and_the_best_by_validation_is_applied(
     repo: Path,
 ) -> None:
     experiments = sweep(repo, RATES["sqlite"])
