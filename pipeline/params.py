@@ -369,7 +369,8 @@ class FinetuneParams(Section):
         default=False,
         description=(
             "method full: the word-embedding matrix keeps its pretrained values (on MiniLM, 52% of the parameters "
-            "whose gradient and AdamW state each step would update; texts use a small part of the vocabulary)"
+            "whose gradient and AdamW state each step would update; texts use a small part of the vocabulary). The "
+            "other methods ignore it: they train no embeddings unless freeze.train_embeddings says so"
         ),
     )
     freeze: FreezeParams = Field(default=FreezeParams(), description="method freeze: what trains besides the head")
@@ -452,6 +453,12 @@ class FinetuneParams(Section):
         description="gradient checkpointing: each layer's activations are recomputed in the backward pass instead "
         "of kept from the forward pass (less memory, one more forward pass of compute; for decoders and long inputs)",
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="auto: bf16 mixed precision where the hardware computes in bf16 (a GPU that supports it, or a "
+        "CPU with AVX-512 BF16 or AMX), fp32 elsewhere | fp32 | bf16: matrix products in bf16, weights, optimizer "
+        "state and the saved model in fp32 (torch.autocast)",
+    )
     resume: bool = Field(
         default=True,
         description="a killed finetune continues from its last checkpoint (checkpoints/) in the same MLflow run",
@@ -468,11 +475,6 @@ class FinetuneParams(Section):
         if self.merge_adapter and self.method not in ("lora", "adalora", "ia3"):
             raise ValueError(
                 f"merge_adapter: only lora, adalora and ia3 adapters can be merged (method is {self.method})"
-            )
-        if self.freeze_word_embeddings and self.method != "full":
-            raise ValueError(
-                f"freeze_word_embeddings: for method full (method {self.method} has its own: freeze.train_embeddings, "
-                "or adapters that leave the embeddings as they are)"
             )
         return self
 

@@ -4,6 +4,7 @@ stage and the benchmarks, so a benchmark measures exactly the training the pipel
 from __future__ import annotations
 
 import ctypes
+import os
 import resource
 import sys
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import extract_model_from_parallel
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from pipeline import distributed, methods
@@ -29,6 +31,20 @@ from pipeline.modeling import (
 )
 from pipeline.params import FinetuneParams, Params, TokenizeParams
 from pipeline.tasks import Task, get_task
+
+
+def computes_in_bf16() -> bool:
+    """Whether this machine multiplies bf16 matrices natively: a CUDA GPU that supports bf16, or an x86 CPU
+    with AVX-512 BF16 or AMX. Elsewhere (AVX2, AVX-512 without BF16) oneDNN emulates bf16 and it is slower
+    than fp32. torch exposes the CPU checks only as torch.cpu._is_*_supported."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def mixed_precision(params: FinetuneParams) -> bool:
+    """`finetune.precision` resolved on this machine: True trains under bf16 autocast."""
+    return params.precision == "bf16" or (params.precision == "auto" and computes_in_bf16())
 
 
 def training_arguments(params: FinetuneParams, seed: int, output_dir: Path, **overrides: Any) -> TrainingArguments:
@@ -72,8 +88,10 @@ def training_arguments(params: FinetuneParams, seed: int, output_dir: Path, **ov
         report_to=[],
         logging_nan_inf_filter=False,  # a non-finite loss stops training (PipelineTrainer); logs show real values
         disable_tqdm=True,
-        # accelerate trains data-parallel on CPU only when told the processes are CPU ones.
-        use_cpu=distributed.launched() and not torch.cuda.is_available(),
+        # bf16 autocast around the forward pass (accelerate's); the weights and AdamW state stay fp32.
+        bf16=mixed_precision(params),
+        # accelerate trains data-parallel, and in bf16, on CPU only when told the processes are CPU ones.
+        use_cpu=(distributed.launched() or mixed_precision(params)) and not torch.cuda.is_available(),
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         # Under torchrun (pipeline/distributed.py): the process group the stage joined; every method's
@@ -322,6 +340,21 @@ def return_freed_buffers_to_the_system() -> None:
     libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES)
 
 
+ONEDNN_KERNEL_CACHE = 32  # oneDNN's default keeps 1,024 compiled kernels
+
+
+def bound_the_kernel_cache() -> None:
+    """Keep at most ONEDNN_KERNEL_CACHE compiled oneDNN kernels (a user's ONEDNN_PRIMITIVE_CACHE_CAPACITY wins).
+
+    Why by hand: under bf16 autocast on CPU, torch runs the matrix products through oneDNN, which compiles
+    and caches a kernel, with its buffers, per shape; length-grouped batches bring a new sequence length,
+    so new shapes, every few steps, and the cache held hundreds of MiB by the end of training. oneDNN reads
+    the variable when it first creates a kernel, so this runs before training. Measured on the default data,
+    300 steps of the default training in bf16 on 2 cores: peak RSS 1,465 MiB and 76.9 s with 32 kernels,
+    1,674 MiB and 77.5 s with 1,024, 1,415 MiB and 89.9 s with none."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_KERNEL_CACHE))
+
+
 @dataclass
 class Prepared:
     """A model ready to train: everything that can fail on a bad param is done before training starts."""
@@ -338,6 +371,7 @@ class Prepared:
 def prepare(params: Params, datasets: Any, labels: list[str], checkpoints: Path) -> Prepared:
     """The pretrained model with its new head, prepared for `finetune.method`, inside its Trainer."""
     return_freed_buffers_to_the_system()
+    bound_the_kernel_cache()
     finetune = params.finetune
     task = get_task(params.task)
     model_dir = resolve_model(params.model)
@@ -386,6 +420,9 @@ def fit(
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
+    # Under bf16 (finetune.precision) accelerate wrapped the model's forward in autocast. The served model
+    # runs in fp32, so the wrapper goes before the temperature and thresholds are fitted on its outputs.
+    extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False)
 
     # The best evaluation's weights are loaded (load_best_model_at_end); the temperature and the thresholds
     # are fitted on them, from one pass over the validation split (made only if a task asks for it).

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
                 "data_sha256": data_sha256,
                 "task": params.task,
                 "method": params.finetune.method,
+                "precision": "bf16" if prepared.trainer.args.bf16 else "fp32",  # finetune.precision as resolved here
                 "stage": "finetune",
             }
         )
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"finetune: resuming from {resume_from} (MLflow run {run.info.run_id})", file=sys.stderr)
         print(
             f"finetune: {prepared.trainer.args.world_size} process(es) x {params.finetune.per_device_train_batch_size} "
-            f"examples x {params.finetune.gradient_accumulation_steps} accumulation = global batch {global_batch}",
+            f"examples x {params.finetune.gradient_accumulation_steps} accumulation = global batch {global_batch}, "
+            f"{'bf16 mixed precision' if prepared.trainer.args.bf16 else 'fp32'}",
             file=sys.stderr,
         )
         prepared.trainer.add_callback(MLflowCallback())  # per-step metrics into the active run

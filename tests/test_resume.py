@@ -19,9 +19,10 @@ from safetensors.torch import load_file
 
 from conftest import inside
 from helpers import expect_user_error, set_params, slow_steps_hook
-from pipeline import paths, tracking
+from pipeline import paths, tracking, training
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE, RUN_FILE
+from pipeline.params import load_params
 from stages import finetune
 
 SCHEDULE = {
@@ -107,6 +108,8 @@ def test_killed_finetune_resumes_in_the_same_run_and_ends_like_an_uninterrupted_
     tracking.configure("sentiment-finetune")
     run = mlflow.MlflowClient().get_run(killed_run)
     assert run.info.status == "FINISHED" and run.data.metrics["train_seconds"] > 0
+    # finetune.precision: auto, resolved on this machine and recorded with the run
+    assert run.data.tags["precision"] == ("bf16" if training.mixed_precision(load_params().finetune) else "fp32")
     assert not paths.CHECKPOINTS.exists()
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
+from safetensors.torch import load_file
 
 from helpers import set_params
 from pipeline import data, methods, paths, training
@@ -126,6 +127,33 @@ def test_activation_checkpointing_recomputes_the_layers_and_trains_to_the_same_w
     # Dropout included: the recomputed forward pass replays the first one's random state.
     for (name, before), (_, after) in zip(plain.named_parameters(), checkpointed.named_parameters(), strict=True):
         torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_bf16_multiplies_in_bf16_and_keeps_the_weights_and_the_saved_model_in_fp32(tokenized_project: Path) -> None:
+    run = prepared(tokenized_project, precision="bf16", max_steps=2)
+    products: list[torch.dtype] = []
+    linear = next(m for m in run.trainer.model.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda module, inputs, output: products.append(output.dtype))
+    fit(load_params(), run, tokenized_project / "model")
+    assert run.trainer.args.bf16 and products[0] == torch.bfloat16  # the first training step
+    # After training the model computes in fp32, as it is served: the temperature was fitted on that.
+    products.clear()
+    run.trainer.model(input_ids=torch.tensor([[2, 5, 7, 3]]))
+    assert products == [torch.float32]
+    assert {p.dtype for p in run.trainer.model.parameters()} == {torch.float32}
+    saved = load_file(next((tokenized_project / "model").rglob("*.safetensors")))
+    assert {tensor.dtype for tensor in saved.values()} == {torch.float32}
+    assert math.isfinite(run.trainer.state.log_history[-1]["train_loss"])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_where_the_machine_multiplies_bf16_natively(
+    native: bool, tokenized_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(training, "computes_in_bf16", lambda: native)
+    assert prepared(tokenized_project, precision="auto").trainer.args.bf16 == native
+    assert not prepared(tokenized_project, precision="fp32").trainer.args.bf16
+    assert prepared(tokenized_project, precision="bf16").trainer.args.bf16
 
 
 def _change(before: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
