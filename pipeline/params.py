@@ -369,8 +369,7 @@ class FinetuneParams(Section):
         default=False,
         description=(
             "method full: the word-embedding matrix keeps its pretrained values (on MiniLM, 52% of the parameters "
-            "whose gradient and AdamW state each step would update; texts use a small part of the vocabulary). The "
-            "other methods ignore it: they train no embeddings unless freeze.train_embeddings says so"
+            "whose gradient and AdamW state each step would update; texts use a small part of the vocabulary)"
         ),
     )
     freeze: FreezeParams = Field(default=FreezeParams(), description="method freeze: what trains besides the head")
@@ -475,6 +474,11 @@ class FinetuneParams(Section):
         if self.merge_adapter and self.method not in ("lora", "adalora", "ia3"):
             raise ValueError(
                 f"merge_adapter: only lora, adalora and ia3 adapters can be merged (method is {self.method})"
+            )
+        if self.freeze_word_embeddings and self.method != "full":
+            raise ValueError(
+                f"freeze_word_embeddings: for method full (method {self.method} has its own: freeze.train_embeddings, "
+                "or adapters that leave the embeddings as they are)"
             )
         return self
 

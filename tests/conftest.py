@@ -197,7 +197,6 @@ def tiny_params(data_file: Path, model_dir: Path) -> dict:
         per_device_eval_batch_size=16,
         logging_steps=2,
         learning_rate=1e-3,
-        freeze_word_embeddings=False,  # the tiny models' embeddings are random: they have to train
     )
     params["evaluate"]["baseline"]["max_features"] = 500
     params["evaluate"]["bootstrap_rounds"] = params["promote"]["bootstrap_rounds"] = 200

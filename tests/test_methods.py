@@ -31,7 +31,7 @@ ADAPTER_NAMES = {
 HEAD = r"(^classifier\.|modules_to_save)"
 
 METHOD_PARAMS = {
-    "full": {"finetune.freeze_word_embeddings": False},
+    "full": {},
     "full_frozen_word_embeddings": {"finetune.method": "full", "finetune.freeze_word_embeddings": True},
     "freeze": {},
     "top_1": {"finetune.method": "freeze", "finetune.freeze.top_k_layers": 1},
@@ -165,6 +165,10 @@ def test_adapter_folder_loads_without_the_pretrained_source(
         ),
         ({"finetune.class_weights": [1.0, 2.0, 3.0]}, "finetune.class_weights: 3 weights for 2 labels"),
         ({"finetune.method": "prefix", "finetune.merge_adapter": True}, "merge_adapter: only lora, adalora and ia3"),
+        (
+            {"finetune.method": "lora", "finetune.freeze_word_embeddings": True},
+            "finetune: freeze_word_embeddings: for method full",
+        ),
         ({"finetune.method": "lora", "finetune.lora.target_modules": ["nonexistent"]}, "finetune.lora"),
     ],
 )
