@@ -51,6 +51,7 @@ def training_arguments(params: FinetuneParams, seed: int, output_dir: Path, **ov
     """Map the `finetune` params onto TrainingArguments: evaluate and checkpoint every epoch (or every
     `eval_steps`), keep the best."""
     strategy = "steps" if params.eval_steps else "epoch"
+    bf16 = mixed_precision(params)
     settings: dict[str, Any] = dict(
         output_dir=str(output_dir),
         learning_rate=params.learning_rate,
@@ -89,9 +90,9 @@ def training_arguments(params: FinetuneParams, seed: int, output_dir: Path, **ov
         logging_nan_inf_filter=False,  # a non-finite loss stops training (PipelineTrainer); logs show real values
         disable_tqdm=True,
         # bf16 autocast around the forward pass (accelerate's); the weights and AdamW state stay fp32.
-        bf16=mixed_precision(params),
+        bf16=bf16,
         # accelerate trains data-parallel, and in bf16, on CPU only when told the processes are CPU ones.
-        use_cpu=(distributed.launched() or mixed_precision(params)) and not torch.cuda.is_available(),
+        use_cpu=(distributed.launched() or bf16) and not torch.cuda.is_available(),
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         # Under torchrun (pipeline/distributed.py): the process group the stage joined; every method's

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         tracking.start_or_resume_run(run_id) as run,
     ):
         git = tracking.git_state()
+        precision = "bf16" if prepared.trainer.args.bf16 else "fp32"  # finetune.precision as resolved here
         if resume_from is None:
             mlflow.log_params({**training_params, "global_train_batch_size": global_batch})
         mlflow.set_tags(
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                 "data_sha256": data_sha256,
                 "task": params.task,
                 "method": params.finetune.method,
-                "precision": "bf16" if prepared.trainer.args.bf16 else "fp32",  # finetune.precision as resolved here
+                "precision": precision,
                 "stage": "finetune",
             }
         )
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"finetune: {prepared.trainer.args.world_size} process(es) x {params.finetune.per_device_train_batch_size} "
             f"examples x {params.finetune.gradient_accumulation_steps} accumulation = global batch {global_batch}, "
-            f"{'bf16 mixed precision' if prepared.trainer.args.bf16 else 'fp32'}",
+            f"{precision}",
             file=sys.stderr,
         )
         prepared.trainer.add_callback(MLflowCallback())  # per-step metrics into the active run
