@@ -105,7 +105,8 @@ def lock_path(name: str) -> Path:
 
 @contextlib.contextmanager
 def exclusive(name: str) -> Iterator[None]:
-    """Hold a lock for changing `name`'s aliases, so concurrent promotions run one after the other.
+    """Hold a lock for changing `name`'s aliases, so concurrent promotions (and registrations by evaluate,
+    which sets @challenger) run one after the other.
 
     MLflow has no compare-and-set on aliases: two promotions that both read the old champion would both
     "win" and the last writer would decide. An OS file lock (beside mlflow.db, or in the cache folder for

@@ -34,6 +34,7 @@ from pipeline.inference import Predictor
 from pipeline.modeling import resolve_model
 from pipeline.params import EvaluateParams, ExportParams, load_params
 from pipeline.prompting import GREEDY
+from pipeline.registry import exclusive
 from pipeline.runtimes import ONNX_FILES, TORCH, machine, read_export_card, timed_outcomes
 from pipeline.sources import tree_sha256
 from pipeline.tasks import Outcomes, Task, get_task
@@ -113,7 +114,10 @@ def register(
         f"on {card.train_examples} examples{origin}, test {headline} {metrics[headline]:.4f}."
     )
     client.update_model_version(params.registered_model_name, version, description=description)
-    client.set_registered_model_alias(params.registered_model_name, params.alias, version)
+    # Queued experiments register at the same time, and MLflow's alias upsert is no atomic write: two inserts
+    # of the alias row meet a unique-key error on PostgreSQL. The promotion lock serialises them.
+    with exclusive(params.registered_model_name):
+        client.set_registered_model_alias(params.registered_model_name, params.alias, version)
     return {
         "name": params.registered_model_name,
         "version": version,
