@@ -170,6 +170,17 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+# Files that take minutes go first. The two workers take whole files (--dist loadfile) in collection order,
+# two each to start with, then the next file whenever one is done; a long file collected last would run on
+# one worker at the end while the other has nothing left (pyproject.toml turns off xdist's own order, which
+# sorts files by how many tests they have).
+LONG_FILES = ("test_sweeps.py", "test_pipeline_e2e.py", "test_generation.py", "test_methods.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in LONG_FILES)  # stable: each file keeps its own order
+
+
 @pytest.fixture(autouse=True)
 def _restore_environment() -> Iterator[None]:
     """mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI for subprocesses; keep that inside one test."""
@@ -403,12 +414,22 @@ NER_PARAMS = {
 }
 
 
+def postgres_missing() -> str | None:
+    """Why no PostgreSQL server can be started here, or None when one can."""
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        return "psycopg2 is needed for a PostgreSQL backend store"
+    if not shutil.which("initdb") or not shutil.which("pg_ctl"):
+        return "PostgreSQL (initdb, pg_ctl) is not installed"
+    return None
+
+
 @pytest.fixture
 def postgres() -> Iterator[str]:
     """A throw-away PostgreSQL server on 127.0.0.1; its SQLAlchemy URI. Skips where none can be started."""
-    pytest.importorskip("psycopg2", reason="psycopg2 is needed for a PostgreSQL backend store")
-    if not shutil.which("initdb") or not shutil.which("pg_ctl"):
-        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
+    if missing := postgres_missing():
+        pytest.skip(missing)
     # PostgreSQL refuses to run as root; as root, run it as the `postgres` user in a folder it owns.
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     folder = Path(tempfile.mkdtemp(prefix="pg-"))

@@ -156,6 +156,6 @@ def sh(root: Path, *cmd: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def dvc_repro(root: Path) -> list[str]:
-    """Run `dvc repro` and return the stages it ran, in order."""
-    return re.findall(r"Running stage '(\w+)'", sh(root, "dvc", "repro"))
+def dvc_repro(root: Path, dry: bool = False) -> list[str]:
+    """Run `dvc repro` and return the stages it ran, in order; `dry`: the stages it would run."""
+    return re.findall(r"Running stage '(\w+)'", sh(root, "dvc", "repro", *(["--dry"] if dry else [])))

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -123,9 +122,11 @@ def test_a_fresh_clone_pulls_every_output_from_an_s3_remote_and_has_nothing_to_r
 
 
 def test_experiment_run_with_set_param_is_listed(repo: Path) -> None:
-    sh(repo, "dvc", "exp", "run", "-S", "finetune.learning_rate=0.0005")
+    # A param only the report reads, so the experiment runs one stage; sweeps of training params on the
+    # queue are specified in test_sweeps.py.
+    sh(repo, "dvc", "exp", "run", "-S", "report.title=An experiment")
     rows = list(csv.DictReader(io.StringIO(sh(repo, "dvc", "exp", "show", "--csv"))))
-    assert "0.0005" in [row["finetune.learning_rate"] for row in rows]
+    assert "An experiment" in [row["report.title"] for row in rows]
 
 
 def test_a_finetune_killed_under_dvc_repro_resumes_on_the_next_repro(tmp_path: Path, tiny_model: Path) -> None:
@@ -168,21 +169,16 @@ def test_a_pooling_change_reaches_the_evaluated_model(repo: Path) -> None:
     evaluate the model re-run, and the evaluated model pools its windows the new way."""
     from pipeline.inference import Predictor
 
-    set_params(repo, {"tokenize.truncation": "chunk", "tokenize.max_length": 8, "tokenize.stride": 2})
+    chunked = {"tokenize.truncation": "chunk", "tokenize.max_length": 8, "tokenize.stride": 2}
+    set_params(repo, {**chunked, "tokenize.pooling": "max"})
     assert dvc_repro(repo) == ["tokenize", "finetune", "export", "evaluate", "report"]
-    mean_model = Predictor(repo / "models" / "model")
-    set_params(repo, {"tokenize.pooling": "max"})
-    assert dvc_repro(repo) == [
-        "tokenize",
-        "finetune",
-        "export",
-        "evaluate",
-        "report",
-    ]  # finetune writes pooling into the card
-    max_model = Predictor(repo / "models" / "model")
-    assert (mean_model.encoding.pooling, max_model.encoding.pooling) == ("mean", "max")
-    long_text = ["the film was great but the story was dull and the cast was bland and boring"]
-    assert not np.allclose(max_model.logits(long_text), mean_model.logits(long_text))
+    model = Predictor(repo / "models" / "model")
+    assert (model.encoding.truncation, model.encoding.pooling) == ("chunk", "max")
     metrics = json.loads((repo / "reports" / "eval" / "metrics.json").read_text())
-    expected = max_model.task.score(max_model, pd.read_parquet(repo / "data" / "split" / "test.parquet"), "test")[0]
+    expected = model.task.score(model, pd.read_parquet(repo / "data" / "split" / "test.parquet"), "test")[0]
     assert metrics["accuracy"] == expected["accuracy"]  # evaluate scored the max-pooling model
+    # A pooling change alone re-runs finetune, which writes pooling into the card; the stages that read the
+    # model folder follow when it changes, which a dry run cannot know. (That mean and max pooling give
+    # other logits is specified in test_long_texts.py.)
+    set_params(repo, {"tokenize.pooling": "mean"})
+    assert dvc_repro(repo, dry=True) == ["tokenize", "finetune"]
