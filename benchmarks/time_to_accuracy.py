@@ -10,11 +10,12 @@ of the last `dvc repro` (data/split, data/tokenized):
                  per-epoch validation, checkpoints and early stopping are part of its time
   NAME           the pipeline with params changed: --variant "NAME:finetune.key=value,finetune.other=value"
 
-Every contender's test accuracy is measured every `--every` training examples (the same data interval for
-all, whatever the batch size); the clock stops while it is measured. Each contender runs in a process of its
-own, one after the other, so peak RSS is its own and none shares the cores. Prints the curves, the time to
-`--target` of each, the ratios to hf-careful and each contender's final test accuracy (the model it ends
-with: the pipeline's best checkpoint), and writes reports/benchmarks/time_to_accuracy.json.
+Every contender's test accuracy is measured in fp32, as evaluate serves the model, every `--every` training
+examples (the same data interval for all, whatever the batch size); the clock stops while it is measured.
+Each contender runs in a process of its own, one after the other, so peak RSS is its own and none shares the
+cores. Prints the curves, the time to `--target` of each, the ratios to hf-careful and each contender's final
+test accuracy (the model it ends with: the pipeline's best checkpoint), and writes
+reports/benchmarks/time_to_accuracy.json.
 
     python benchmarks/time_to_accuracy.py --target 0.85 \\
         --variant "frozen-embeddings:finetune.freeze_word_embeddings=true"
