@@ -95,18 +95,23 @@ def check_model_folder(folder: Path) -> None:
 POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
 
 
-def require_fits_positions(model_dir: Path, max_length: int) -> None:
-    """`tokenize.max_length` must fit the model's position embeddings; past them training crashes at the
-    first long batch, possibly far into a run."""
+def require_fits_positions(model_dir: Path, max_length: int, pad_to_multiple_of: int | None = None) -> None:
+    """`tokenize.max_length`, and the longest batch once padded to a multiple of `finetune.pad_to_multiple_of`,
+    must fit the model's position embeddings; past them training crashes at the first long batch, possibly far
+    into a run."""
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     positions = config.get("max_position_embeddings")
     if not isinstance(positions, int):
         return  # relative or rotary positions: no fixed limit in the config
     limit = positions - POSITION_OFFSET.get(config.get("model_type", ""), 0)
+    what = f"the {limit} positions of the model ({model_dir.name}, {config.get('model_type', 'unknown type')})"
     if max_length > limit:
+        raise PipelineError(f"tokenize.max_length: {max_length} exceeds {what}")
+    padded = -(-max_length // pad_to_multiple_of) * pad_to_multiple_of if pad_to_multiple_of else max_length
+    if padded > limit:
         raise PipelineError(
-            f"tokenize.max_length: {max_length} exceeds the {limit} positions of the model ({model_dir.name}, "
-            f"{config.get('model_type', 'unknown type')})"
+            f"finetune.pad_to_multiple_of: {pad_to_multiple_of} pads batches of tokenize.max_length {max_length} "
+            f"to {padded} tokens, past {what}"
         )
 
 

@@ -447,6 +447,12 @@ class FinetuneParams(Section):
     early_stopping_threshold: float = Field(default=0.0, ge=0, description="minimum improvement that counts")
     logging_steps: Int = Field(ge=1, description="train-loss points in the learning curve (and progress lines)")
     group_by_length: bool = Field(default=True, description="batch texts of similar length together (less padding)")
+    pad_to_multiple_of: Int | None = Field(
+        default=8,
+        ge=1,
+        description="each training and validation batch is padded to a multiple of this many tokens (fewer distinct "
+        "shapes for the kernels, less memory); null: to its longest member",
+    )
     activation_checkpointing: bool = Field(
         default=False,
         description="gradient checkpointing: each layer's activations are recomputed in the backward pass instead "

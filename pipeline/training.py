@@ -228,7 +228,7 @@ def build_trainer(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         # Dynamic padding: each batch is padded to its longest member, not to max_length.
-        data_collator=task.collator(tokenizer),
+        data_collator=task.collator(tokenizer, params.pad_to_multiple_of if params else None),
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=task.metric_logits(tokenizer, labels, tokenize) if tokenize else None,
         compute_loss_func=loss_function(task, weights, params.label_smoothing if params else 0.0),
@@ -321,30 +321,27 @@ def show_progress(trainer: Trainer, stream: Any = None) -> None:
 
 
 MMAP_THRESHOLD_BYTES = 4 << 20  # a batch's largest activation buffers (MiniLM, 16-32 texts) are 4-16 MiB
-# Under bf16 the same activations are half the size, and the products' bf16 copies of their inputs come on
-# top: most of a step's buffers are 1-4 MiB (16 texts x 128 tokens x 384 in bf16 is 1.5 MiB).
-MMAP_THRESHOLD_BYTES_BF16 = 1 << 20
 
 
-def return_freed_buffers_to_the_system(bf16: bool = False) -> None:
-    """Serve allocations of MMAP_THRESHOLD_BYTES (under bf16: MMAP_THRESHOLD_BYTES_BF16) and more by their
-    own mmap, unmapped when freed.
+def return_freed_buffers_to_the_system() -> None:
+    """Serve allocations of MMAP_THRESHOLD_BYTES and more by their own mmap, unmapped when freed.
 
     Why by hand: glibc raises its mmap threshold each time such a block is freed (up to 32 MiB), after which
     activation buffers come from the heap; with batches of changing lengths (group_by_length) the heap
     fragments and its free holes stay resident: the finetune's peak RSS grew by about 0.5 GiB over three
     epochs that way. A fixed threshold (what MALLOC_MMAP_THRESHOLD_ sets before a process starts) stops it;
-    torch has no CPU caching allocator that would. Measured on the default data, 120 steps of 16 texts, two
-    runs each on 2 idle cores: 41 and 41 s with it, 42 and 40 s without; peak RSS 1,347 and 1,319 MiB
-    against 1,386 and 1,425 MiB. In bf16, 300 default steps on 2 cores (one run each, load 1.9): 1 MiB
-    peaked at 1,398 MiB in 153 s, 2 MiB at 1,488 MiB in 148 s, 4 MiB at 1,500 MiB in 137 s; trimming the
-    heap (malloc_trim) after every step instead gave 1,433 MiB in 160 s. A no-op without glibc."""
+    torch has no CPU caching allocator that would. Measured on the default data, 120 steps of 16 texts in fp32,
+    two runs each on 2 idle cores: 41 and 41 s with it, 42 and 40 s without; peak RSS 1,347 and 1,319 MiB
+    against 1,386 and 1,425 MiB. A lower threshold keeps less but costs a page fault per fresh buffer: in bf16
+    (steps 11-200, one run each, load 0.6-1.9), with batches padded to a multiple of 8 tokens, 1 MiB took 53.4 s
+    at batch 16 x 2 accumulated where 4 MiB took 47.6-48.2 s, and 48.8 s at batch 32 where 4 MiB took 38.1 s.
+    A no-op without glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
     m_mmap_threshold = -3  # from glibc's malloc.h
-    libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES_BF16 if bf16 else MMAP_THRESHOLD_BYTES)
+    libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES)
 
 
 ONEDNN_KERNEL_CACHE = 32  # oneDNN's default keeps 1,024 compiled kernels
@@ -378,11 +375,11 @@ class Prepared:
 def prepare(params: Params, datasets: Any, labels: list[str], checkpoints: Path) -> Prepared:
     """The pretrained model with its new head, prepared for `finetune.method`, inside its Trainer."""
     finetune = params.finetune
-    return_freed_buffers_to_the_system(mixed_precision(finetune))
+    return_freed_buffers_to_the_system()
     bound_the_kernel_cache()
     task = get_task(params.task)
     model_dir = resolve_model(params.model)
-    require_fits_positions(model_dir, params.tokenize.max_length)
+    require_fits_positions(model_dir, params.tokenize.max_length, finetune.pad_to_multiple_of)
     tokenizer = load_tokenizer(model_dir)
     set_seed(params.seed)  # before the head is initialised, so the same seed gives the same model
     model = load_for_training(model_dir, task, labels, finetune.dropout, params.model.random_init)

@@ -125,8 +125,9 @@ class Task(ABC):
         )
 
     @abstractmethod
-    def collator(self, tokenizer: Any) -> Any:
-        """Pads a batch to its longest member (labels included where they are sequences)."""
+    def collator(self, tokenizer: Any, pad_to_multiple_of: int | None = None) -> Any:
+        """Pads a batch to its longest member, rounded up to `pad_to_multiple_of` tokens (labels included where
+        they are sequences)."""
 
     def metric_logits(
         self, tokenizer: Any, labels: list[str], params: TokenizeParams

@@ -123,10 +123,11 @@ class TextClassification(Task):
 
         return AutoModelForSequenceClassification
 
-    def collator(self, tokenizer: Any) -> Any:
+    def collator(self, tokenizer: Any, pad_to_multiple_of: int | None = None) -> Any:
         from transformers import DataCollatorWithPadding
 
-        return DataCollatorWithPadding(tokenizer)  # pads each batch to its longest member
+        # Pads each batch to its longest member (rounded up to pad_to_multiple_of).
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
     @abstractmethod
     def predict_frame(

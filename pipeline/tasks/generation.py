@@ -98,11 +98,13 @@ class Decoder:
 
         return AutoModelForCausalLM
 
-    def collator(self, tokenizer: Any) -> Any:
+    def collator(self, tokenizer: Any, pad_to_multiple_of: int | None = None) -> Any:
         from transformers import DataCollatorForSeq2Seq
 
         # Pads inputs with the pad token and labels with IGNORE_INDEX, each batch to its longest member.
-        return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+        return DataCollatorForSeq2Seq(
+            tokenizer, padding=True, pad_to_multiple_of=pad_to_multiple_of, label_pad_token_id=IGNORE_INDEX
+        )
 
     @staticmethod
     def examples(prompts: list[list[int]], answers: list[list[int]], cut: list[bool]) -> Any:

@@ -122,10 +122,11 @@ class TokenClassification(Task):
             )
         )
 
-    def collator(self, tokenizer: Any) -> Any:
+    def collator(self, tokenizer: Any, pad_to_multiple_of: int | None = None) -> Any:
         from transformers import DataCollatorForTokenClassification
 
-        return DataCollatorForTokenClassification(tokenizer)  # pads labels with IGNORE_INDEX too
+        # Pads labels with IGNORE_INDEX too.
+        return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
     def validation_metrics(
         self, logits: np.ndarray, label_ids: np.ndarray, labels: list[str], threshold: float = 0.5
