@@ -447,6 +447,13 @@ class FinetuneParams(Section):
     early_stopping_threshold: float = Field(default=0.0, ge=0, description="minimum improvement that counts")
     logging_steps: Int = Field(ge=1, description="train-loss points in the learning curve (and progress lines)")
     group_by_length: bool = Field(default=True, description="batch texts of similar length together (less padding)")
+    max_tokens_per_pass: Int | None = Field(
+        default=None,
+        ge=1,
+        description="a training batch of more (padded) tokens than this runs as several forward and backward passes "
+        "of slices of its texts, their gradients summed into the same step: the activations of a long batch are "
+        "bounded, short ones run in one pass; null: every batch in one pass",
+    )
     pad_to_multiple_of: Int | None = Field(
         default=8,
         ge=1,

@@ -142,14 +142,40 @@ def loss_function(
     return compute_loss
 
 
+def split_into_passes(inputs: dict[str, Any], max_tokens: int | None) -> list[dict[str, Any]]:
+    """A batch of more padded tokens than `max_tokens` as near-equal slices of its rows, as many as it takes
+    `max_tokens` to hold its tokens; a batch within it (or `max_tokens` None) as itself."""
+    rows, tokens = len(inputs["input_ids"]), inputs["input_ids"].numel()
+    if max_tokens is None or tokens <= max_tokens:
+        return [inputs]
+    count = min(rows, -(-tokens // max_tokens))
+    slices = {key: value.tensor_split(count) for key, value in inputs.items()}
+    return [{key: slices[key][i] for key in inputs} for i in range(count)]
+
+
 class PipelineTrainer(Trainer):
-    """The Trainer with two changes: the task head may have its own learning rate (`head_learning_rate`),
+    """The Trainer with three changes: the task head may have its own learning rate (`head_learning_rate`),
     which Trainer's optimizer set-up has no option for (decay / no-decay groups stay as Trainer makes
-    them); and a non-finite loss stops training with one line instead of training on (the Trainer's
+    them); a batch of more tokens than `max_tokens_per_pass` runs as several forward and backward passes
+    into the same step (Trainer's gradient accumulation splits every batch alike, short ones too); and a
+    non-finite loss stops training with one line instead of training on (the Trainer's
     logging_nan_inf_filter would even hide it from the logs)."""
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        passes = split_into_passes(inputs, self.max_tokens_per_pass)
+        steps, rows = self.current_gradient_accumulation_steps, len(inputs["input_ids"])
+        losses = []
+        try:
+            for part in passes:
+                # Trainer divides a mean loss by the batches accumulated into the step; dividing it further by
+                # the pass's share of the rows makes the passes' gradients sum to the batch's. (A loss summed
+                # over num_items_in_batch is not divided, and its passes sum exactly.) Under DDP every pass of
+                # the step's last batch all-reduces the gradient: the sum is the same, with more traffic.
+                self.current_gradient_accumulation_steps = steps * rows / len(part["input_ids"])
+                losses.append(super().training_step(model, part, num_items_in_batch))
+        finally:
+            self.current_gradient_accumulation_steps = steps
+        loss = torch.stack(losses).sum()
         if not torch.isfinite(loss).all():
             raise PipelineError(
                 f"finetune: the training loss is {loss.item()} at step {self.state.global_step + 1}; stopped, no model "
@@ -157,9 +183,16 @@ class PipelineTrainer(Trainer):
             )
         return loss
 
-    def __init__(self, *args: Any, head_learning_rate: float | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        head_learning_rate: float | None = None,
+        max_tokens_per_pass: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.head_learning_rate = head_learning_rate
+        self.max_tokens_per_pass = max_tokens_per_pass
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         if self.optimizer is not None or self.head_learning_rate is None:
@@ -234,6 +267,7 @@ def build_trainer(
         compute_loss_func=loss_function(task, weights, params.label_smoothing if params else 0.0),
         callbacks=callbacks,
         head_learning_rate=params.head_learning_rate if params else None,
+        max_tokens_per_pass=params.max_tokens_per_pass if params else None,
     )
     trainer.model_accepts_loss_kwargs = task.model_loss_counts_items
     return trainer

@@ -85,7 +85,12 @@ def one_process(tokenized: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def test_two_processes_killed_and_resumed_train_like_one_process_in_one_mlflow_run(
     one_process: Path, tokenized: Path, tmp_path: Path
 ) -> None:
-    changes = {"finetune.per_device_train_batch_size": GLOBAL_BATCH // 2, "finetune.distributed.nproc_per_node": 2}
+    changes = {
+        "finetune.per_device_train_batch_size": GLOBAL_BATCH // 2,
+        "finetune.distributed.nproc_per_node": 2,
+        # Each rank's batch runs as passes of one text (every pass all-reduces): the gradients sum the same.
+        "finetune.max_tokens_per_pass": 1,
+    }
     root = copy_with(tokenized, tmp_path / "project", changes)
     hook = slow_steps_hook(tmp_path / "hook", 0.5)
     env = {"PIPELINE_CACHE_DIR": str(tmp_path / "cache")}
@@ -130,8 +135,12 @@ def test_accumulated_batches_train_like_one_batch_of_their_size(
     one_process: Path, tokenized: Path, tmp_path: Path
 ) -> None:
     """Accumulation is the third factor of the global batch; the encoder's loss (a mean over its own
-    micro-batch) is scaled for it, not summed over the micro-batches."""
-    changes = {"finetune.per_device_train_batch_size": GLOBAL_BATCH // 2, "finetune.gradient_accumulation_steps": 2}
+    micro-batch) is scaled for it, not summed over the micro-batches, and so is each pass's."""
+    changes = {
+        "finetune.per_device_train_batch_size": GLOBAL_BATCH // 2,
+        "finetune.gradient_accumulation_steps": 2,
+        "finetune.max_tokens_per_pass": 1,  # and each batch as passes of one text
+    }
     root = copy_with(tokenized, tmp_path / "project", changes)
     with inside(root, PIPELINE_CACHE_DIR=str(tmp_path / "cache")):
         finetune.main()

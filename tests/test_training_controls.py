@@ -366,3 +366,39 @@ def test_a_pad_to_multiple_of_that_pads_past_the_models_positions_is_refused_nam
     ):
         prepared(tokenized_project, pad_to_multiple_of=10)
     prepared(tokenized_project, pad_to_multiple_of=8)  # 128 tokens: fits
+
+
+def test_a_batch_over_max_tokens_per_pass_runs_as_near_equal_slices_of_its_rows() -> None:
+    batch = {"input_ids": torch.ones(5, 8, dtype=torch.long), "labels": torch.arange(5)}
+    assert training.split_into_passes(batch, None) == [batch]
+    assert training.split_into_passes(batch, 40) == [batch]  # 40 tokens: within the budget
+    passes = training.split_into_passes(batch, 16)  # 40 tokens need 3 passes of at most 16
+    assert [part["input_ids"].shape for part in passes] == [(2, 8), (2, 8), (1, 8)]
+    assert torch.cat([part["labels"] for part in passes]).tolist() == [0, 1, 2, 3, 4]
+    assert len(training.split_into_passes(batch, 1)) == 5  # never less than one text a pass
+
+
+@pytest.mark.parametrize("loss", ["model-mean", "weighted-sum"])
+def test_a_step_in_passes_has_the_gradient_and_loss_of_the_step_in_one_pass(tokenized_project: Path, loss: str) -> None:
+    """The model's mean loss (divided by each pass's share of the rows) and a class-weighted loss summed over
+    the step's items (Trainer's num_items_in_batch) both add up over passes to the one-pass step."""
+    changes: dict[str, object] = {"precision": "fp32", "dropout": {"hidden": 0.0, "attention": 0.0, "classifier": 0.0}}
+    if loss == "weighted-sum":
+        changes["class_weights"] = "auto"
+    results = []
+    for max_tokens in (None, 1):
+        run = prepared(tokenized_project, max_tokens_per_pass=max_tokens, per_device_train_batch_size=8, **changes)
+        trainer = run.trainer
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer.current_gradient_accumulation_steps = 2  # as inside a step of two accumulated batches
+        items = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
+        assert (items is None) == (loss == "model-mean")
+        step_loss = trainer.training_step(trainer.model, batch, items)
+        assert trainer.current_gradient_accumulation_steps == 2  # restored after the passes
+        grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
+        results.append((step_loss, grads))
+    (one_loss, one_grads), (passes_loss, passes_grads) = results
+    torch.testing.assert_close(passes_loss, one_loss, rtol=1e-5, atol=1e-6)
+    assert one_grads.keys() == passes_grads.keys() and len(one_grads) > 10
+    for name in one_grads:
+        torch.testing.assert_close(passes_grads[name], one_grads[name], rtol=1e-4, atol=1e-6, msg=name)
