@@ -109,8 +109,17 @@ def quantize_int8(fp32: Path, target: Path) -> None:
     logging.disable(logging.WARNING)
     try:
         # One scale per output channel: on the default model the int8 decisions then agree with fp32 on 98.4%
-        # of the test texts instead of 94.5% with one scale per matrix, at the same speed.
-        quantize_dynamic(str(cleaned), str(target), weight_type=QuantType.QInt8, per_channel=True)
+        # of the test texts instead of 94.5% with one scale per matrix, at the same speed. Only the matrix
+        # products: the quantiser's default also stores the word embeddings (a lookup, no arithmetic to speed
+        # up) in int8, which cost the default model of 2026-12-05 0.95 points of test accuracy (0.19 without),
+        # at the same speed, for 34 MiB less on disk.
+        quantize_dynamic(
+            str(cleaned),
+            str(target),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Gemm"],
+        )
     finally:
         logging.disable(logging.NOTSET)
         cleaned.unlink(missing_ok=True)
