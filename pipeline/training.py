@@ -260,7 +260,8 @@ def build_trainer(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        # Dynamic padding: each batch is padded to its longest member, not to max_length.
+        # Dynamic padding: each batch is padded to its longest member (rounded up to pad_to_multiple_of), not to
+        # max_length.
         data_collator=task.collator(tokenizer, params.pad_to_multiple_of if params else None),
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=task.metric_logits(tokenizer, labels, tokenize) if tokenize else None,
