@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import onnx
@@ -36,6 +37,21 @@ def test_export_writes_fp32_and_int8_graphs_that_agree_with_pytorch(exported: di
     assert fp32["max_abs_logit_diff"] <= 1e-4 and fp32["decision_agreement"] == 1.0
     assert int8["bytes"] < fp32["bytes"]  # weights stored as int8
     assert_onnx_matches_pytorch()
+
+
+def test_export_runs_each_layers_attention_as_one_fused_onnxruntime_kernel(exported: dict) -> None:
+    """Each encoder layer's attention is one Attention node (QAttention in int8, its projections
+    quantised) that reads the padding mask itself; residual additions and LayerNorms stay standard ops
+    (onnxruntime's SkipLayerNormalization kernel is slower than them on CPUs)."""
+    layers = 2  # the tiny model's
+    for runtime, attention in (("onnx", "Attention"), ("onnx-int8", "QAttention")):
+        graph = onnx.load(str(paths.ONNX / ONNX_FILES[runtime])).graph
+        ops = Counter(node.op_type for node in graph.node)
+        assert ops[attention] == layers and ops["Softmax"] == 0
+        assert ops["SkipLayerNormalization"] == 0 and ops["LayerNormalization"] == 2 * layers + 1  # + embeddings
+        masks = {node.input[3 if attention == "Attention" else 5] for node in graph.node if node.op_type == attention}
+        (mask,) = masks  # every layer reads the one int32 copy of the attention mask
+        assert next(node for node in graph.node if mask in node.output).input == ["attention_mask"]
 
 
 def test_int8_quantisation_survives_stale_shape_annotations(exported: dict, tmp_path: Path) -> None:
