@@ -74,6 +74,9 @@ def export_onnx(model: Any, tokenizer: Any, target: Path, opset: int) -> None:
         ["a short text", "a somewhat longer text for the sequence axis"], padding=True, return_tensors="pt"
     )
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    # A decoder's classifier would also return its key/value cache, which torch.export cannot trace, and
+    # the graph serves one forward pass: no cache (encoders ignore the setting).
+    model.config.use_cache = False
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         # It warns that the two inputs share their axes' names: they do, by design.
         warnings.filterwarnings("ignore", message="# The axis name")

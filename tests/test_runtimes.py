@@ -54,6 +54,35 @@ def test_export_runs_each_layers_attention_as_one_fused_onnxruntime_kernel(expor
         assert next(node for node in graph.node if mask in node.output).input == ["attention_mask"]
 
 
+def test_a_decoders_classifier_exports_without_its_cache_and_unfused(tmp_path: Path, tiny_model: Path) -> None:
+    """A causal model (a Llama with a classification head) is traced without its key/value cache and left
+    unfused (its attention bias holds the causal mask, not the padding mask alone): its graph gives
+    PyTorch's logits on a padded batch."""
+    import numpy as np
+    import onnxruntime
+    import torch
+    from transformers import AutoTokenizer, LlamaForSequenceClassification
+
+    from conftest import tiny_llama_config
+    from pipeline.runtimes import export_onnx
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    config = tiny_llama_config(tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id, num_labels=2)
+    model = LlamaForSequenceClassification(config).eval()
+    assert model.config.use_cache  # as a decoder comes
+    export_onnx(model, tokenizer, tmp_path / "decoder.onnx", opset=18)
+
+    batch = tokenizer(["good film with a great cast", "bad", "a fine film"], padding=True, return_tensors="np")
+    feed = {name: batch[name].astype(np.int64) for name in ("input_ids", "attention_mask")}
+    logits = onnxruntime.InferenceSession(str(tmp_path / "decoder.onnx")).run(["logits"], feed)[0]
+    with torch.no_grad():
+        expected = model(**{name: torch.from_numpy(value) for name, value in feed.items()}).logits.numpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+    ops = Counter(node.op_type for node in onnx.load(str(tmp_path / "decoder.onnx")).graph.node)
+    assert ops["Attention"] == ops["MultiHeadAttention"] == 0
+
+
 def test_int8_quantisation_survives_stale_shape_annotations(exported: dict, tmp_path: Path) -> None:
     """Shape annotations (value_info) that disagree with the graph, as the dynamo exporter's can after its
     optimiser rewrites nodes: quantised as they are, the int8 graph does not load; without them it does,
