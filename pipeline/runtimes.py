@@ -116,6 +116,7 @@ def fuse_for_onnxruntime(model: Any) -> None:
     # of a weight that is one initializer.
     onnxscript.optimizer.optimize(model, input_size_limit=2**30, output_size_limit=2**30)
     _attention_reads_the_padding_mask(model)
+    _attention_states_no_default_split(model)
     _unfuse_skip_layer_norms(model)
     onnxscript.optimizer.optimize(model)  # drops what the two rewrites left unused
 
@@ -138,10 +139,14 @@ def _attention_reads_the_padding_mask(model: Any) -> None:
             mask_index = cast.outputs[0]
         node.replace_input_with(3, mask_index)
         node.replace_input_with(5, None)
-        sizes = node.attributes.get("qkv_hidden_sizes")
+
+
+def _attention_states_no_default_split(model: Any) -> None:
+    """Equal query, key and value sizes are Attention's default split; the quantiser leaves any Attention
+    that states them (qkv_hidden_sizes) in fp32, since QAttention has no such attribute."""
+    for node in model.graph:
+        sizes = node.attributes.get("qkv_hidden_sizes") if node.op_type == "Attention" else None
         if sizes is not None and len(set(sizes.as_ints())) == 1:
-            # Equal sizes are Attention's default split; the quantiser leaves any Attention that states
-            # them in fp32 (QAttention has no such attribute).
             del node.attributes["qkv_hidden_sizes"]
 
 
