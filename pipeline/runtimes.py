@@ -82,10 +82,12 @@ def export_onnx(model: Any, tokenizer: Any, target: Path, opset: int) -> None:
         warnings.filterwarnings("ignore", message="# The axis name")
         program = torch.onnx.export(
             model.eval(),
-            (example["input_ids"], example["attention_mask"]),
+            # By name: a forward's second positional parameter is not always the mask (GPT-2's is its cache).
+            (),
+            kwargs={name: example[name] for name in INPUTS},
             input_names=list(INPUTS),
             output_names=["logits"],
-            dynamic_shapes=({0: batch, 1: sequence}, {0: batch, 1: sequence}),
+            dynamic_shapes={name: {0: batch, 1: sequence} for name in INPUTS},
             opset_version=opset,
             dynamo=True,
             verbose=False,

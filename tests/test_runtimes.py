@@ -54,22 +54,33 @@ def test_export_runs_each_layers_attention_as_one_fused_onnxruntime_kernel(expor
         assert next(node for node in graph.node if mask in node.output).input == ["attention_mask"]
 
 
-def test_a_decoders_classifier_exports_without_its_cache_and_unfused(tmp_path: Path, tiny_model: Path) -> None:
-    """A causal model (a Llama with a classification head) is traced without its key/value cache and left
-    unfused (its attention bias holds the causal mask, not the padding mask alone): its graph gives
-    PyTorch's logits on a padded batch."""
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_a_decoders_classifier_exports_without_its_cache_and_unfused(
+    architecture: str, tmp_path: Path, tiny_model: Path
+) -> None:
+    """A causal model with a classification head is traced without its key/value cache, its inputs passed by
+    name (GPT-2's second positional parameter is the cache, not the mask), and left unfused (its attention
+    bias holds the causal mask, not the padding mask alone): its graph gives PyTorch's logits on a padded
+    batch."""
     import numpy as np
     import onnxruntime
     import torch
-    from transformers import AutoTokenizer, LlamaForSequenceClassification
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, LlamaForSequenceClassification
 
     from conftest import tiny_llama_config
     from pipeline.runtimes import export_onnx
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     torch.manual_seed(0)
-    config = tiny_llama_config(tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id, num_labels=2)
-    model = LlamaForSequenceClassification(config).eval()
+    if architecture == "llama":
+        config = tiny_llama_config(tokenizer.vocab_size, pad_token_id=tokenizer.pad_token_id, num_labels=2)
+        model = LlamaForSequenceClassification(config).eval()
+    else:
+        config = GPT2Config(
+            vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64, num_labels=2
+        )
+        config.pad_token_id = tokenizer.pad_token_id
+        model = GPT2ForSequenceClassification(config).eval()
     assert model.config.use_cache  # as a decoder comes
     export_onnx(model, tokenizer, tmp_path / "decoder.onnx", opset=18)
 
