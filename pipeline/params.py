@@ -390,6 +390,15 @@ class FinetuneParams(Section):
     head_learning_rate: float | None = Field(
         default=None, gt=0, le=1, description="the task head's own learning rate; null: learning_rate"
     )
+    layer_learning_rate_decay: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description=(
+            "layer-wise learning-rate decay: the top encoder layer learns at learning_rate, each layer below at "
+            "this factor of the one above, the embeddings below the first layer; 1.0: one learning rate"
+        ),
+    )
     num_train_epochs: float = Field(gt=0, description="upper bound; early stopping may end sooner")
     max_steps: Int = Field(default=-1, ge=-1, description="> 0 overrides num_train_epochs")
     per_device_train_batch_size: Int = Field(

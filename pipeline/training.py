@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import resource
 import sys
 import time
@@ -153,13 +154,43 @@ def split_into_passes(inputs: dict[str, Any], max_tokens: int | None) -> list[di
     return [{key: slices[key][i] for key in inputs} for i in range(count)]
 
 
+# A parameter's encoder layer, by the layer lists' names in transformers (BERT's encoder.layer, Llama's
+# layers, GPT-2's h, T5's block), under peft's wrappers too.
+LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block)\.(\d+)\.")
+
+
+def learning_rates(
+    model: Any, learning_rate: float, head_learning_rate: float | None, layer_decay: float
+) -> dict[str, float]:
+    """Each trainable parameter's peak learning rate. The head's is `head_learning_rate` (null: learning_rate).
+    Layer-wise decay (Sun et al. 2019, "How to Fine-Tune BERT for Text Classification"): of n encoder layers,
+    layer i learns at learning_rate * layer_decay ** (n - 1 - i), so the general features of the lower layers
+    move least; the parameters before the first layer (the embeddings) at layer_decay ** n, those after the
+    last (a pooler, a final norm) at learning_rate. Written here because Trainer and peft have one rate a
+    group and no layer-wise option."""
+    trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    layers = {name: int(match.group(1)) for name in trainable if (match := LAYER_INDEX.search(name))}
+    count = max(layers.values(), default=-1) + 1
+    rates, before_the_layers = {}, True
+    for name in trainable:  # named_parameters runs from the input to the output
+        if methods.is_head_parameter(name, model):
+            rates[name] = head_learning_rate or learning_rate
+            continue
+        if name in layers:
+            before_the_layers, depth = False, count - 1 - layers[name]
+        else:
+            depth = count if before_the_layers else 0
+        rates[name] = learning_rate * layer_decay**depth
+    return rates
+
+
 class PipelineTrainer(Trainer):
-    """The Trainer with three changes: the task head may have its own learning rate (`head_learning_rate`),
-    which Trainer's optimizer set-up has no option for (decay / no-decay groups stay as Trainer makes
-    them); a batch of more tokens than `max_tokens_per_pass` runs as several forward and backward passes
-    into the same step (Trainer's gradient accumulation splits every batch alike, short ones too); and a
-    non-finite loss stops training with one line instead of training on (the Trainer's
-    logging_nan_inf_filter would even hide it from the logs)."""
+    """The Trainer with three changes: the task head may have its own learning rate (`head_learning_rate`)
+    and the encoder's layers decaying ones (`layer_learning_rate_decay`), which Trainer's optimizer set-up
+    has no option for (decay / no-decay groups stay as Trainer makes them); a batch of more tokens than
+    `max_tokens_per_pass` runs as several forward and backward passes into the same step (Trainer's gradient
+    accumulation splits every batch alike, short ones too); and a non-finite loss stops training with one
+    line instead of training on (the Trainer's logging_nan_inf_filter would even hide it from the logs)."""
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         passes = split_into_passes(inputs, self.max_tokens_per_pass)
@@ -187,31 +218,31 @@ class PipelineTrainer(Trainer):
         self,
         *args: Any,
         head_learning_rate: float | None = None,
+        layer_learning_rate_decay: float = 1.0,
         max_tokens_per_pass: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.head_learning_rate = head_learning_rate
+        self.layer_learning_rate_decay = layer_learning_rate_decay
         self.max_tokens_per_pass = max_tokens_per_pass
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
-        if self.optimizer is not None or self.head_learning_rate is None:
+        one_rate = self.head_learning_rate is None and self.layer_learning_rate_decay == 1.0
+        if self.optimizer is not None or one_rate:
             return super().create_optimizer(model)
         model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(model))
-        groups: dict[tuple[bool, bool], list] = {}
+        rates = learning_rates(model, self.args.learning_rate, self.head_learning_rate, self.layer_learning_rate_decay)
+        groups: dict[tuple[bool, float], list] = {}
         for name, parameter in model.named_parameters():
             if parameter.requires_grad:
-                groups.setdefault((name in decay, methods.is_head_parameter(name, model)), []).append(parameter)
+                groups.setdefault((name in decay, rates[name]), []).append(parameter)
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_cls(
             [
-                {
-                    "params": params,
-                    "weight_decay": self.args.weight_decay if decayed else 0.0,
-                    "lr": self.head_learning_rate if head else self.args.learning_rate,
-                }
-                for (decayed, head), params in groups.items()
+                {"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0, "lr": rate}
+                for (decayed, rate), params in groups.items()
             ],
             **optimizer_kwargs,
         )
@@ -268,6 +299,7 @@ def build_trainer(
         compute_loss_func=loss_function(task, weights, params.label_smoothing if params else 0.0),
         callbacks=callbacks,
         head_learning_rate=params.head_learning_rate if params else None,
+        layer_learning_rate_decay=params.layer_learning_rate_decay if params else 1.0,
         max_tokens_per_pass=params.max_tokens_per_pass if params else None,
     )
     trainer.model_accepts_loss_kwargs = task.model_loss_counts_items

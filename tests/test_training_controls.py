@@ -68,6 +68,43 @@ def test_head_has_its_own_learning_rate_through_the_schedule(tokenized_project: 
     assert any(n.startswith("classifier.") for n in names.values())
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_layer_learning_rate_decay_lowers_each_layer_below_the_top_and_the_embeddings_most(
+    method: str, tokenized_project: Path
+) -> None:
+    run = prepared(tokenized_project, method=method, learning_rate=1e-3, layer_learning_rate_decay=0.5)
+    optimizer = run.trainer.create_optimizer()
+    model = run.trainer.model
+    names = {id(p): n for n, p in model.named_parameters()}
+    rate = {names[id(p)]: group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert sorted(rate) == sorted(n for n, p in model.named_parameters() if p.requires_grad)  # each once
+    expected = {"head": 1e-3, "layer 1": 1e-3, "layer 0": 5e-4, "embeddings": 2.5e-4, "pooler": 1e-3}
+    seen = {}
+    for name, lr in rate.items():
+        part = next(
+            part
+            for part, marker in [
+                ("head", "classifier"),
+                ("layer 1", "encoder.layer.1."),
+                ("layer 0", "encoder.layer.0."),
+                ("embeddings", "embeddings."),
+                ("pooler", "pooler."),
+            ]
+            if marker in name
+        )
+        assert lr == pytest.approx(expected[part]), name
+        seen[part] = True
+    # LoRA trains adapters in the layers (peft's BERT default: query, value) and the head only.
+    assert set(seen) == (set(expected) if method == "full" else {"head", "layer 1", "layer 0"})
+
+
+def test_one_learning_rate_leaves_the_optimizer_to_trainer(tokenized_project: Path) -> None:
+    run = prepared(tokenized_project, learning_rate=1e-3, layer_learning_rate_decay=1.0)
+    optimizer = run.trainer.create_optimizer()
+    assert {group["lr"] for group in optimizer.param_groups} == {1e-3}
+    assert len(optimizer.param_groups) == 2  # Trainer's decay and no-decay groups
+
+
 @pytest.mark.parametrize(
     "scheduler, quarter", [("constant", 1.0), ("linear", 0.75), ("cosine", 0.5 * (1 + math.cos(math.pi / 4)))]
 )
