@@ -111,7 +111,7 @@ def run_contender(name: str, overrides: dict[str, Any], every: int) -> dict[str,
     with tempfile.TemporaryDirectory() as scratch:
         if name == "hf-careful":
             set_seed(params.seed)
-            model = load_for_training(model_dir, task, labels)
+            model = load_for_training(model_dir, task, labels, classifier_pooling="cls")  # transformers' own head
             args = TrainingArguments(
                 output_dir=scratch,
                 **HF_CAREFUL,

@@ -146,29 +146,51 @@ DROPOUT_ATTRIBUTES = {
 }
 
 
+def head_pooling(setting: str, model_dir: Path) -> str:
+    """`finetune.classifier_pooling` for the encoder in `model_dir`: auto is the pooling it was pretrained
+    with where its folder states it (sentence-transformers' Pooling module: mean, or cls), else cls. Read by
+    hand: sentence-transformers is not a dependency, and its folder format is two small JSON files."""
+    if setting != "auto":
+        return setting
+    try:
+        modules = json.loads((model_dir / "modules.json").read_text(encoding="utf-8"))
+        pooling = next(m for m in modules if m.get("type", "").endswith(".Pooling"))
+        modes = json.loads((model_dir / pooling["path"] / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, StopIteration, KeyError, TypeError, AttributeError):
+        return "cls"  # no sentence-transformers folder (or none that states a pooling): transformers' default
+    return "mean" if modes.get("pooling_mode_mean_tokens") else "cls"
+
+
 def load_for_training(
-    model_dir: Path, task: Task, labels: list[str], dropout: DropoutParams | None = None, random_init: bool = False
+    model_dir: Path,
+    task: Task,
+    labels: list[str],
+    dropout: DropoutParams | None = None,
+    random_init: bool = False,
+    classifier_pooling: str = "cls",
 ) -> Any:
-    """The pretrained encoder with a freshly initialised head for `labels` and the dropout overrides;
-    with `random_init`, the same architecture with every weight random (training from scratch)."""
+    """The pretrained encoder with a freshly initialised head for `labels`, the dropout overrides and the
+    head's pooling (`classifier_pooling`, saved in the config); with `random_init`, the same architecture
+    with every weight random (training from scratch)."""
     from transformers import AutoConfig
 
-    overrides = {}
-    if dropout is not None:
-        try:
-            config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-        except (OSError, ValueError) as exc:  # an unknown model_type, a broken config
-            raise PipelineError(f"{model_dir}: cannot load config: {str(exc).splitlines()[0]}") from None
-        for key, value in dropout.model_dump(exclude_none=True).items():
-            attribute = DROPOUT_ATTRIBUTES[key]
-            if not hasattr(config, attribute):
-                raise PipelineError(f"finetune.dropout.{key}: the {config.model_type} config has no {attribute}")
-            overrides[attribute] = value
-    head = {**task.head_config(labels), **overrides}
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False, **task.head_config(labels))
+    except (OSError, ValueError) as exc:  # an unknown model_type, a broken config
+        raise PipelineError(f"{model_dir}: cannot load config: {str(exc).splitlines()[0]}") from None
+    for key, value in (dropout.model_dump(exclude_none=True) if dropout else {}).items():
+        attribute = DROPOUT_ATTRIBUTES[key]
+        if not hasattr(config, attribute):
+            raise PipelineError(f"finetune.dropout.{key}: the {config.model_type} config has no {attribute}")
+        setattr(config, attribute, value)
+    pooling = head_pooling(classifier_pooling, model_dir) if task.pools_a_text else "cls"
+    if pooling != "cls":  # only then: configs that have the key (ModernBERT's) keep their own default
+        config.classifier_pooling = pooling
     try:
         if random_init:
-            config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False, **head)
             return task.auto_model_class().from_config(config, trust_remote_code=False)
-        return task.auto_model_class().from_pretrained(model_dir, trust_remote_code=False, use_safetensors=True, **head)
+        return task.auto_model_class().from_pretrained(
+            model_dir, config=config, trust_remote_code=False, use_safetensors=True
+        )
     except (OSError, ValueError, SafetensorError) as exc:  # missing, incompatible or corrupt weights
         raise PipelineError(f"{model_dir}: cannot load model: {str(exc).splitlines()[0]}") from None

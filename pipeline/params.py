@@ -365,6 +365,15 @@ class FinetuneParams(Section):
             "adapter, trained and saved with the task head"
         ),
     )
+    classifier_pooling: Literal["auto", "cls", "mean"] = Field(
+        default="auto",
+        description=(
+            "what a text classifier's head reads: cls (the first token, through the model's pooler, as "
+            "transformers' classifiers do) | mean (the mean of the last hidden states over the text's tokens; "
+            "heads of BERT's form) | auto (as the encoder was pretrained to represent a text where its folder "
+            "says, as sentence-transformers folders like all-MiniLM-L6-v2's do (mean); cls otherwise)"
+        ),
+    )
     freeze_word_embeddings: bool = Field(
         default=False,
         description=(
@@ -627,6 +636,8 @@ class Params(Section):
 
         task = get_task(self.task)
         task.check_params(self)  # what this task cannot do, each error naming its key
+        if not task.pools_a_text and self.finetune.classifier_pooling == "mean":
+            raise ValueError(f"finetune.classifier_pooling: task {self.task} has no head that reads a whole text")
         if not task.reads_prompts and self.tokenize.prompt != PromptParams():
             raise ValueError(
                 f"tokenize.prompt: prompts are for decoder tasks (generative_classification, text_generation); "

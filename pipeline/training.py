@@ -449,7 +449,9 @@ def prepare(params: Params, datasets: Any, labels: list[str], checkpoints: Path)
     require_fits_positions(model_dir, params.tokenize.max_length, finetune.pad_to_multiple_of)
     tokenizer = load_tokenizer(model_dir)
     set_seed(params.seed)  # before the head is initialised, so the same seed gives the same model
-    model = load_for_training(model_dir, task, labels, finetune.dropout, params.model.random_init)
+    model = load_for_training(
+        model_dir, task, labels, finetune.dropout, params.model.random_init, finetune.classifier_pooling
+    )
     args = training_arguments(finetune, params.seed, checkpoints)
     model = methods.prepare(model, finetune, task.peft_task_type, total_steps(args, len(datasets["train"])))
     trainable, total = methods.parameter_counts(model)

@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     ):
         git = tracking.git_state()
         precision = "bf16" if prepared.trainer.args.bf16 else "fp32"  # finetune.precision as resolved here
+        # finetune.classifier_pooling as resolved for this encoder (set in the config where it is not cls)
+        pooling = getattr(prepared.trainer.model.config, "classifier_pooling", None)
         if resume_from is None:
             mlflow.log_params({**training_params, "global_train_batch_size": global_batch})
         mlflow.set_tags(
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
                 "task": params.task,
                 "method": params.finetune.method,
                 "precision": precision,
+                **({"classifier_pooling": pooling} if pooling else {}),
                 "stage": "finetune",
             }
         )
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"finetune: {prepared.trainer.args.world_size} process(es) x {params.finetune.per_device_train_batch_size} "
             f"examples x {params.finetune.gradient_accumulation_steps} accumulation = global batch {global_batch}, "
-            f"{precision}",
+            f"{precision}" + (f", {pooling}-pooled head" if pooling else ""),
             file=sys.stderr,
         )
         prepared.trainer.add_callback(MLflowCallback())  # per-step metrics into the active run

@@ -257,8 +257,12 @@ def test_every_task_and_method_trains_under_ddp(
     single_label = tmp_path / "single_label"
     shutil.copytree(tokenized, single_label)
     set_params(single_label, {**SCHEDULE, "finetune.max_steps": 4, "finetune.eval_steps": 2})
+    # A mean-pooled head leaves the pooler unused: DDP stops on a trained parameter without a gradient.
+    mean_pooled = tmp_path / "mean_pooled"
+    shutil.copytree(single_label, mean_pooled)
+    set_params(mean_pooled, {"finetune.classifier_pooling": "mean"})
     projects = task_projects(tmp_path, tiny_model, tiny_llama)
-    runs = [f"{single_label}:{method}" for method in METHODS]
+    runs = [f"{single_label}:{method}" for method in METHODS] + [f"{mean_pooled}:full"]
     runs += [f"{projects[task]}:{'lora' if 'generat' in task else 'full'}" for task in projects]
     script = tmp_path / "every_task_and_method.py"
     script.write_text(EVERY_TASK_AND_METHOD)
@@ -267,6 +271,7 @@ def test_every_task_and_method_trains_under_ddp(
     done = subprocess.run([*command, *runs], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     expected = [f"single_label {method}: 4 steps, 2 processes" for method in METHODS]
+    expected += ["mean_pooled full: 4 steps, 2 processes"]
     expected += [f"{task} {'lora' if 'generat' in task else 'full'}: 2 steps, 2 processes" for task in projects]
     assert [line for line in done.stdout.splitlines() if "processes" in line] == expected
 

@@ -67,6 +67,7 @@ class Task(ABC):
     error_examples_note: ClassVar[str] = ""  # what the rows of `error_examples` are, for the report
     reads_prompts: ClassVar[bool] = False  # a decoder task: the model card keeps `tokenize.prompt`
     generates_text: ClassVar[bool] = False  # free-text answers: reads instruction/input columns and chats, samples
+    pools_a_text: ClassVar[bool] = False  # the head reads one vector per text (finetune.classifier_pooling)
     not_exportable: ClassVar[str | None] = None  # why the export stage cannot make ONNX graphs of this task's models
     # The model's own loss divides by the Trainer's item count over the whole accumulated (and, under DDP,
     # all-process) batch, as causal LMs' losses do. Encoder heads average over their own micro-batch

@@ -6,6 +6,7 @@ TF-IDF baseline); single-label and multi-label differ in targets, loss, decoding
 
 from __future__ import annotations
 
+import functools
 from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -43,10 +44,95 @@ def per_class(true: Any, pred: Any, classes: list[str], labels: list[Any] | None
     }
 
 
+class SequenceClassifier:
+    """transformers' AutoModelForSequenceClassification, with one addition. A model whose config says
+    `classifier_pooling: mean` (finetune.classifier_pooling; saved in config.json, so the model is loaded as
+    it was trained) classifies the mean of its last hidden states over each text's tokens instead of the
+    first token through the pretrained pooler. Sentence encoders such as all-MiniLM-L6-v2 were trained to
+    represent a text by that mean. transformers pools so for ModernBERT alone (a config that has the key
+    itself keeps its own code), hence this, for heads of BERT's form: a dropout and a linear classifier."""
+
+    @staticmethod
+    def from_pretrained(model_dir: Any, *args: Any, **kwargs: Any) -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        return mean_pooled_if_configured(AutoModelForSequenceClassification.from_pretrained(model_dir, *args, **kwargs))
+
+    @staticmethod
+    def from_config(config: Any, **kwargs: Any) -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        return mean_pooled_if_configured(AutoModelForSequenceClassification.from_config(config, **kwargs))
+
+
+def mean_pooled_if_configured(model: Any) -> Any:
+    """`model` (a transformers sequence classifier) as the mean-pooling variant of its class when its config
+    asks for it; else unchanged."""
+    config = model.config
+    if getattr(config, "classifier_pooling", "cls") == "cls" or hasattr(type(config)(), "classifier_pooling"):
+        return model
+    head = {name for name, _ in model.named_children()} - {model.base_model_prefix}
+    if head != {"dropout", "classifier"} or not isinstance(model.classifier, torch.nn.Linear):
+        raise PipelineError(
+            f"finetune.classifier_pooling: mean needs a head of a dropout and a linear classifier, as BERT's; "
+            f"{type(model).__name__} has another (use cls)"
+        )
+    pooler = getattr(model.base_model, "pooler", None)
+    if pooler is not None:
+        # Its output is no longer read. Kept, so the saved folder loads as any checkpoint of the architecture
+        # does, and frozen: distributed training needs a gradient for every parameter it trains.
+        pooler.requires_grad_(False)
+    model.__class__ = mean_pooled_class(type(model))
+    return model
+
+
+@functools.cache
+def mean_pooled_class(classifier_class: type) -> type:
+    """A subclass of `classifier_class` whose forward pools by the mean; of the same name, so the saved
+    config names the architecture transformers knows."""
+
+    def forward(
+        self: Any,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        from transformers.loss.loss_utils import ForSequenceClassificationLoss
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        kwargs.pop("num_items_in_batch", None)  # the loss below is a mean over the batch
+        kwargs["return_dict"] = True  # (peft passes its own)
+        outputs = self.base_model(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        logits = self.classifier(self.dropout(pooled))
+        loss = ForSequenceClassificationLoss(labels, logits, self.config) if labels is not None else None
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+    return type(classifier_class.__name__, (classifier_class,), {"forward": forward, "__module__": __name__})
+
+
 class TextClassification(Task):
     """What every text (or text-pair) classification task shares."""
 
     peft_task_type: ClassVar[str] = "SEQ_CLS"
+    pools_a_text: ClassVar[bool] = True
     baseline_name: ClassVar[str] = "TF-IDF + logistic regression"
     example_unit: ClassVar[str] = "texts"
     error_examples_note: ClassVar[str] = (
@@ -119,9 +205,7 @@ class TextClassification(Task):
         return int(sum(n >= max_length for n in encoded["length"]))
 
     def auto_model_class(self) -> Any:
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification
+        return SequenceClassifier
 
     def collator(self, tokenizer: Any, pad_to_multiple_of: int | None = None) -> Any:
         from transformers import DataCollatorWithPadding

@@ -67,6 +67,7 @@ class Decoder:
 
     peft_task_type: ClassVar[str] = "CAUSAL_LM"
     reads_prompts: ClassVar[bool] = True
+    pools_a_text: ClassVar[bool] = False  # the vocabulary is the head
     model_loss_counts_items: ClassVar[bool] = True  # the causal LM loss takes num_items_in_batch
     not_exportable: ClassVar[str | None] = (
         "decoder models are not exported to ONNX yet (the export covers encoder classifiers); PyTorch serves it"
