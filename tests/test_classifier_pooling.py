@@ -113,16 +113,13 @@ def test_auto_pools_as_the_encoder_was_pretrained_where_its_folder_says(tmp_path
     assert not hasattr(tagger.config, "classifier_pooling")  # a tagger reads every token: nothing to pool
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])  # lora: the base is loaded apart from its adapter
-def test_a_mean_pooled_model_is_exported_and_decides_as_pytorch_in_every_runtime(
-    method: str,
-    tokenized: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+def test_a_mean_pooled_lora_model_is_exported_and_decides_as_pytorch_in_every_runtime(
+    tokenized: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """LoRA: the base is loaded apart from its adapter (and must pool as trained), then merged and exported;
+    a plain model's loading is the save-and-load test's."""
     root = copy_of(tokenized, tmp_path, monkeypatch)
-    set_params(root, {"finetune.classifier_pooling": "mean", "finetune.method": method})
+    set_params(root, {"finetune.classifier_pooling": "mean", "finetune.method": "lora"})
     finetune.main()
     assert "mean-pooled head" in capsys.readouterr().err  # what the stage resolved, also an MLflow tag
     export.main()
