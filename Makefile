@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test setup clean-venv
+.PHONY: repro test test-e2e setup clean-venv
 
 setup: $(STAMP)
 
@@ -20,11 +20,15 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/torch.txt
 repro: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-# Lint and format check first (seconds), then the tests.
+# Lint and format check first (seconds), then the first tier of tests (budget: 8 minutes on 2 cores).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+# The second tier: multi-process end-to-end runs (DVC's queue, torchrun, whole-DAG dvc repro, HTTP servers).
+test-e2e: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m e2e $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+RAW = Path("data/raw")  # a user's own data: the ingest stage depends on this folder (dvc.yaml)
 INGESTED = Path("data/ingested")  # data.parquet, card.json
 SPLIT = Path("data/split")  # train/validation/test.parquet, labels.json, card.json
 TOKENIZED = Path("data/tokenized")  # datasets.DatasetDict.save_to_disk

@@ -65,6 +65,17 @@ def parse_pypi(uri: str) -> PypiSource | None:
     return PypiSource(match["name"], match["version"], match["scheme"] == "pypi+sdist", inner)
 
 
+def local_path(uri: str) -> Path | None:
+    """The file or folder on this machine that a source URI reads; None for a package or a hub source.
+    `hf:` names a local folder where one exists at that path (datasets.load_dataset reads it so)."""
+    if uri.startswith(("pypi:", "pypi+sdist:")):
+        return None
+    if uri.startswith("hf:"):
+        folder = Path(uri[3:].partition("@")[0].partition(":")[0])
+        return folder if folder.exists() else None
+    return Path(uri)
+
+
 def resolve(uri: str, sha256: str | None = None, *, key: str = "source", hf_dataset: bool = False) -> Path:
     """Return a local path for `uri`; `key` names the param in error messages. With `hf_dataset`, an
     `hf:ID[:CONFIG][@REVISION]` URI names a hub dataset, loaded with `datasets` and saved to disk."""

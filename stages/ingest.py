@@ -13,11 +13,24 @@ import pandas as pd
 from pipeline import data, paths
 from pipeline.errors import PipelineError, atomic_dir, stage_main
 from pipeline.params import IngestParams, load_params
-from pipeline.sources import resolve
+from pipeline.sources import local_path, resolve
 from pipeline.tasks import Task, get_task
 
 
+def require_watched_by_dvc(source: str) -> None:
+    """A local source must lie inside data/raw/, the folder dvc.yaml lists as this stage's dependency:
+    DVC then re-runs ingest, and what follows, when a file there is edited, added or removed. A file
+    anywhere else could change and `dvc repro` would keep the model of the old data."""
+    local = local_path(source)
+    if local is not None and not local.resolve().is_relative_to(paths.RAW.resolve()):
+        raise PipelineError(
+            f"ingest.source: {source} is outside {paths.RAW}/, the folder DVC watches for your data "
+            f"(dvc.yaml: the ingest stage depends on it); move or copy it there"
+        )
+
+
 def ingest(params: IngestParams, task: Task) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
+    require_watched_by_dvc(params.source)
     source = resolve(params.source, params.sha256, key="ingest.source", hf_dataset=params.format == "datasets")
     files = {name: source / file for name, file in params.splits.items()} if params.splits else {None: source}
     tables, rows_read = [], 0

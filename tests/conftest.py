@@ -201,10 +201,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-bert"))
 
 
-def tiny_params(data_file: Path, model_dir: Path) -> dict:
+def tiny_params(data_source: str, model_dir: Path) -> dict:
     """The repository's params.yaml with the data, model and budget swapped for tiny ones."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["ingest"].update(source=str(data_file), sha256=None)
+    params["ingest"].update(source=data_source, sha256=None)
     params["model"].update(source=str(model_dir), sha256=None)
     params["tokenize"]["max_length"] = 32
     params["finetune"].update(
@@ -219,6 +219,10 @@ def tiny_params(data_file: Path, model_dir: Path) -> dict:
         # with them where these short runs leave the random start: the `good` model of `trained` stayed at
         # chance for its 120 steps.
         pad_to_multiple_of=None,
+        # One suite on every CPU: `auto` trains in bf16 where the CPU computes in bf16 (AVX-512 BF16, AMX) and
+        # in fp32 elsewhere, and the fixtures' floors and exact checks would then be tuned on one of the two.
+        # bf16 has tests of its own (test_training_controls.py), the detection one against the real CPU flags.
+        precision="fp32",
     )
     params["evaluate"]["baseline"]["max_features"] = 500
     params["evaluate"]["bootstrap_rounds"] = params["promote"]["bootstrap_rounds"] = 200
@@ -226,14 +230,19 @@ def tiny_params(data_file: Path, model_dir: Path) -> dict:
 
 
 def make_project(root: Path, data_file: Path, model_dir: Path, *, repo: bool = False) -> Path:
-    """A copy of the project (code, dvc.yaml, params) with tiny params; with `repo`, also a git + DVC repo."""
+    """A copy of the project (code, dvc.yaml, params) with tiny params, its data copied into data/raw/; with
+    `repo`, also a git + DVC repo."""
+    from helpers import raw_data
+
     root.mkdir(parents=True, exist_ok=True)
     for package in ("stages", "pipeline"):
         shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "data/raw/README.md"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "reports" / "benchmarks", root / "reports" / "benchmarks")  # a report dependency
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(data_file, model_dir), sort_keys=False))
+    params = tiny_params(raw_data(root, data_file), model_dir)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if repo:
         init_repo(root)
     return root
@@ -277,16 +286,41 @@ def inside(root: Path, **env: str) -> Iterator[None]:
         os.environ.update(saved_env)
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], dict[str, Path]]):
+    """What `build(folder)` makes, built once per test run rather than once per xdist worker (a session
+    fixture is per worker): the first worker to get here builds it under a lock in the folder the run's
+    workers share, the others wait and read what it wrote (xdist's documented recipe). Only for outputs
+    no test changes, and that point at nothing of one worker's own."""
+    from filelock import FileLock
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: nothing to share
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # the run's folder, parent of each worker's basetemp
+    done = shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            folder = shared / name
+            folder.mkdir()
+            built = build(folder)
+            done.write_text(json.dumps({key: str(path) for key, path in built.items()}))
+    return {key: Path(path) for key, path in json.loads(done.read_text()).items()}
+
+
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[str, Path]:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two fine-tuned tiny models — `good` (trained to fit the fixture data) and `bad` (one step at a tiny
     learning rate), each with its ONNX export (`good_onnx`, `bad_onnx`) — and two splits of the same data
-    (`split_a`, `split_b`: other seed, other test set)."""
+    (`split_a`, `split_b`: other seed, other test set). Built once per run (built_once), from a tiny model
+    of its own: the workers' `tiny_model` folders are theirs (a test hides one for a moment)."""
+    return built_once(tmp_path_factory, "trained", build_trained)
+
+
+def build_trained(base: Path) -> dict[str, Path]:
     from helpers import set_params
     from pipeline import paths
     from stages import export, finetune, ingest, split, tokenize
 
-    base = tmp_path_factory.mktemp("trained")
+    tiny_model = build_tiny_model(base / "tiny-bert")
     data_file = write_sentiment_tsv(base / "reviews.tsv", n=300)
     root = make_project(base / "project", data_file, tiny_model)
     out = {name: base / name for name in ("good", "good_onnx", "bad", "bad_onnx", "split_a", "split_b")}
@@ -438,9 +472,10 @@ def postgres_missing() -> str | None:
 
 @pytest.fixture
 def postgres() -> Iterator[str]:
-    """A throw-away PostgreSQL server on 127.0.0.1; its SQLAlchemy URI. Skips where none can be started."""
+    """A throw-away PostgreSQL server on 127.0.0.1; its SQLAlchemy URI. A test that asks for it fails where
+    none can be started: it is never skipped, nor replaced by SQLite."""
     if missing := postgres_missing():
-        pytest.skip(missing)
+        pytest.fail(f"a PostgreSQL server is needed and cannot be started: {missing}")
     # PostgreSQL refuses to run as root; as root, run it as the `postgres` user in a folder it owns.
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     folder = Path(tempfile.mkdtemp(prefix="pg-"))

@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.errors import EXIT_USER_ERROR
+from pipeline.errors import EXIT_USER_ERROR, PipelineError
+from pipeline.params import load_params
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def set_params(root: Path, changes: dict[str, object]) -> None:
@@ -30,6 +33,27 @@ def set_params(root: Path, changes: dict[str, object]) -> None:
             node = node[key]
         node[leaf] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def raw_data(root: Path, source: Path) -> str:
+    """Copy a data file or folder into the project's data/raw/, where a user's own data lives (the ingest
+    stage depends on that folder), and return it as `ingest.source` names it."""
+    import shutil
+
+    target = root / "data" / "raw" / source.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    else:
+        shutil.copy(source, target)
+    return target.relative_to(root).as_posix()
+
+
+def error_for(**overrides: object) -> str:
+    """The one-line error of the repository's params.yaml with dotted `overrides`."""
+    with pytest.raises(PipelineError) as info:
+        load_params(REPO / "params.yaml", overrides=overrides)
+    return str(info.value)
 
 
 def expect_user_error(main: Callable[[], None], capsys: pytest.CaptureFixture[str]) -> str:
@@ -109,9 +133,20 @@ def venv_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# int8 keeps each weight matrix in 256 levels, and how its products round differs between CPUs (AVX2,
+# AVX-512 VNNI, AMX): its logits move a little from PyTorch's, so a decision whose logits sit that close to
+# a boundary (argmax between two labels, a label's threshold) may go the other way on one CPU and not on
+# another. The criterion that holds on every CPU: no logit moves by more than INT8_LOGIT_TOLERANCE (so only
+# examples within that distance of a boundary can flip), and at most INT8_FLIPPED_SHARE of the examples flip.
+INT8_LOGIT_TOLERANCE = 0.05  # the fixtures' largest move was 0.015 (fp32 training, AMD EPYC AVX-512)
+INT8_FLIPPED_SHARE = 0.05  # of the test examples, and at least one: the fixtures' test splits hold 11-40
+
+
 def assert_onnx_matches_pytorch() -> None:
-    """The project's exported graphs decide every test example as PyTorch does, through the same
-    Predictor code; the fp32 graph also gives PyTorch's logits (to 1e-4)."""
+    """The project's exported graphs against PyTorch on the test split, through the same Predictor code:
+    the fp32 graph decides every example as PyTorch does and gives its logits (to 1e-4); the int8 graph's
+    logits stay within INT8_LOGIT_TOLERANCE, and it decides all but INT8_FLIPPED_SHARE of the examples (at
+    least one) alike: for tasks without example logits (NER), the share of sentences tagged otherwise."""
     import numpy as np
 
     from pipeline import data, paths
@@ -121,12 +156,33 @@ def assert_onnx_matches_pytorch() -> None:
     test = data.read_table(paths.SPLIT / "test.parquet")
     eager = Predictor(paths.MODEL)
     reference = eager.task.outcomes(eager, test, "test split")
+    assert set(ONNX_FILES) == {"onnx", "onnx-int8"}
     for runtime in ONNX_FILES:
         exported = Predictor(paths.MODEL, runtime=runtime, export_dir=paths.ONNX)
         result = eager.task.outcomes(exported, test, "test split")
-        assert result.pred == reference.pred, runtime
-        if runtime == "onnx" and reference.logits is not None:
-            np.testing.assert_allclose(result.logits, reference.logits, atol=1e-4)
+        flipped = sum(a != b for a, b in zip(result.pred, reference.pred))
+        if runtime == "onnx":
+            assert flipped == 0, f"fp32 ONNX decides {flipped} of {len(test)} test examples otherwise"
+            if reference.logits is not None:
+                np.testing.assert_allclose(result.logits, reference.logits, atol=1e-4)
+            continue
+        allowed = max(1, int(INT8_FLIPPED_SHARE * len(reference.pred)))
+        assert flipped <= allowed, f"int8 decides {flipped} of {len(reference.pred)} test examples otherwise"
+        if reference.logits is not None:
+            moved = float(np.abs(np.asarray(result.logits) - np.asarray(reference.logits)).max())
+            assert moved <= INT8_LOGIT_TOLERANCE, f"an int8 logit moved by {moved:.3f} from PyTorch's"
+
+
+def without_onnx_export() -> None:
+    """The export stage's card for the project's model as it writes it for a model it cannot export: no
+    ONNX runtime, so evaluate scores and registers PyTorch alone. For tests that never read the graphs."""
+    from pipeline import data, paths
+    from pipeline.runtimes import EXPORT_CARD
+    from pipeline.sources import tree_sha256
+
+    paths.ONNX.mkdir(parents=True, exist_ok=True)
+    record = {"model_sha256": tree_sha256(paths.MODEL), "runtimes": {}, "skipped": "this test reads no graphs"}
+    data.write_json(record, paths.ONNX / EXPORT_CARD)
 
 
 def slow_steps_hook(folder: Path, seconds: float) -> Path:
@@ -154,6 +210,11 @@ def sh(root: Path, *cmd: str) -> str:
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
+
+
+def commit(root: Path, message: str) -> None:
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message)
 
 
 def dvc_repro(root: Path, dry: bool = False) -> list[str]:

@@ -12,14 +12,13 @@ import pytest
 import torch
 
 from conftest import copy_of
-from helpers import assert_onnx_matches_pytorch, set_params
+from helpers import REPO, assert_onnx_matches_pytorch, error_for, set_params
 from pipeline import methods
 from pipeline.errors import PipelineError
 from pipeline.modeling import head_pooling, load_for_training, load_tokenizer
 from pipeline.params import load_params
 from pipeline.tasks import get_task
 from stages import export, finetune
-from test_params import REPO, error_for
 
 LABELS = ["negative", "positive"]
 

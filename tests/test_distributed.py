@@ -18,11 +18,14 @@ import mlflow
 import pytest
 
 from conftest import inside
-from helpers import expect_user_error, free_port, set_params, slow_steps_hook
+from helpers import expect_user_error, free_port, raw_data, set_params, slow_steps_hook
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE
 from stages import finetune
+
+# The second tier (`make test-e2e`): real DVC queues, torchrun, whole-DAG runs, HTTP servers.
+pytestmark = pytest.mark.e2e
 
 # Deterministic steps, so one process and two can be compared step by step: no dropout (each rank would
 # draw its own masks) and plain random batches (length groups depend on the per-device batch size).
@@ -243,6 +246,8 @@ def task_projects(base: Path, tiny_model: Path, tiny_llama: Path) -> dict[str, P
     projects = {}
     for task, task_changes in changes.items():
         root = make_project(base / task, write_sentiment_tsv(base / f"{task}.tsv", n=60), tiny_model)
+        if "ingest.source" in task_changes:  # the task's own data, into the project's data/raw/
+            task_changes["ingest.source"] = raw_data(root, Path(task_changes["ingest.source"]))
         set_params(root, {**SCHEDULE, "finetune.max_steps": 2, "finetune.eval_steps": 2, **task_changes})
         with inside(root, PIPELINE_CACHE_DIR=str(base / "cache")):
             for stage in (ingest, split, tokenize):

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import expect_user_error, set_params
+from helpers import expect_user_error, raw_data, set_params
 from pipeline import paths, predict
 from pipeline.errors import PipelineError, atomic_dir, atomic_file
 from pipeline.inference import Predictor
@@ -236,8 +236,8 @@ CSV_WITH_HEADER = {
 def test_a_header_only_csv_is_one_line(project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "empty.csv"
     source.write_text("text,label\n")
-    set_params(project, {"ingest.source": str(source), **CSV_WITH_HEADER})
-    assert expect_user_error(ingest.main, capsys) == f"error: {source}: no records (only a header, or nothing)"
+    set_params(project, {"ingest.source": raw_data(project, source), **CSV_WITH_HEADER})
+    assert expect_user_error(ingest.main, capsys) == "error: data/raw/empty.csv: no records (only a header, or nothing)"
 
 
 @pytest.mark.parametrize("missing", ["NaN", "nan", "NA", "null", "None"])
@@ -246,9 +246,9 @@ def test_a_label_written_as_nan_is_a_missing_label_not_a_class(
 ) -> None:
     source = tmp_path / "labels.csv"
     source.write_text(f"text,label\ngood film,pos\nbad film,neg\nfine film,{missing}\n")
-    set_params(project, {"ingest.source": str(source), **CSV_WITH_HEADER})
+    set_params(project, {"ingest.source": raw_data(project, source), **CSV_WITH_HEADER})
     err = expect_user_error(ingest.main, capsys)
-    assert err == f"error: {source}: line 4: missing label in column 'label'"
+    assert err == "error: data/raw/labels.csv: line 4: missing label in column 'label'"
 
 
 @pytest.mark.parametrize("value", [True, 2.5, "3"])

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import copy_of, project_run_through
-from helpers import expect_user_error, set_params
+from helpers import expect_user_error, raw_data, set_params
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
 from pipeline.inference import Predictor
@@ -77,7 +77,7 @@ def test_test_metrics_are_sliced_by_a_column_carried_through_ingest(project: Pat
     set_params(
         project,
         {
-            "ingest.source": str(tmp_path / "sourced.csv"),
+            "ingest.source": raw_data(project, tmp_path / "sourced.csv"),
             "ingest.format": "csv",
             "ingest.header": True,
             "ingest.column_names": None,

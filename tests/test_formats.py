@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import sentiment_rows
-from helpers import expect_user_error, set_params
+from helpers import expect_user_error, raw_data, set_params
 from pipeline import paths
 from stages import ingest, split
 
@@ -34,7 +34,7 @@ def ingested() -> pd.DataFrame:
 def test_fasttext_plain_text(project: Path, tmp_path: Path) -> None:
     source = tmp_path / "train.txt"
     source.write_text("".join(f"__label__{label} {text}\n" for label, text in ROWS))
-    set_params(project, {**PLAIN, "ingest.format": "text", "ingest.source": str(source)})
+    set_params(project, {**PLAIN, "ingest.format": "text", "ingest.source": raw_data(project, source)})
     table = ingested()
     assert list(zip(table["label"].astype(str), table["text"])) == ROWS
     assert table["source_row"].tolist()[:3] == [1, 2, 3]
@@ -45,7 +45,7 @@ def test_fasttext_line_with_two_labels_is_an_error_for_single_label(
 ) -> None:
     source = tmp_path / "train.txt"
     source.write_text("__label__positive a great film\n__label__positive __label__negative dull but great\n")
-    set_params(project, {**PLAIN, "ingest.format": "text", "ingest.source": str(source)})
+    set_params(project, {**PLAIN, "ingest.format": "text", "ingest.source": raw_data(project, source)})
     assert "train.txt: line 2: several labels" in expect_user_error(ingest.main, capsys)
 
 
@@ -54,7 +54,7 @@ def test_one_folder_per_class(project: Path, tmp_path: Path) -> None:
     for number, (label, text) in enumerate(ROWS):
         (root / label).mkdir(parents=True, exist_ok=True)
         (root / label / f"{number:03d}.txt").write_text(text + "\n")
-    set_params(project, {**PLAIN, "ingest.format": "folder", "ingest.source": str(root)})
+    set_params(project, {**PLAIN, "ingest.format": "folder", "ingest.source": raw_data(project, root)})
     table = ingested()
     assert sorted(zip(table["label"].astype(str), table["text"])) == sorted(ROWS)
     assert table["source_row"].iloc[0].startswith(("negative/", "positive/"))
@@ -67,7 +67,7 @@ def test_undecodable_file_in_a_class_folder_is_named(
         (tmp_path / "corpus" / label).mkdir(parents=True)
         (tmp_path / "corpus" / label / "a.txt").write_text("fine text")
     (tmp_path / "corpus" / "positive" / "b.txt").write_bytes(b"caf\xe9")
-    set_params(project, {**PLAIN, "ingest.format": "folder", "ingest.source": str(tmp_path / "corpus")})
+    set_params(project, {**PLAIN, "ingest.format": "folder", "ingest.source": raw_data(project, tmp_path / "corpus")})
     assert "positive/b.txt: line 1: bytes do not decode as utf-8" in expect_user_error(ingest.main, capsys)
 
 
@@ -89,7 +89,7 @@ def test_saved_dataset_dict_keeps_its_splits(project: Path, dataset_dict: Path) 
         {
             **PLAIN,
             "ingest.format": "datasets",
-            "ingest.source": str(dataset_dict),
+            "ingest.source": raw_data(project, dataset_dict),
             "ingest.text_column": "sentence",
             "ingest.label_column": "sentiment",
             "ingest.splits": {"train": "train", "validation": "dev", "test": "test"},
@@ -104,15 +104,15 @@ def test_saved_dataset_dict_keeps_its_splits(project: Path, dataset_dict: Path) 
 def test_dataset_dict_without_named_splits_asks_for_them(
     project: Path, dataset_dict: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    set_params(project, {**PLAIN, "ingest.format": "datasets", "ingest.source": str(dataset_dict)})
+    set_params(project, {**PLAIN, "ingest.format": "datasets", "ingest.source": raw_data(project, dataset_dict)})
     assert "a DatasetDict with splits ['train', 'dev', 'test']; name them in ingest.splits" in expect_user_error(
         ingest.main, capsys
     )
 
 
 def test_hf_dataset_source_goes_through_load_dataset(project: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "hub-like"
-    folder.mkdir()
+    folder = project / "data" / "raw" / "hub-like"
+    folder.mkdir(parents=True)
     pd.DataFrame(ROWS[:45], columns=["label", "text"]).to_csv(folder / "train.csv", index=False)
     pd.DataFrame(ROWS[45:], columns=["label", "text"]).to_csv(folder / "test.csv", index=False)
     set_params(
@@ -120,14 +120,14 @@ def test_hf_dataset_source_goes_through_load_dataset(project: Path, tmp_path: Pa
         {
             **PLAIN,
             "ingest.format": "datasets",
-            "ingest.source": f"hf:{folder}",
+            "ingest.source": "hf:data/raw/hub-like",  # a local folder, read by datasets.load_dataset
             "ingest.splits": {"train": "train", "validation": "test", "test": "test"},
             "split.overlap": "warn",
         },
     )
     table = ingested()
     assert len(table) == 45 + 15 + 15 and set(table["split"]) == {"train", "validation", "test"}
-    assert json.loads((paths.INGESTED / "card.json").read_text())["source"] == f"hf:{folder}"
+    assert json.loads((paths.INGESTED / "card.json").read_text())["source"] == "hf:data/raw/hub-like"
 
 
 def test_unreachable_hf_dataset_is_a_one_line_error(

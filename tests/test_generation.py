@@ -30,6 +30,7 @@ from helpers import (
     expect_user_error,
     free_port,
     post,
+    raw_data,
     running_server,
     serve_command,
     set_params,
@@ -230,6 +231,7 @@ def decoder_project(project: Path, tiny_llama: Path) -> Path:
     return project
 
 
+@pytest.mark.e2e  # the whole DAG under dvc repro, then served over HTTP
 def test_a_decoder_is_fine_tuned_scored_against_prompting_registered_and_served(decoder_project: Path) -> None:
     init_repo(decoder_project)
     assert dvc_repro(decoder_project) == ALL_STAGES  # the whole DAG, as a user runs it
@@ -321,6 +323,7 @@ def test_peft_methods_train_save_and_load_a_decoder(decoder_project: Path, metho
     assert predicted["score"].between(0.5, 1).all()
 
 
+@pytest.mark.e2e  # a training process killed and started again
 def test_a_decoder_finetune_killed_with_sigkill_resumes_in_the_same_mlflow_run(
     decoder_project: Path, tmp_path: Path
 ) -> None:
@@ -417,7 +420,7 @@ def test_free_text_is_fine_tuned_and_compared_with_the_lead_and_prompting(projec
         project,
         {
             "task": "text_generation",
-            "ingest.source": str(source),
+            "ingest.source": raw_data(project, source),
             "ingest.format": "jsonl",
             "ingest.messages_column": "messages",
             "ingest.score_to_label": None,

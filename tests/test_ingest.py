@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import write_sentiment_tsv
-from helpers import expect_user_error, set_params
+from helpers import expect_user_error, raw_data, set_params
 from pipeline import paths
 from stages import ingest
 
@@ -26,7 +26,7 @@ def test_ratings_become_labels_by_sign_and_zero_is_dropped(project: Path, tmp_pa
     source = write_sentiment_tsv(
         tmp_path / "zeros.tsv", n=40, extra=[(900, 0, "a neutral line"), (901, 0.0, "another one")]
     )
-    set_params(project, {"ingest.source": str(source)})
+    set_params(project, {"ingest.source": raw_data(project, source)})
     ingest.main()
     table = pd.read_parquet(paths.INGESTED / "data.parquet")
     card = json.loads((paths.INGESTED / "card.json").read_text())
@@ -49,7 +49,7 @@ def test_duplicates_are_dropped_and_conflicts_removed(project: Path, tmp_path: P
         (804, -1.0, "torn text"),
     ]
     source = write_sentiment_tsv(tmp_path / "dups.tsv", n=20, extra=extra)
-    set_params(project, {"ingest.source": str(source)})
+    set_params(project, {"ingest.source": raw_data(project, source)})
     ingest.main()
     table = pd.read_parquet(paths.INGESTED / "data.parquet")
     card = json.loads((paths.INGESTED / "card.json").read_text())
@@ -64,7 +64,7 @@ def test_declared_labels_fix_the_label_order(project: Path, tmp_path: Path) -> N
     set_params(
         project,
         {
-            "ingest.source": str(source),
+            "ingest.source": raw_data(project, source),
             "ingest.format": "csv",
             "ingest.header": True,
             "ingest.column_names": None,
@@ -116,9 +116,21 @@ def test_a_missing_slice_column_is_named(project: Path, capsys: pytest.CaptureFi
 
 
 def test_missing_file_is_named(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    set_params(project, {"ingest.source": "nowhere/reviews.tsv"})
+    set_params(project, {"ingest.source": "data/raw/nowhere/reviews.tsv"})
     err = expect_user_error(ingest.main, capsys)
-    assert err == "error: nowhere/reviews.tsv: file not found (from ingest.source)"
+    assert err == "error: data/raw/nowhere/reviews.tsv: file not found (from ingest.source)"
+
+
+@pytest.mark.parametrize("outside", ["reviews.tsv", "../raw/reviews.tsv", "data/raw/../reviews.tsv", "hf:data"])
+def test_a_local_source_outside_data_raw_is_refused_naming_the_key(
+    project: Path, outside: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """dvc.yaml's ingest stage depends on data/raw/: a file anywhere else could change unseen by DVC."""
+    (project / "reviews.tsv").write_text("1\t1.0\ta fine film\n")
+    set_params(project, {"ingest.source": outside})
+    err = expect_user_error(ingest.main, capsys)
+    assert err.startswith(f"error: ingest.source: {outside} is outside data/raw/"), err
+    assert not paths.INGESTED.exists()
 
 
 def test_checksum_mismatch_stops_before_reading(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -134,4 +146,4 @@ def test_failed_run_keeps_the_previous_output(project: Path, capsys: pytest.Capt
     raw_file(project).write_text("1\t1.0\tgood\n2\t-1.0\t\n")
     expect_user_error(ingest.main, capsys)
     assert (paths.INGESTED / "data.parquet").read_bytes() == before
-    assert [p.name for p in paths.INGESTED.parent.iterdir()] == ["ingested"]  # no temporary folder left behind
+    assert sorted(p.name for p in paths.INGESTED.parent.iterdir()) == ["ingested", "raw"]  # no temporary folder

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import write_sentiment_tsv
-from helpers import assert_onnx_matches_pytorch, set_params
+from helpers import assert_onnx_matches_pytorch, raw_data, set_params
 from pipeline import data, paths
 from pipeline.encoding import encode_texts, pool
 from pipeline.errors import PipelineError
@@ -71,7 +71,7 @@ def test_chunked_training_and_prediction_score_documents_not_windows(project: Pa
     set_params(
         project,
         {
-            "ingest.source": str(source),
+            "ingest.source": raw_data(project, source),
             "tokenize.max_length": 16,
             "tokenize.truncation": "chunk",
             "tokenize.stride": 4,

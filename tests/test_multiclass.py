@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import FILLER, NEGATIVE, POSITIVE
-from helpers import assert_onnx_matches_pytorch, set_params
+from helpers import assert_onnx_matches_pytorch, raw_data, set_params
 from pipeline import paths, tracking
 from stages import evaluate, export, finetune, ingest, report, split, tokenize
 
@@ -40,7 +40,7 @@ def topics(project: Path, tmp_path: Path) -> Path:
     set_params(
         project,
         {
-            "ingest.source": str(source),
+            "ingest.source": raw_data(project, source),
             "ingest.format": "jsonl",
             "ingest.text_column": "review",
             "ingest.label_column": "kind",

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import FILLER, NEGATIVE, POSITIVE
-from helpers import assert_onnx_matches_pytorch, expect_user_error, set_params
+from helpers import assert_onnx_matches_pytorch, expect_user_error, raw_data, set_params
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
 from stages import evaluate, export, finetune, ingest, report, split, tokenize
@@ -49,7 +49,7 @@ def multilabel(project: Path, tmp_path: Path) -> Path:
         project,
         {
             "task": "multi_label_classification",
-            "ingest.source": str(source),
+            "ingest.source": raw_data(project, source),
             "ingest.format": "jsonl",
             "ingest.label_column": "topics",
             "ingest.score_to_label": None,
@@ -74,7 +74,12 @@ def test_list_column_and_delimited_string_give_the_same_label_sets(
     ).to_csv(csv_file, index=False)
     set_params(
         project,
-        {"ingest.source": str(csv_file), "ingest.format": "csv", "ingest.header": True, "ingest.label_delimiter": "|"},
+        {
+            "ingest.source": raw_data(project, csv_file),
+            "ingest.format": "csv",
+            "ingest.header": True,
+            "ingest.label_delimiter": "|",
+        },
     )
     ingest.main()
     from_csv = pd.read_parquet(paths.INGESTED / "data.parquet")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import NER_PARAMS, write_conll
-from helpers import assert_onnx_matches_pytorch, expect_user_error, set_params
+from helpers import assert_onnx_matches_pytorch, expect_user_error, raw_data, set_params
 from pipeline import data, paths, tracking
 from pipeline.card import ModelCard
 from pipeline.encoding import TITLE_MARKER, UPPER_MARKER, in_context, mark_case
@@ -30,7 +30,7 @@ def ner_project(project: Path, tmp_path: Path) -> Path:
         project,
         {
             **NER_PARAMS,
-            "ingest.source": str(folder),
+            "ingest.source": raw_data(project, folder),
             "finetune.learning_rate": 5e-3,
             "finetune.num_train_epochs": 6,
             "finetune.early_stopping_patience": 6,
@@ -146,7 +146,7 @@ def test_document_context_is_input_only_and_lifts_nothing_into_the_labels(projec
         project,
         {
             **NER_PARAMS,
-            "ingest.source": str(folder),
+            "ingest.source": raw_data(project, folder),
             "tokenize.context": "document",
             "tokenize.max_length": 64,
             "finetune.learning_rate": 5e-3,
@@ -185,7 +185,13 @@ def test_only_sentences_that_lose_words_count_as_truncated_not_windows_filled_wi
 
     folder = write_conll(tmp_path / "conll", document_size=4)
     set_params(
-        project, {**NER_PARAMS, "ingest.source": str(folder), "tokenize.context": "document", "tokenize.max_length": 14}
+        project,
+        {
+            **NER_PARAMS,
+            "ingest.source": raw_data(project, folder),
+            "tokenize.context": "document",
+            "tokenize.max_length": 14,
+        },
     )
     for stage in (ingest, split, tokenize):
         stage.main()
@@ -230,7 +236,12 @@ def test_case_markers_are_applied_alike_in_training_and_prediction(
     folder = write_conll(tmp_path / "conll")
     set_params(
         project,
-        {**NER_PARAMS, "ingest.source": str(folder), "tokenize.mark_case": True, "finetune.num_train_epochs": 1},
+        {
+            **NER_PARAMS,
+            "ingest.source": raw_data(project, folder),
+            "tokenize.mark_case": True,
+            "finetune.num_train_epochs": 1,
+        },
     )
     for stage in (ingest, split, tokenize, finetune):
         stage.main()

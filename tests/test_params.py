@@ -9,16 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import REPO, error_for
 from pipeline.errors import PipelineError
 from pipeline.params import load_params
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def error_for(**overrides: object) -> str:
-    with pytest.raises(PipelineError) as info:
-        load_params(REPO / "params.yaml", overrides=overrides)
-    return str(info.value)
 
 
 @pytest.mark.parametrize(

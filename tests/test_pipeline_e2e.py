@@ -16,14 +16,12 @@ import pytest
 import yaml
 
 from conftest import make_project, write_sentiment_tsv
-from helpers import ALL_STAGES, dvc_repro, free_port, running_server, set_params, sh, slow_steps_hook, venv_env
+from helpers import ALL_STAGES, commit, dvc_repro, free_port, running_server, set_params, sh, slow_steps_hook, venv_env
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE
 
-
-def commit(root: Path, message: str) -> None:
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message)
+# The second tier (`make test-e2e`): real DVC queues, torchrun, whole-DAG runs, HTTP servers.
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

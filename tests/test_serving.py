@@ -16,6 +16,9 @@ from pipeline import paths, promote, tracking
 from pipeline.inference import Predictor
 from stages import evaluate
 
+# The second tier (`make test-e2e`): real DVC queues, torchrun, whole-DAG runs, HTTP servers.
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def server(

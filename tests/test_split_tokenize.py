@@ -10,7 +10,7 @@ import pytest
 from datasets import load_from_disk
 
 from conftest import write_sentiment_tsv
-from helpers import expect_user_error, set_params
+from helpers import expect_user_error, raw_data, set_params
 from pipeline import paths
 from stages import ingest, split, tokenize
 
@@ -45,7 +45,7 @@ def test_same_seed_same_split_other_seed_other_split(project: Path) -> None:
 def test_texts_differing_only_in_case_or_spacing_never_cross_splits(project: Path, tmp_path: Path) -> None:
     extra = [(900 + i, 1.0, variant) for i, variant in enumerate(["A Twin Text", "a twin  text", "A TWIN TEXT "])]
     source = write_sentiment_tsv(tmp_path / "twins.tsv", n=120, extra=extra)
-    set_params(project, {"ingest.source": str(source)})
+    set_params(project, {"ingest.source": raw_data(project, source)})
     ingest.main()
     split.main()
     hits = {
@@ -58,7 +58,7 @@ def test_texts_differing_only_in_case_or_spacing_never_cross_splits(project: Pat
 def test_a_class_too_small_to_split_is_named(project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "rare.tsv"
     source.write_text("1\t1.0\tgood one\n2\t2.0\tgood two\n3\t1.5\tgood three\n4\t-1.0\tbad one\n5\t-2.0\tbad two\n")
-    set_params(project, {"ingest.source": str(source)})
+    set_params(project, {"ingest.source": raw_data(project, source)})
     ingest.main()
     err = expect_user_error(split.main, capsys)
     assert "data/ingested/data.parquet: class 'negative' has 2 example(s); a stratified split needs at least 3" in err
@@ -68,7 +68,7 @@ def test_a_class_too_small_to_split_is_named(project: Path, tmp_path: Path, caps
 def test_tokenize_truncates_but_never_pads(project: Path, tmp_path: Path) -> None:
     long_text = " ".join(["great"] * 100)
     source = write_sentiment_tsv(tmp_path / "long.tsv", n=60, extra=[(999, 2.0, long_text)])
-    set_params(project, {"ingest.source": str(source), "tokenize.max_length": 16})
+    set_params(project, {"ingest.source": raw_data(project, source), "tokenize.max_length": 16})
     ingest.main()
     split.main()
     tokenize.main()
@@ -95,7 +95,7 @@ def predefined(project: Path, tmp_path: Path) -> Path:
     set_params(
         project,
         {
-            "ingest.source": str(folder),
+            "ingest.source": raw_data(project, folder),
             "ingest.splits": {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"},
         },
     )

@@ -16,8 +16,10 @@ import pytest
 import yaml
 
 from conftest import make_project, write_sentiment_tsv
-from helpers import dvc_repro, free_port, running_server, set_params, venv_env
-from test_pipeline_e2e import commit
+from helpers import commit, dvc_repro, free_port, running_server, set_params, venv_env
+
+# The second tier (`make test-e2e`): real DVC queues, torchrun, whole-DAG runs, HTTP servers.
+pytestmark = pytest.mark.e2e
 
 # Each test sweeps other values: DVC's run cache would restore a repeated experiment without running it.
 RATES = {"sqlite": ("0.002", "0.004"), "postgresql": ("0.003", "0.005")}

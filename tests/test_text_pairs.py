@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import sentiment_rows
-from helpers import assert_onnx_matches_pytorch, expect_user_error, set_params
+from helpers import assert_onnx_matches_pytorch, expect_user_error, raw_data, set_params
 from pipeline import data, paths, predict, tracking
 from pipeline.errors import PipelineError
 from pipeline.inference import Predictor
@@ -53,7 +53,7 @@ def pair_project(project: Path, tmp_path: Path) -> Path:
         project,
         {
             **PAIR_PARAMS,
-            "ingest.source": str(source),
+            "ingest.source": raw_data(project, source),
             "finetune.learning_rate": 5e-3,
             "finetune.num_train_epochs": 10,
             "finetune.early_stopping_patience": 10,

@@ -194,6 +194,23 @@ def test_auto_precision_is_bf16_where_the_machine_multiplies_bf16_natively(
     assert prepared(tokenized_project, precision="bf16").trainer.args.bf16
 
 
+def cpu_flags() -> set[str]:
+    """The flags the kernel reports for this machine's first CPU (/proc/cpuinfo, x86 Linux)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine decides by its GPU, not its CPU flags")
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="needs /proc/cpuinfo (Linux) to read the CPU flags")
+def test_bf16_detection_agrees_with_the_cpu_flags_the_kernel_reports() -> None:
+    """Not stubbed: AVX-512 BF16 or AMX (tile) in /proc/cpuinfo means bf16 is native, anything else not."""
+    flags = cpu_flags()
+    assert flags, "no flags line in /proc/cpuinfo"
+    assert training.computes_in_bf16() == bool({"avx512_bf16", "amx_tile"} & flags), sorted(flags)
+
+
 def _change(before: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
     return math.sqrt(sum(float((p.detach() - before[n]).pow(2).sum()) for n, p in model.named_parameters()))
 
