@@ -15,11 +15,10 @@ from conftest import NER_PARAMS, write_conll
 from helpers import assert_onnx_matches_pytorch, expect_user_error, raw_data, set_params
 from pipeline import data, paths, tracking
 from pipeline.card import ModelCard
-from pipeline.encoding import TITLE_MARKER, UPPER_MARKER, in_context, mark_case
+from pipeline.encoding import IGNORE_INDEX, TITLE_MARKER, UPPER_MARKER, in_context, mark_case
 from pipeline.errors import PipelineError
 from pipeline.inference import Predictor
 from pipeline.params import load_params
-from pipeline.tasks import IGNORE_INDEX
 from stages import evaluate, export, finetune, ingest, report, split, tokenize
 
 
@@ -36,7 +35,7 @@ def ner_project(project: Path, tmp_path: Path) -> Path:
             "finetune.early_stopping_patience": 6,
         },
     )
-    return folder
+    return Path("data/raw") / folder.name  # the project's copy, which tests edit (the working directory)
 
 
 def test_predefined_splits_are_kept(ner_project: Path) -> None:

@@ -99,7 +99,7 @@ def predefined(project: Path, tmp_path: Path) -> Path:
             "ingest.splits": {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"},
         },
     )
-    return folder
+    return project / "data" / "raw" / folder.name  # the project's copy, which tests edit
 
 
 def test_predefined_splits_are_kept_not_resplit(predefined: Path) -> None:

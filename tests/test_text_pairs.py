@@ -59,7 +59,7 @@ def pair_project(project: Path, tmp_path: Path) -> Path:
             "finetune.early_stopping_patience": 10,
         },
     )
-    return source
+    return project / "data" / "raw" / source.name  # the project's copy, which tests edit
 
 
 def test_both_texts_are_one_model_input(pair_project: Path, tiny_model: Path) -> None:
