@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline import data, paths  # noqa: E402
 from pipeline.inference import Predictor, score  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from pipeline.tasks import get_task  # noqa: E402
+from pipeline.tasks.registry import get_task  # noqa: E402
 from pipeline.training import fit, prepare  # noqa: E402
 from results import OUT, load_average, write_results  # noqa: E402
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import data, paths  # noqa: E402
 from pipeline.modeling import load_tokenizer, resolve_model  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from pipeline.tasks import get_task  # noqa: E402
+from pipeline.tasks.registry import get_task  # noqa: E402
 from pipeline.training import prepare  # noqa: E402
 from results import child_result, load_average, write_results  # noqa: E402
 

@@ -43,7 +43,7 @@ from pipeline.inference import Predictor, score  # noqa: E402
 from pipeline.modeling import load_for_training, load_tokenizer, resolve_model  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.sources import resolve  # noqa: E402
-from pipeline.tasks import get_task  # noqa: E402
+from pipeline.tasks.registry import get_task  # noqa: E402
 from pipeline.training import build_trainer, training_arguments  # noqa: E402
 from results import load_average, write_results  # noqa: E402
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.modeling import load_for_training, load_tokenizer, resolve_model  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from pipeline.tasks import get_task  # noqa: E402
+from pipeline.tasks.registry import get_task  # noqa: E402
 from pipeline.training import build_trainer, training_arguments  # noqa: E402
 from stages.ingest import ingest  # noqa: E402
 from stages.split import stratified_split  # noqa: E402

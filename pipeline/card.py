@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import PipelineError
-from pipeline.params import PromptParams
+from pipeline.schema import PromptParams
 
 CARD_FILE = "training.json"
 SCHEMA_VERSION = 1

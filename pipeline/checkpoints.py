@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 
 from pipeline import distributed
 from pipeline.errors import PipelineError, atomic_file
-from pipeline.params import FinetuneParams
+from pipeline.schema import FinetuneParams
 from pipeline.sources import sha256_of
 
 RUN_FILE = "run.json"

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.params import ConllParams, IngestParams
+from pipeline.schema import ConllParams, IngestParams
 
 TEXT, LABEL, SOURCE_ROW = "text", "label", "source_row"
 TEXT_PAIR = "text_pair"  # the second text of a pair (ingest.text_column: [first, second])

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.errors import EXIT_USER_ERROR, PipelineError
-from pipeline.params import DistributedParams
+from pipeline.schema import DistributedParams
 
 T = TypeVar("T")
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+IGNORE_INDEX = -100  # positions the loss and the metrics skip (transformers' convention)
+
 
 def encode_texts(
     tokenizer: Any,

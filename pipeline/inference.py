@@ -23,8 +23,8 @@ from pipeline.errors import PipelineError
 from pipeline.modeling import check_model_folder, require_finite_weights
 from pipeline.prompting import GREEDY, Sampling
 from pipeline.runtimes import ONNX_FILES, RUNTIMES, TORCH, OnnxSession
-from pipeline.tasks import get_task
 from pipeline.tasks.classification import softmax
+from pipeline.tasks.registry import get_task
 
 
 class Predictor:

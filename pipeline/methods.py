@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.params import PEFT_METHODS, FinetuneParams
+from pipeline.schema import PEFT_METHODS, FinetuneParams
 
 BASE_DIR = "base"  # inside an adapter model folder: the pretrained encoder the adapter applies to
 ADAPTER_CONFIG = "adapter_config.json"

@@ -10,9 +10,9 @@ from typing import Any
 from safetensors import SafetensorError
 
 from pipeline.errors import PipelineError, atomic_dir
-from pipeline.params import DropoutParams, ModelParams
+from pipeline.schema import DropoutParams, ModelParams
 from pipeline.sources import cache_dir, resolve, sha256_of
-from pipeline.tasks import Task
+from pipeline.tasks.base import Task
 
 
 def _quiet_loading() -> None:

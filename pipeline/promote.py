@@ -34,8 +34,9 @@ from pipeline import data, registry
 from pipeline.errors import PipelineError, stage_main
 from pipeline.evaluation import OUTCOMES_ARTIFACT, PairedComparison, paired_bootstrap
 from pipeline.inference import load_predictor
-from pipeline.params import PromoteParams, load_params
-from pipeline.tasks import get_task
+from pipeline.params import load_params
+from pipeline.schema import PromoteParams
+from pipeline.tasks.registry import get_task
 
 EXIT_REFUSED = 1
 

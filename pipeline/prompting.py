@@ -25,8 +25,9 @@ import numpy as np
 import pydantic
 import torch
 
+from pipeline.encoding import IGNORE_INDEX
 from pipeline.errors import PipelineError
-from pipeline.params import PromptParams
+from pipeline.schema import PromptParams
 
 
 @dataclass(frozen=True)
@@ -231,8 +232,6 @@ def answer_ids(tokenizer: Any, word: str) -> list[int]:
 def training_example(prompt: list[int], answer: list[int]) -> dict[str, list[int]]:
     """Inputs and labels of one example: the loss is on the answer's tokens only (the prompt's positions
     are IGNORE_INDEX), so the model learns to answer, not to reproduce prompts."""
-    from pipeline.tasks.base import IGNORE_INDEX
-
     ids = prompt + answer
     return {
         "input_ids": ids,

@@ -30,8 +30,9 @@ from pipeline.modeling import (
     require_fits_positions,
     resolve_model,
 )
-from pipeline.params import FinetuneParams, Params, TokenizeParams
-from pipeline.tasks import Task, get_task
+from pipeline.schema import FinetuneParams, Params, TokenizeParams
+from pipeline.tasks.base import Task
+from pipeline.tasks.registry import get_task
 
 
 def computes_in_bf16() -> bool:

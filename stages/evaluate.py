@@ -32,12 +32,14 @@ from pipeline.evaluation import (
 )
 from pipeline.inference import Predictor
 from pipeline.modeling import resolve_model
-from pipeline.params import EvaluateParams, ExportParams, load_params
+from pipeline.params import load_params
 from pipeline.prompting import GREEDY
 from pipeline.registry import exclusive
 from pipeline.runtimes import ONNX_FILES, TORCH, machine, read_export_card, timed_outcomes
+from pipeline.schema import EvaluateParams, ExportParams
 from pipeline.sources import tree_sha256
-from pipeline.tasks import Outcomes, Task, get_task
+from pipeline.tasks.base import Outcomes, Task
+from pipeline.tasks.registry import get_task
 
 
 def _pip_requirements(model_dir: Path, runtime: str) -> list[str]:

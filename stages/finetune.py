@@ -28,7 +28,8 @@ from pipeline.card import Provenance
 from pipeline.checkpoints import RUN_FILE, checkpoint_to_resume
 from pipeline.errors import PipelineError, atomic_dir, stage_main
 from pipeline.modeling import resolve_model
-from pipeline.params import Params, flat_params, load_params
+from pipeline.params import flat_params, load_params
+from pipeline.schema import Params
 from pipeline.sources import tree_sha256
 from pipeline.training import Prepared, fit, global_batch_size, prepare
 

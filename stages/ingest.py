@@ -12,9 +12,11 @@ import pandas as pd
 
 from pipeline import data, paths
 from pipeline.errors import PipelineError, atomic_dir, stage_main
-from pipeline.params import IngestParams, load_params
+from pipeline.params import load_params
+from pipeline.schema import IngestParams
 from pipeline.sources import local_path, resolve
-from pipeline.tasks import Task, get_task
+from pipeline.tasks.base import Task
+from pipeline.tasks.registry import get_task
 
 
 def require_watched_by_dvc(source: str) -> None:

@@ -24,8 +24,9 @@ from sklearn.metrics import confusion_matrix
 from pipeline import data, paths, registry
 from pipeline.card import ModelCard
 from pipeline.errors import PipelineError, atomic_dir, atomic_file, stage_main
-from pipeline.params import PromoteParams, load_params
-from pipeline.tasks import get_task
+from pipeline.params import load_params
+from pipeline.schema import PromoteParams
+from pipeline.tasks.registry import get_task
 
 
 def _read_curve(folder: Path, name: str) -> pd.DataFrame | None:

@@ -14,8 +14,10 @@ from sklearn.model_selection import train_test_split
 
 from pipeline import data, paths
 from pipeline.errors import PipelineError, atomic_dir, stage_main
-from pipeline.params import SplitParams, load_params
-from pipeline.tasks import Task, get_task
+from pipeline.params import load_params
+from pipeline.schema import SplitParams
+from pipeline.tasks.base import Task
+from pipeline.tasks.registry import get_task
 
 
 def stratified_split(table: pd.DataFrame, params: SplitParams, seed: int, task: Task) -> dict[str, pd.DataFrame]:

@@ -13,7 +13,7 @@ from pipeline import data, paths
 from pipeline.errors import atomic_dir, stage_main
 from pipeline.modeling import load_tokenizer, require_fits_positions, resolve_model
 from pipeline.params import load_params
-from pipeline.tasks import get_task
+from pipeline.tasks.registry import get_task
 
 
 @stage_main

@@ -217,6 +217,13 @@ def commit(root: Path, message: str) -> None:
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message)
 
 
+def changed_stages(root: Path) -> set[str]:
+    """The stages `dvc status` says must re-run (its JSON: stage name -> what changed)."""
+    import json
+
+    return set(json.loads(sh(root, "dvc", "status", "--json").strip().splitlines()[-1]))
+
+
 def dvc_repro(root: Path, dry: bool = False) -> list[str]:
     """Run `dvc repro` and return the stages it ran, in order; `dry`: the stages it would run."""
     return re.findall(r"Running stage '(\w+)'", sh(root, "dvc", "repro", *(["--dry"] if dry else [])))

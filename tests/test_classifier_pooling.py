@@ -17,7 +17,7 @@ from pipeline import methods
 from pipeline.errors import PipelineError
 from pipeline.modeling import head_pooling, load_for_training, load_tokenizer
 from pipeline.params import load_params
-from pipeline.tasks import get_task
+from pipeline.tasks.registry import get_task
 from stages import export, finetune
 
 LABELS = ["negative", "positive"]

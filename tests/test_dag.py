@@ -3,18 +3,12 @@ ingest (and so what follows); the same bytes, nothing. (A whole DAG re-run: test
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from conftest import make_project, write_sentiment_tsv
-from helpers import commit, sh
-
-
-def changed_stages(root: Path) -> set[str]:
-    """The stages `dvc status` says must re-run (its JSON: stage name -> what changed)."""
-    return set(json.loads(sh(root, "dvc", "status", "--json").strip().splitlines()[-1]))
+from helpers import changed_stages, commit, sh
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from pipeline.evaluation import bootstrap_intervals, paired_bootstrap, under_predicted
-from pipeline.tasks import get_task
+from pipeline.tasks.registry import get_task
 
 TASK = get_task("single_label_classification")
 LABELS = ["negative", "positive"]
@@ -101,7 +101,8 @@ def test_single_label_summary_scores_agree_with_sklearn(seed: int) -> None:
 def test_temperature_scaling_undoes_overconfidence_and_lowers_the_calibration_error() -> None:
     import numpy as np
 
-    from pipeline.evaluation import fit_temperature, reliability
+    from pipeline.calibration import fit_temperature
+    from pipeline.evaluation import reliability
     from pipeline.tasks.classification import softmax
 
     rng = np.random.default_rng(0)
@@ -118,7 +119,7 @@ def test_temperature_scaling_undoes_overconfidence_and_lowers_the_calibration_er
 
 
 def test_ner_errors_are_the_most_frequent_type_confusions_with_their_sentences() -> None:
-    from pipeline.tasks import Outcomes
+    from pipeline.tasks.base import Outcomes
 
     ner = get_task("token_classification")
     sentences = {

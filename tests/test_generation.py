@@ -40,10 +40,12 @@ from helpers import (
 from pipeline import data, methods, paths, predict, prompting, tracking
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE, RUN_FILE
+from pipeline.encoding import IGNORE_INDEX
 from pipeline.errors import PipelineError
 from pipeline.inference import Predictor
-from pipeline.params import IngestParams, PromptParams, TokenizeParams, load_params
-from pipeline.tasks import IGNORE_INDEX, get_task
+from pipeline.params import load_params
+from pipeline.schema import IngestParams, PromptParams, TokenizeParams
+from pipeline.tasks.registry import get_task
 from stages import evaluate, export, finetune, ingest, report, split, tokenize
 
 TASK = get_task("generative_classification")
@@ -626,7 +628,7 @@ def test_a_gguf_decoder_becomes_once_a_plain_model_folder_with_the_same_logits(
     from transformers import LlamaForCausalLM
 
     from pipeline.modeling import resolve_model
-    from pipeline.params import ModelParams
+    from pipeline.schema import ModelParams
 
     monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
     torch.manual_seed(0)

@@ -92,7 +92,7 @@ def params_keys(model: type = None, prefix: str = "") -> dict[str, object]:
     """Every dotted key of the params schema with its pydantic field."""
     from pydantic import BaseModel
 
-    from pipeline.params import Params
+    from pipeline.schema import Params
 
     out = {}
     for name, field in (model or Params).model_fields.items():
@@ -142,7 +142,7 @@ def test_every_param_is_described_where_it_is_defined_and_commented_in_params_ya
 
 
 def test_the_comment_on_task_lists_every_registered_task() -> None:
-    from pipeline.tasks import TASKS
+    from pipeline.tasks.registry import TASKS
 
     text = (REPO / "params.yaml").read_text()
     task_comment = text[text.index("\ntask:") : text.index("\nmlflow:")]

@@ -16,7 +16,18 @@ import pytest
 import yaml
 
 from conftest import make_project, write_sentiment_tsv
-from helpers import ALL_STAGES, commit, dvc_repro, free_port, running_server, set_params, sh, slow_steps_hook, venv_env
+from helpers import (
+    ALL_STAGES,
+    changed_stages,
+    commit,
+    dvc_repro,
+    free_port,
+    running_server,
+    set_params,
+    sh,
+    slow_steps_hook,
+    venv_env,
+)
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE
 
@@ -58,6 +69,27 @@ def test_registered_version_carries_the_dvc_lock_hashes(repo: Path) -> None:
 
 def test_second_repro_does_nothing(repo: Path) -> None:
     assert dvc_repro(repo) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "stale"),
+    [
+        ("pipeline/evaluation.py", {"evaluate"}),  # bootstrap and test statistics: no training, no export
+        ("pipeline/calibration.py", {"ingest", "split", "tokenize", "finetune", "export", "evaluate", "report"}),
+        ("stages/report.py", {"report"}),
+    ],
+)
+def test_a_code_change_makes_stale_exactly_the_stages_that_run_that_code(repo: Path, code: str, stale: set) -> None:
+    """`dvc status` lists a stage whose own dependencies changed (the stages after it re-run when its
+    outputs change); calibration runs while training, and every task module imports it."""
+    file = repo / code
+    original = file.read_text()
+    file.write_text(original + "# an edit\n")
+    try:
+        assert changed_stages(repo) == stale
+    finally:
+        file.write_text(original)
+    assert changed_stages(repo) == set()
 
 
 def test_report_param_reruns_only_report(repo: Path) -> None:

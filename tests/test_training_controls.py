@@ -16,7 +16,7 @@ from helpers import set_params
 from pipeline import data, methods, paths, training
 from pipeline.errors import PipelineError
 from pipeline.params import load_params
-from pipeline.tasks import get_task
+from pipeline.tasks.registry import get_task
 from pipeline.training import Prepared, class_weights, fit, loss_function, prepare
 
 TRAIN_EXAMPLES = 128  # the tokenized fixture: 160 texts, 80 % in train

@@ -1,7 +1,3 @@
-"""The tasks the pipeline can train, each a class behind the `Task` interface (base.py), found by the
-name in params.yaml through the registry. Importing a task's module registers it."""
-
-from pipeline.tasks import classification, generation, tokens  # noqa: F401  (registers the tasks)
-from pipeline.tasks.base import IGNORE_INDEX, TASKS, Outcomes, Task, get_task, register
-
-__all__ = ["IGNORE_INDEX", "TASKS", "Outcomes", "Task", "get_task", "register"]
+"""The tasks the pipeline can train: the `Task` interface (base.py), one module per family of tasks, and the
+registry that finds a task by the name in params.yaml (registry.py). This file imports nothing, so a task
+module that imports base.py runs no other task's code."""

@@ -1,4 +1,4 @@
-"""The Task interface and the registry that finds a task by its name (`task` in params.yaml).
+"""The Task interface: everything that differs between tasks (`task` in params.yaml).
 
 Everything that differs between tasks lives in the task's class: the stages, the Trainer set-up, the
 Predictor and the report call these methods and never compare task names.
@@ -7,8 +7,7 @@ Adding a task means one module in this package:
 
 1. subclass `Task` (or one of the bases beside it), set the class attributes and implement the abstract
    methods (each says which stage calls it);
-2. decorate the class with `@register`;
-3. import the module in `pipeline/tasks/__init__.py`, so the registry knows it.
+2. add the class to the list in `pipeline/tasks/registry.py`, so the registry knows it.
 
 The name then becomes a valid `task` in params.yaml, and every stage, `promote`, `predict` and the served
 model work with it.
@@ -28,7 +27,7 @@ import torch
 
 if TYPE_CHECKING:
     from pipeline.card import ModelCard
-    from pipeline.params import (
+    from pipeline.schema import (
         BaselineParams,
         FinetuneParams,
         IngestParams,
@@ -36,8 +35,6 @@ if TYPE_CHECKING:
         PromptingParams,
         TokenizeParams,
     )
-
-IGNORE_INDEX = -100  # positions the loss and the metrics skip (transformers' convention)
 
 
 @dataclass
@@ -241,21 +238,3 @@ class Task(ABC):
     def confusion_axis(self, classes: list[str]) -> list[str]:
         """The rows and columns of the confusion matrix the report draws."""
         return classes + ([self.confusion_none] if self.confusion_none else [])
-
-
-TASKS: dict[str, Task] = {}
-
-
-def register(cls: type[Task]) -> type[Task]:
-    """Class decorator: make a task available under its `name`."""
-    if cls.name in TASKS:
-        raise ValueError(f"task {cls.name!r} is registered twice")
-    TASKS[cls.name] = cls()
-    return cls
-
-
-def get_task(name: str) -> Task:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r} (one of {', '.join(TASKS)})") from None

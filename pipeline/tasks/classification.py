@@ -18,12 +18,13 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from pipeline import data
-from pipeline.encoding import encode_texts
+from pipeline.calibration import fit_temperature
+from pipeline.encoding import IGNORE_INDEX, encode_texts
 from pipeline.errors import PipelineError
-from pipeline.tasks.base import IGNORE_INDEX, Outcomes, Task, register
+from pipeline.tasks.base import Outcomes, Task
 
 if TYPE_CHECKING:
-    from pipeline.params import BaselineParams, FinetuneParams, IngestParams, Params, TokenizeParams
+    from pipeline.schema import BaselineParams, FinetuneParams, IngestParams, Params, TokenizeParams
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -251,8 +252,6 @@ class TextClassification(Task):
         """The predictions of a predict_frame, as outcomes hold them."""
 
     def fit_temperature(self, validation_outputs: Callable[[], tuple[np.ndarray, np.ndarray]]) -> float:
-        from pipeline.evaluation import fit_temperature
-
         logits, label_ids = validation_outputs()
         return fit_temperature(logits, label_ids, multi_label=self.problem_type == "multi_label_classification")
 
@@ -262,7 +261,6 @@ class TextClassification(Task):
         return TfidfVectorizer(ngram_range=(1, params.ngram_max), max_features=params.max_features, sublinear_tf=True)
 
 
-@register
 class SingleLabelClassification(TextClassification):
     """Binary or multi-class classification: one label per text, cross-entropy loss."""
 
@@ -398,7 +396,6 @@ class SingleLabelClassification(TextClassification):
         return test[data.LABEL].astype(str).tolist(), pipeline.predict(data.raw_texts(test)).tolist()
 
 
-@register
 class MultiLabelClassification(TextClassification):
     """0..n labels per text: one sigmoid per label, binary cross-entropy loss, a decision threshold per
     label (one global value, or tuned on the validation set: `finetune.tune_thresholds`)."""

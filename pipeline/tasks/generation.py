@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from pipeline import data
+from pipeline.encoding import IGNORE_INDEX
 from pipeline.errors import PipelineError
 from pipeline.prompting import (
     GREEDY,
@@ -48,12 +49,12 @@ from pipeline.prompting import (
     prompt_ids,
     training_example,
 )
-from pipeline.tasks.base import IGNORE_INDEX, Outcomes, Task, register
+from pipeline.tasks.base import Outcomes, Task
 from pipeline.tasks.classification import SingleLabelClassification
 
 if TYPE_CHECKING:
     from pipeline.card import EncodingSpec, ModelCard
-    from pipeline.params import BaselineParams, IngestParams, Params, PromptingParams, PromptParams, TokenizeParams
+    from pipeline.schema import BaselineParams, IngestParams, Params, PromptingParams, PromptParams, TokenizeParams
 
 
 def answer_room(tokenizer: Any, words: list[str]) -> int:
@@ -130,7 +131,6 @@ class Decoder:
         return model.eval(), tokenizer
 
 
-@register
 class GenerativeClassification(Decoder, SingleLabelClassification):
     """One label per text, answered in words by a decoder LM and read off the label words' scores."""
 
@@ -373,7 +373,6 @@ def chat_histories(table: pd.DataFrame) -> list[History] | None:
     return [History.from_json(h) for h in table[data.HISTORY]] if data.HISTORY in table.columns else None
 
 
-@register
 class TextGeneration(Decoder, Task):
     """Free text: a decoder LM answers each prompt with a response (`ingest.label_column` holds the
     reference responses), scored by ROUGE-L, chrF and exact match against the reference."""

@@ -15,16 +15,15 @@ import pandas as pd
 import torch
 
 from pipeline import data
-from pipeline.encoding import in_context
+from pipeline.encoding import IGNORE_INDEX, in_context
 from pipeline.errors import PipelineError
-from pipeline.tasks.base import IGNORE_INDEX, Outcomes, Task, register
+from pipeline.tasks.base import Outcomes, Task
 from pipeline.tasks.classification import balanced_weights, cross_entropy_sum
 
 if TYPE_CHECKING:
-    from pipeline.params import BaselineParams, IngestParams, Params, TokenizeParams
+    from pipeline.schema import BaselineParams, IngestParams, Params, TokenizeParams
 
 
-@register
 class TokenClassification(Task):
     """One IOB2 tag per word of a sentence (NER); CoNLL column files in, entity spans out."""
 
