@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from pipeline import distributed
 from pipeline.errors import PipelineError, atomic_file
+from pipeline.methods.registry import get_method
 from pipeline.schema import FinetuneParams
 from pipeline.sources import sha256_of
 
@@ -39,12 +40,11 @@ def checkpoint_to_resume(folder: Path, fingerprint: str, params: FinetuneParams)
     if not params.resume:
         shutil.rmtree(folder)
         return None, None
-    if params.method == "adalora":
-        # peft keeps AdaLoRA's importance scores (which decide the ranks) outside the checkpoint and saves
-        # its adapters already pruned, so no checkpoint can continue the same run: start over, and say so.
+    method = get_method(params.method)
+    if method.not_resumable:  # no checkpoint can continue the same run: start over, and say so
         print(
-            f"finetune: {folder} holds an interrupted AdaLoRA run, which cannot be resumed (its rank "
-            f"allocator is not checkpointed); training from the start",
+            f"finetune: {folder} holds an interrupted {method.name} run, which cannot be resumed "
+            f"({method.not_resumable}); training from the start",
             file=sys.stderr,
         )
         shutil.rmtree(folder)

@@ -16,10 +16,10 @@ import pandas as pd
 import torch
 from safetensors import SafetensorError
 
-from pipeline import methods
 from pipeline.card import EncodingSpec, ModelCard
 from pipeline.encoding import encode_texts, in_context, pool
 from pipeline.errors import PipelineError
+from pipeline.methods.base import load_model
 from pipeline.modeling import check_model_folder, require_finite_weights
 from pipeline.prompting import GREEDY, Sampling
 from pipeline.runtimes import ONNX_FILES, RUNTIMES, TORCH, OnnxSession
@@ -48,7 +48,7 @@ class Predictor:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
             if runtime == TORCH:
-                self.model = methods.load(model_dir, self.task.auto_model_class())
+                self.model = load_model(model_dir, self.task.auto_model_class())
         except (OSError, ValueError, SafetensorError) as exc:  # missing, incompatible or corrupt weights
             raise PipelineError(f"{model_dir}: cannot load the model: {str(exc).splitlines()[0]}") from None
         if runtime == TORCH:

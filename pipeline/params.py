@@ -16,17 +16,34 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import PipelineError, stage_main
+from pipeline.methods.registry import METHODS, get_method
 from pipeline.schema import Params, PromptParams
 from pipeline.tasks.registry import TASKS, get_task
 
 PARAMS_FILE = Path(os.environ.get("PIPELINE_PARAMS", "params.yaml"))
 
 
-def check_against_task(params: Params) -> None:
-    """What the schema alone cannot know: whether `task` is registered, and whether it can do what the other
-    sections ask (its data, metric, head and prompts). Raises ValueError naming the key."""
+def check_against_registries(params: Params) -> None:
+    """What the schema alone cannot know: whether `task` and `finetune.method` are registered, and whether
+    they can do what the other sections ask (data, metric, head, prompts, merging). Raises ValueError
+    naming the key."""
     if params.task not in TASKS:
         raise ValueError(f"task: unknown task (one of {', '.join(TASKS)}) (got {params.task!r})")
+    finetune = params.finetune
+    if finetune.method not in METHODS:
+        raise ValueError(f"finetune.method: unknown method (one of {', '.join(METHODS)}) (got {finetune.method!r})")
+    method = get_method(finetune.method)
+    if finetune.merge_adapter and not method.mergeable:
+        *others, last = [name for name, m in METHODS.items() if m.mergeable]
+        mergeable = f"{', '.join(others)} and {last}" if others else last
+        raise ValueError(
+            f"finetune: merge_adapter: only {mergeable} adapters can be merged (method is {finetune.method})"
+        )
+    if finetune.freeze_word_embeddings and not method.freezes_word_embeddings:
+        raise ValueError(
+            f"finetune: freeze_word_embeddings: for method full (method {finetune.method} has its own: "
+            "freeze.train_embeddings, or adapters that leave the embeddings as they are)"
+        )
     task = get_task(params.task)
     task.check_params(params)  # what this task cannot do, each error naming its key
     if not task.pools_a_text and params.finetune.classifier_pooling == "mean":
@@ -46,7 +63,7 @@ def check_against_task(params: Params) -> None:
             f"tokenize.truncation: text pairs are cut with head only, the longer text first "
             f"(got {params.tokenize.truncation!r})"
         )
-    if params.model.random_init and params.finetune.method != "full":
+    if params.model.random_init and not method.trains_every_weight:
         raise ValueError(
             f"model.random_init: a randomly initialised model trains with finetune.method full "
             f"(got {params.finetune.method!r}; the other methods keep pretrained weights frozen)"
@@ -101,7 +118,7 @@ def load_params(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     except ValidationError as exc:
         raise PipelineError(_format_error(path, exc)) from None
     try:
-        check_against_task(params)
+        check_against_registries(params)
     except ValueError as exc:
         raise PipelineError(f"{path}: {exc}") from None
     return params
@@ -157,6 +174,8 @@ def explain(key: str) -> str:
     allowed = [a for arg in (annotation, *get_args(annotation)) if get_origin(arg) is Literal for a in get_args(arg)]
     if key == "task":
         lines.append("  allowed: " + "; ".join(f"{name} ({task.description})" for name, task in TASKS.items()))
+    elif key == "finetune.method":
+        lines.append("  allowed: " + "; ".join(f"{name} ({m.description})" for name, m in METHODS.items()))
     elif allowed:
         lines.append("  allowed: " + ", ".join(map(str, allowed)))
     bounds = [

@@ -310,10 +310,6 @@ class DropoutParams(Section):
     )
 
 
-Method = Literal["full", "freeze", "lora", "adalora", "prefix", "ia3"]
-PEFT_METHODS = ("lora", "adalora", "prefix", "ia3")
-
-
 class DistributedParams(Section):
     nproc_per_node: Int = Field(
         default=1,
@@ -349,11 +345,11 @@ class DistributedParams(Section):
 
 
 class FinetuneParams(Section):
-    method: Method = Field(
+    method: str = Field(
         default="full",
         description=(
-            "full: every parameter | freeze: the task head (+ freeze.*) | lora | adalora | prefix | ia3: a peft "
-            "adapter, trained and saved with the task head"
+            "what trains: a method registered in pipeline/methods (`--explain finetune.method` lists them); the "
+            "peft adapters are trained and saved with the task head"
         ),
     )
     classifier_pooling: Literal["auto", "cls", "mean"] = Field(
@@ -490,19 +486,6 @@ class FinetuneParams(Section):
     distributed: DistributedParams = Field(
         default=DistributedParams(), description="data-parallel training over processes and machines (torchrun)"
     )
-
-    @model_validator(mode="after")
-    def _method_options_fit(self) -> FinetuneParams:
-        if self.merge_adapter and self.method not in ("lora", "adalora", "ia3"):
-            raise ValueError(
-                f"merge_adapter: only lora, adalora and ia3 adapters can be merged (method is {self.method})"
-            )
-        if self.freeze_word_embeddings and self.method != "full":
-            raise ValueError(
-                f"freeze_word_embeddings: for method full (method {self.method} has its own: freeze.train_embeddings, "
-                "or adapters that leave the embeddings as they are)"
-            )
-        return self
 
     @property
     def greater_is_better(self) -> bool:

@@ -19,10 +19,12 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from pipeline import distributed, methods
+from pipeline import distributed
 from pipeline.card import EncodingSpec, ModelCard, Provenance, TrainingStats
 from pipeline.checkpoints import ChecksumCheckpoints, step_of
 from pipeline.errors import PipelineError
+from pipeline.methods.base import BASE_DIR, folder_bytes, is_head_parameter, parameter_counts
+from pipeline.methods.registry import get_method
 from pipeline.modeling import (
     load_for_training,
     load_tokenizer,
@@ -79,9 +81,8 @@ def training_arguments(params: FinetuneParams, seed: int, output_dir: Path, **ov
         eval_steps=params.eval_steps,
         save_steps=params.eval_steps,
         save_total_limit=1,  # the newest checkpoint (to resume from) and the best (kept besides by the Trainer)
-        # AdaLoRA's checkpoints are saved with the ranks of their step, which the pruned model of a later step
-        # cannot load: it keeps its final weights (the schedule's end, ranks fixed) instead of the best.
-        load_best_model_at_end=params.method != "adalora",
+        # A method whose checkpoints a later model cannot load (AdaLoRA's pruned ranks) keeps its final weights.
+        load_best_model_at_end=get_method(params.method).reloads_best_checkpoint,
         metric_for_best_model=params.metric_for_best_model,
         greater_is_better=params.greater_is_better,
         logging_strategy="steps",
@@ -174,7 +175,7 @@ def learning_rates(
     count = max(layers.values(), default=-1) + 1
     rates, before_the_layers = {}, True
     for name in trainable:  # named_parameters runs from the input to the output
-        if methods.is_head_parameter(name, model):
+        if is_head_parameter(name, model):
             rates[name] = head_learning_rate or learning_rate
             continue
         if name in layers:
@@ -250,17 +251,6 @@ class PipelineTrainer(Trainer):
         return self.optimizer
 
 
-class AdaLoraBudget(TrainerCallback):
-    """AdaLoRA reallocates its rank budget from the gradients after each optimizer step (peft leaves the
-    call to the training loop; Trainer does not make it)."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.model.base_model.update_and_allocate(state.global_step)
-
-
 def build_trainer(
     model: Any,
     tokenizer: Any,
@@ -273,13 +263,13 @@ def build_trainer(
     params: FinetuneParams | None = None,
     tokenize: TokenizeParams | None = None,
 ) -> Trainer:
-    """The Trainer for `model` (already prepared by methods.prepare), with the task's collator and
+    """The Trainer for `model` (already prepared by its Method), with the task's collator and
     validation metrics and the loss, optimizer groups and callbacks the `finetune` params ask for
     (`tokenize`: what the task's validation metrics read of the outputs, for decoder tasks)."""
     threshold = params.threshold if params else 0.5
     callbacks = list(callbacks or [])
-    if params is not None and params.method == "adalora":
-        callbacks.append(AdaLoraBudget(model))
+    if params is not None:
+        callbacks += get_method(params.method).callbacks(model)
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
         logits, label_ids = task.metric_arrays(prediction.predictions, prediction.label_ids)
@@ -454,8 +444,10 @@ def prepare(params: Params, datasets: Any, labels: list[str], checkpoints: Path)
         model_dir, task, labels, finetune.dropout, params.model.random_init, finetune.classifier_pooling
     )
     args = training_arguments(finetune, params.seed, checkpoints)
-    model = methods.prepare(model, finetune, task.peft_task_type, total_steps(args, len(datasets["train"])))
-    trainable, total = methods.parameter_counts(model)
+    model = get_method(finetune.method).prepare(
+        model, finetune, task.peft_task_type, total_steps(args, len(datasets["train"]))
+    )
+    trainable, total = parameter_counts(model)
     stopping = (
         [EarlyStoppingCallback(finetune.early_stopping_patience, finetune.early_stopping_threshold)]
         if finetune.early_stopping_patience
@@ -518,7 +510,9 @@ def fit(
     thresholds = prepared.task.decision_thresholds(calibrated_outputs, params.finetune, len(prepared.labels))
     if model_out is None:
         return None
-    methods.save(trainer.model, model_out, prepared.pretrained_dir, params.finetune.merge_adapter)
+    get_method(params.finetune.method).save(
+        trainer.model, model_out, prepared.pretrained_dir, params.finetune.merge_adapter
+    )
     prepared.tokenizer.save_pretrained(model_out)
     stats = TrainingStats(
         global_step=trainer.state.global_step,
@@ -535,8 +529,8 @@ def fit(
         peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         # The card is written last; its own few hundred bytes are not counted.
-        artifact_bytes=methods.folder_bytes(model_out),
-        trained_bytes=methods.folder_bytes(model_out, exclude=methods.BASE_DIR),
+        artifact_bytes=folder_bytes(model_out),
+        trained_bytes=folder_bytes(model_out, exclude=BASE_DIR),
     )
     if plots_out is not None:
         best = {stats.best_metric_name: stats.best_metric, "step": stats.best_checkpoint_step}

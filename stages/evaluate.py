@@ -18,7 +18,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline import data, methods, paths, pyfunc_model, tracking
+from pipeline import data, paths, pyfunc_model, tracking
 from pipeline.card import ModelCard
 from pipeline.errors import PipelineError, atomic_dir, stage_main
 from pipeline.evaluation import (
@@ -31,6 +31,7 @@ from pipeline.evaluation import (
     under_predicted,
 )
 from pipeline.inference import Predictor
+from pipeline.methods.base import ADAPTER_CONFIG
 from pipeline.modeling import resolve_model
 from pipeline.params import load_params
 from pipeline.prompting import GREEDY
@@ -48,7 +49,7 @@ def _pip_requirements(model_dir: Path, runtime: str) -> list[str]:
 
     # torch's local build tag (+cpu, +cu124) is dropped: the serving machine picks its own build.
     names = ["mlflow", "torch", "transformers", "scikit-learn", "seqeval", "pandas"]
-    if (model_dir / methods.ADAPTER_CONFIG).is_file():
+    if (model_dir / ADAPTER_CONFIG).is_file():
         names.append("peft")  # an adapter folder loads through peft
     if runtime in ONNX_FILES:
         names.append("onnxruntime")

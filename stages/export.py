@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import data, methods, paths
+from pipeline import data, paths
 from pipeline.card import ModelCard
 from pipeline.errors import PipelineError, atomic_dir, stage_main
 from pipeline.inference import Predictor
+from pipeline.methods.base import load_model
 from pipeline.params import load_params
 from pipeline.runtimes import EXPORT_CARD, ONNX_FILES, export_onnx, exportable, quantize_int8
 from pipeline.sources import tree_sha256
@@ -42,7 +43,7 @@ def main() -> None:
         try:
             if reference.task.not_exportable:
                 raise PipelineError(reference.task.not_exportable)
-            model = exportable(methods.load(paths.MODEL, reference.task.auto_model_class()))
+            model = exportable(load_model(paths.MODEL, reference.task.auto_model_class()))
         except PipelineError as exc:
             record["skipped"] = str(exc)
             print(f"export: skipped: {exc}")

@@ -13,8 +13,8 @@ import torch
 
 from conftest import copy_of
 from helpers import REPO, assert_onnx_matches_pytorch, error_for, set_params
-from pipeline import methods
 from pipeline.errors import PipelineError
+from pipeline.methods.base import load_model
 from pipeline.modeling import head_pooling, load_for_training, load_tokenizer
 from pipeline.params import load_params
 from pipeline.tasks.registry import get_task
@@ -61,7 +61,7 @@ def test_the_unused_pooler_is_frozen_and_the_rest_trains(tiny_model: Path) -> No
 def test_a_mean_pooled_model_is_saved_and_loaded_as_it_was_trained(tiny_model: Path, tmp_path: Path) -> None:
     model = classifier(tiny_model, "mean")
     model.save_pretrained(tmp_path)
-    loaded = methods.load(tmp_path, get_task("single_label_classification").auto_model_class())
+    loaded = load_model(tmp_path, get_task("single_label_classification").auto_model_class())
     assert loaded.config.classifier_pooling == "mean"
     assert loaded.config.architectures == ["BertForSequenceClassification"]  # transformers' own name
     batch = load_tokenizer(tiny_model)(["a good film", "a bad film and a dull one"], padding=True, return_tensors="pt")

@@ -37,12 +37,13 @@ from helpers import (
     slow_steps_hook,
     venv_env,
 )
-from pipeline import data, methods, paths, predict, prompting, tracking
+from pipeline import data, paths, predict, prompting, tracking
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE, RUN_FILE
 from pipeline.encoding import IGNORE_INDEX
 from pipeline.errors import PipelineError
 from pipeline.inference import Predictor
+from pipeline.methods.registry import get_method
 from pipeline.params import load_params
 from pipeline.schema import IngestParams, PromptParams, TokenizeParams
 from pipeline.tasks.registry import get_task
@@ -143,7 +144,9 @@ def test_generation_with_left_padding_matches_one_prompt_at_a_time(tiny_llama: P
 def test_a_prefix_tuned_decoder_generates_what_its_forward_pass_reads_step_by_step(tiny_llama: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     finetune = load_params(REPO / "params.yaml", overrides={"finetune.method": "prefix"}).finetune
-    model = methods.prepare(AutoModelForCausalLM.from_pretrained(tiny_llama), finetune, "CAUSAL_LM", total_steps=1)
+    model = get_method("prefix").prepare(
+        AutoModelForCausalLM.from_pretrained(tiny_llama), finetune, "CAUSAL_LM", total_steps=1
+    )
     torch.manual_seed(0)
     with torch.no_grad():
         for weight in model.prompt_encoder.parameters():

@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from helpers import expect_user_error, set_params, without_onnx_export
-from pipeline import methods, paths, tracking
+from pipeline import paths, tracking
 from pipeline.card import CARD_FILE, ModelCard
 from pipeline.inference import Predictor, load_predictor
+from pipeline.methods.base import folder_bytes
+from pipeline.methods.registry import get_method
 from stages import evaluate, finetune
 
 TEXTS = ["a great and wonderful film", "dull boring plot", "the cast", "superb charming story but tedious"]
@@ -44,24 +46,25 @@ METHOD_PARAMS = {
 
 
 class Recorder:
-    """Wraps methods.prepare and methods.save to keep the model as training starts (a copy of every
+    """Wraps the method's prepare and save to keep the model as training starts (a copy of every
     parameter) and the model the saved folder should reproduce."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        prepare, save = methods.prepare, methods.save
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+        cls = type(get_method(method))
+        prepare, save = cls.prepare, cls.save
 
-        def recording_prepare(*args, **kwargs):
-            self.model = prepare(*args, **kwargs)
+        def recording_prepare(method_self, *args, **kwargs):
+            self.model = prepare(method_self, *args, **kwargs)
             self.initial = {n: p.detach().clone() for n, p in self.model.named_parameters()}
             return self.model
 
-        def recording_save(model, *args, **kwargs):
+        def recording_save(method_self, model, *args, **kwargs):
             self.trained = copy.deepcopy(model)  # merging rewrites the model in place
-            self.saved = save(model, *args, **kwargs)
+            self.saved = save(method_self, model, *args, **kwargs)
             return self.saved
 
-        monkeypatch.setattr(methods, "prepare", recording_prepare)
-        monkeypatch.setattr(methods, "save", recording_save)
+        monkeypatch.setattr(cls, "prepare", recording_prepare)
+        monkeypatch.setattr(cls, "save", recording_save)
 
     def changed(self) -> set[str]:
         return {n for n, p in self.trained.named_parameters() if not torch.equal(p.detach(), self.initial[n])}
@@ -84,7 +87,7 @@ def test_method_trains_what_it_says_and_reloads_to_identical_logits(
     changes = {"finetune.method": variant, **METHOD_PARAMS[variant]}
     method = changes["finetune.method"]
     set_params(tokenized_project, changes)
-    recorder = Recorder(monkeypatch)
+    recorder = Recorder(monkeypatch, method)
     finetune.main()
 
     trainable, changed = recorder.trainable(), recorder.changed()
@@ -111,7 +114,7 @@ def test_method_trains_what_it_says_and_reloads_to_identical_logits(
     else:
         assert stats.trainable_params < stats.total_params
     assert stats.train_seconds > 0 and stats.peak_rss_mib > 100
-    assert stats.artifact_bytes == methods.folder_bytes(paths.MODEL, exclude=CARD_FILE)  # the card is written after
+    assert stats.artifact_bytes == folder_bytes(paths.MODEL, exclude=CARD_FILE)  # the card is written after
     adapter_folder = method in ("lora", "adalora", "prefix", "ia3") and not changes.get("finetune.merge_adapter")
     assert (paths.MODEL / "adapter_config.json").exists() == adapter_folder
     if adapter_folder:

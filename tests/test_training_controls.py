@@ -13,8 +13,9 @@ from datasets import Dataset
 from safetensors.torch import load_file
 
 from helpers import set_params
-from pipeline import data, methods, paths, training
+from pipeline import data, paths, training
 from pipeline.errors import PipelineError
+from pipeline.methods.base import is_head_parameter
 from pipeline.params import load_params
 from pipeline.tasks.registry import get_task
 from pipeline.training import Prepared, class_weights, fit, loss_function, prepare
@@ -60,7 +61,7 @@ def test_head_has_its_own_learning_rate_through_the_schedule(tokenized_project: 
     names = {id(p): n for n, p in model.named_parameters()}
     ratios = set()
     for group in run.trainer.optimizer.param_groups:
-        heads = {methods.is_head_parameter(names[id(p)], model) for p in group["params"]}
+        heads = {is_head_parameter(names[id(p)], model) for p in group["params"]}
         assert len(heads) == 1  # a group is all head or all encoder
         assert group["initial_lr"] == (1e-2 if heads.pop() else 1e-4)
         ratios.add(round(group["lr"] / group["initial_lr"], 9))
