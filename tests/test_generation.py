@@ -308,7 +308,9 @@ def test_decoder_params_that_do_not_apply_are_refused_naming_the_key(
 
 
 @pytest.mark.parametrize(("method", "merge"), [("lora", True), ("prefix", False)])  # merged; fed to every layer
-def test_peft_methods_train_save_and_load_a_decoder(decoder_project: Path, method: str, merge: bool) -> None:
+def test_peft_methods_train_save_and_load_a_decoder(
+    decoder_project: Path, method: str, merge: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     set_params(
         decoder_project,
         {
@@ -318,14 +320,25 @@ def test_peft_methods_train_save_and_load_a_decoder(decoder_project: Path, metho
             "finetune.eval_steps": 4,
         },
     )
+    cls, saved = type(get_method(method)), {}
+    save = cls.save
+    monkeypatch.setattr(cls, "save", lambda self, model, *a, **k: saved.setdefault("model", save(self, model, *a, **k)))
     for stage in (ingest, split, tokenize, finetune):
         stage.main()
     card = json.loads((paths.MODEL / "training.json").read_text())
     assert card["training"]["trainable_params"] < card["training"]["total_params"]
     assert (paths.MODEL / "adapter_config.json").is_file() != merge  # a merged LoRA is a plain model
-    predicted = Predictor(paths.MODEL).predict(["a great film", "a dull plot"])
+    texts = ["a great film", "a dull plot"]
+    predicted = Predictor(paths.MODEL).predict(texts)
     assert set(predicted["label"]) <= {"negative", "positive"}
     assert predicted["score"].between(0.5, 1).all()
+    # Loaded from its folder, the model scores the label words as the trained model in memory did.
+    in_memory = Predictor(paths.MODEL)
+    in_memory.model = saved["model"].eval()
+    expected = in_memory.predict(texts)
+    for column in ("score_negative", "score_positive"):
+        np.testing.assert_allclose(predicted[column], expected[column], atol=1e-5)
+    assert predicted["label"].tolist() == expected["label"].tolist()
 
 
 @pytest.mark.e2e  # a training process killed and started again

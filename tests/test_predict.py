@@ -72,13 +72,17 @@ def test_predictions_equal_in_process_predictions(
         assert out[f"predicted_{column}"].to_numpy() == pytest.approx(expected[column].to_numpy(), abs=1e-6)
 
 
-def test_predicts_from_a_registry_uri(register, tmp_path: Path, texts: pd.DataFrame) -> None:
+def test_predicts_from_a_registry_uri_what_the_registered_weights_predict(
+    register, trained: dict[str, Path], tmp_path: Path, texts: pd.DataFrame
+) -> None:
     register("good")
     source_file = write(texts, tmp_path / "in.csv")
     predict.run(
         [
             "--model",
             "models:/sentiment-classifier@challenger",
+            "--runtime",
+            "torch",
             "--input",
             str(source_file),
             "--output",
@@ -87,7 +91,12 @@ def test_predicts_from_a_registry_uri(register, tmp_path: Path, texts: pd.DataFr
             "review",
         ]
     )
-    assert len(pd.read_parquet(tmp_path / "out.parquet")) == 50
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    expected = Predictor(trained["good"]).predict(texts["review"].tolist())  # the folder that was registered
+    assert out["review"].tolist() == texts["review"].tolist()
+    assert out["predicted_label"].tolist() == expected["label"].tolist()
+    for column in ("score", "score_negative", "score_positive"):
+        assert out[f"predicted_{column}"].to_numpy() == pytest.approx(expected[column].to_numpy(), abs=1e-6)
 
 
 def test_reads_and_writes_in_chunks(
