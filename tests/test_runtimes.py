@@ -96,11 +96,10 @@ def test_a_decoders_classifier_exports_without_its_cache_and_unfused(
 
 def test_int8_quantisation_survives_stale_shape_annotations(exported: dict, tmp_path: Path) -> None:
     """Shape annotations (value_info) that disagree with the graph, as the dynamo exporter's can after its
-    optimiser rewrites nodes: quantised as they are, the int8 graph does not load; without them it does,
-    and equals the int8 graph of the clean export."""
+    optimiser rewrites nodes (onnxruntime 1.32's quantiser then wrote a graph that did not load): the
+    pipeline's quantisation drops them, and its int8 graph loads and equals the int8 graph of the clean export."""
     import numpy as np
     import onnxruntime
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from pipeline.runtimes import quantize_int8
 
@@ -112,10 +111,8 @@ def test_int8_quantisation_survives_stale_shape_annotations(exported: dict, tmp_
     stale = tmp_path / "stale.onnx"
     onnx.save(graph, str(stale))
 
-    quantize_dynamic(str(stale), str(tmp_path / "plain.int8.onnx"), weight_type=QuantType.QInt8)
-    with pytest.raises(Exception, match="ShapeInferenceError|Incompatible dimensions"):
-        onnxruntime.InferenceSession(str(tmp_path / "plain.int8.onnx"))
-
+    # onnxruntime's own quantize_dynamic on this graph gave a model that does not load (ShapeInferenceError,
+    # onnxruntime 1.32); the test asserts the workaround's effect, not that the bug is still there.
     quantize_int8(stale, tmp_path / "ours.int8.onnx")
     feed = {"input_ids": np.array([[2, 10, 11, 12, 3]]), "attention_mask": np.ones((1, 5), dtype=np.int64)}
     ours = onnxruntime.InferenceSession(str(tmp_path / "ours.int8.onnx")).run(None, feed)[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import inside, make_project
+from conftest import inside, make_project, write_sentiment_tsv
 from helpers import free_port, post, running_server, serve_command, venv_env
 from pipeline import paths, promote, tracking
 from pipeline.inference import Predictor
@@ -27,7 +27,7 @@ def server(
     """The good model registered and promoted in a project of its own, served by one server for the module:
     (its /invocations URL, the runtime evaluate registered it with)."""
     base = tmp_path_factory.mktemp("serving")
-    root = make_project(base / "project", base / "unused.tsv", tiny_model)
+    root = make_project(base / "project", write_sentiment_tsv(base / "unused.tsv"), tiny_model)
     shutil.copytree(trained["good"], root / paths.MODEL)
     shutil.copytree(trained["good_onnx"], root / paths.ONNX)
     shutil.copytree(trained["split_a"], root / paths.SPLIT)
