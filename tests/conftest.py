@@ -250,18 +250,16 @@ def make_project(root: Path, data_file: Path, model_dir: Path, *, repo: bool = F
 
 def init_repo(root: Path) -> None:
     """Make a project folder a git + DVC repository with everything in it committed, as a user's clone is:
-    the code and params in git, the data in data/raw/ tracked by DVC."""
+    the code, params and the data in data/raw/ in git."""
     env_bin = str(Path(sys.executable).parent)
     run = lambda *cmd: subprocess.run(cmd, cwd=root, check=True, capture_output=True)  # noqa: E731
     run("git", "init", "-q", "-b", "main")
     run(f"{env_bin}/dvc", "init", "-q")
     run(f"{env_bin}/dvc", "config", "core.analytics", "false")
-    # The user's data in data/raw/ is DVC's, as the README says (`dvc add`): git ignores it, so experiment
-    # workspaces and fresh clones get it from DVC's cache or remote.
-    for entry in sorted((root / "data" / "raw").iterdir()):
-        if entry.name not in ("README.md", ".gitignore") and entry.suffix != ".dvc":
-            run(f"{env_bin}/dvc", "add", "-q", str(entry.relative_to(root)))
     run("git", "add", "-A")
+    # The user's data in data/raw/ is committed, as the README says for small data (`git add -f`: the
+    # project's .gitignore keeps data out by default), so DVC's experiment workspaces and clones have it.
+    run("git", "add", "-f", "data/raw")
     run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "tiny project")
 
 
