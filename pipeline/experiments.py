@@ -8,6 +8,11 @@ Experiments are ranked by `best_validation.<finetune.metric_for_best_model>` of 
 (the evaluation whose weights the run kept), in the direction early stopping used. The test metrics are
 shown beside them but never decide: choosing by the test split would make its score an optimistic
 estimate of the chosen model. The experiments are those of the workspace's commit (`dvc exp show`).
+
+A sweep is ranked whole or not at all: while an experiment is queued or running, or where one failed, the
+pick stops and names them (`--partial` ranks the finished ones anyway). A failed experiment is not only the
+user's: DVC's queue can fail one with two or more workers and no log (treeverse/dvc#10673), and a winner
+picked from the survivors would quietly be the winner of another sweep.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from pipeline.params import flat_params, load_params
 
 TRAIN_METRICS = "reports/train/metrics.json"
 TEST_METRICS = "reports/eval/metrics.json"
+# The states `dvc exp show` gives an experiment that has no final result (a finished one: "Success" or none).
+UNFINISHED_STATES = ("Queued", "Running", "Failed")
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ def finished_experiments(rows: list[dict[str, Any]], metric: str, varying: list[
     """The experiments (not the baseline commit) that have a validation metric, i.e. that ran to the end."""
     finished = []
     for row in rows:
-        if row.get("typ") == "baseline" or row.get("State") in ("Queued", "Running", "Failed"):
+        if row.get("typ") == "baseline" or row.get("State") in UNFINISHED_STATES:
             continue
         validation = column(row, TRAIN_METRICS, f"best_validation.{metric}")
         if validation is None:
@@ -61,6 +68,28 @@ def finished_experiments(rows: list[dict[str, Any]], metric: str, varying: list[
             )
         )
     return finished
+
+
+def unfinished(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The experiments still queued or running, and those that failed, by the state DVC reports."""
+    states: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("typ") != "baseline" and row.get("State") in UNFINISHED_STATES:
+            states.setdefault(row["State"].lower(), []).append(row.get("Experiment") or row["rev"])
+    return states
+
+
+def refuse_partial_sweep(states: dict[str, list[str]]) -> None:
+    """Stop, naming the experiments that keep the sweep from being whole (see the module's doc)."""
+    if not states:
+        return
+    listed = "; ".join(f"{state}: {', '.join(names)}" for state, names in states.items())
+    hint = (
+        "re-queue a failed one with `dvc exp run --queue -S ...` (`dvc queue logs NAME` says why it failed)"
+        if "failed" in states
+        else "wait for `dvc queue status` to show none queued or running"
+    )
+    raise PipelineError(f"the sweep is not whole ({listed}): {hint}, or rank the finished ones with --partial")
 
 
 def varying_params(rows: list[dict[str, Any]], param_keys: list[str]) -> list[str]:
@@ -87,6 +116,11 @@ def table(experiments: list[Finished], metric: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pipeline-pick-experiment", description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-apply", action="store_true", help="print the ranking only")
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="rank the finished experiments though others are still queued or running, or failed",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     import dvc.api
     from dvc.repo import Repo
@@ -94,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     metric = params.finetune.metric_for_best_model
     rows = dvc.api.exp_show()
+    if not args.partial:
+        refuse_partial_sweep(unfinished(rows))
     experiments = [row for row in rows if row.get("typ") != "baseline"]
     axes = varying_params(experiments, list(flat_params(params)))
     best_first = ranked(finished_experiments(rows, metric, axes), params.finetune.greater_is_better)
