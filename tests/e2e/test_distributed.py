@@ -17,7 +17,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import inside
+from builders import inside
 from helpers import expect_user_error, free_port, raw_data, set_params, slow_steps_hook
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
@@ -205,11 +205,18 @@ METHODS = ("full", "freeze", "lora", "adalora", "prefix", "ia3")
 
 def task_projects(base: Path, tiny_model: Path, tiny_llama: Path) -> dict[str, Path]:
     """A tokenized tiny project of each task besides single-label, from the data builders of its tests."""
-    from conftest import NER_PARAMS, make_project, write_conll, write_sentiment_tsv
+    from builders import (
+        NER_PARAMS,
+        PAIR_PARAMS,
+        PROMPT,
+        label_set_rows,
+        make_project,
+        pair_rows,
+        write_conll,
+        write_responses,
+        write_sentiment_tsv,
+    )
     from stages import ingest, split, tokenize
-    from test_generation import PROMPT, write_responses
-    from test_multilabel import label_set_rows
-    from test_text_pairs import PAIR_PARAMS, pair_rows
 
     sets = base / "sets.jsonl"
     sets.write_text("".join(json.dumps({"text": t, "topics": labels}) + "\n" for t, labels in label_set_rows(60)))

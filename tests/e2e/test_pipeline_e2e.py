@@ -9,13 +9,14 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import make_project, write_sentiment_tsv
+from builders import make_project, write_sentiment_tsv
 from helpers import (
     ALL_STAGES,
     changed_stages,
@@ -36,14 +37,30 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+def first_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tuple[Path, list[str]]:
+    """A tiny project whose whole DAG ran once and was committed ("first run"): (its folder, the stages
+    that first `dvc repro` ran)."""
     base = tmp_path_factory.mktemp("e2e")
-    data = write_sentiment_tsv(base / "reviews.tsv")
-    return make_project(base / "project", data, tiny_model, repo=True)
+    root = make_project(base / "project", write_sentiment_tsv(base / "reviews.tsv"), tiny_model, repo=True)
+    ran = dvc_repro(root)
+    commit(root, "first run")
+    return root, ran
 
 
-def test_repro_runs_every_stage_in_order(repo: Path) -> None:
-    assert dvc_repro(repo) == ALL_STAGES
+@pytest.fixture
+def repo(first_run: tuple[Path, list[str]]) -> Iterator[Path]:
+    """The project as its first run left it; whatever a test changed, committed or ran is undone after it
+    (git back to the "first run" commit, DVC's outputs back to its dvc.lock), so each test stands alone."""
+    root = first_run[0]
+    head = sh(root, "git", "rev-parse", "HEAD").strip()
+    yield root
+    sh(root, "git", "reset", "-q", "--hard", head)
+    sh(root, "git", "clean", "-fdq")  # untracked files; git-ignored outputs are DVC's to restore
+    sh(root, "dvc", "checkout", "--force")
+
+
+def test_repro_runs_every_stage_in_order(first_run: tuple[Path, list[str]], repo: Path) -> None:
+    assert first_run[1] == ALL_STAGES
     assert (repo / "reports" / "report.md").read_text().startswith("# Sentiment fine-tuning report")
     assert {p.name for p in (repo / "reports" / "figures").iterdir()} >= {
         "learning_curves.png",
@@ -51,7 +68,6 @@ def test_repro_runs_every_stage_in_order(repo: Path) -> None:
         "per_class_f1.png",
     }
     assert (repo / "mlflow.db").is_file()
-    commit(repo, "first run")
 
 
 def test_registered_version_carries_the_dvc_lock_hashes(repo: Path) -> None:
@@ -103,6 +119,8 @@ def test_learning_rate_reruns_finetune_and_what_follows(repo: Path) -> None:
 
 
 def test_metrics_and_plots_diff_across_commits(repo: Path) -> None:
+    set_params(repo, {"finetune.learning_rate": 0.003})
+    dvc_repro(repo)  # DVC's run cache may restore the outputs of an earlier run with these params
     params_diff = json.loads(sh(repo, "dvc", "params", "diff", "HEAD", "--json"))
     change = params_diff["params.yaml"]["finetune.learning_rate"]
     assert (change["old"], change["new"]) == (0.001, 0.003)
@@ -111,7 +129,6 @@ def test_metrics_and_plots_diff_across_commits(repo: Path) -> None:
     plots = json.loads(sh(repo, "dvc", "plots", "diff", "HEAD", "--json", "--split"))["data"]
     for name in ("Learning curves", "reports/eval/confusion.csv", "reports/train/plots/metrics/train/loss.tsv"):
         assert [p["revisions"] for p in plots[name]] == [["workspace", "HEAD"]], name
-    commit(repo, "higher learning rate")
 
 
 def test_a_fresh_clone_pulls_every_output_from_an_s3_remote_and_has_nothing_to_rerun(
@@ -164,7 +181,7 @@ def test_a_finetune_killed_under_dvc_repro_resumes_on_the_next_repro(tmp_path: P
     import signal
     import time
 
-    from test_resume import SCHEDULE
+    from builders import SCHEDULE
 
     root = make_project(tmp_path / "project", write_sentiment_tsv(tmp_path / "reviews.tsv"), tiny_model, repo=True)
     set_params(root, SCHEDULE)

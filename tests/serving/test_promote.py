@@ -14,7 +14,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from builders import REPO
 from helpers import expect_user_error, set_params
 from pipeline import paths, promote, registry
 from pipeline.card import ModelCard

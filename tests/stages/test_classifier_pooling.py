@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import copy_of
+from builders import copy_of
 from helpers import REPO, assert_onnx_matches_pytorch, error_for, set_params
 from pipeline.errors import PipelineError
 from pipeline.methods.base import load_model

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_project, write_sentiment_tsv
+from builders import make_project, write_sentiment_tsv
 from helpers import changed_stages, commit, sh
 
 

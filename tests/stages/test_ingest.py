@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import write_sentiment_tsv
+from builders import write_sentiment_tsv
 from helpers import expect_user_error, raw_data, set_params
 from pipeline import paths
 from stages import ingest

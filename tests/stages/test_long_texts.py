@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import write_sentiment_tsv
-from helpers import assert_onnx_matches_pytorch, raw_data, set_params
+from builders import write_sentiment_tsv
+from helpers import REPO, assert_onnx_matches_pytorch, raw_data, set_params
 from pipeline import data, paths
 from pipeline.encoding import encode_texts, pool
 from pipeline.errors import PipelineError
@@ -111,7 +111,7 @@ def _long_text_benchmark():
     import importlib
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         return importlib.import_module("long_texts"), importlib.import_module("results")
     finally:

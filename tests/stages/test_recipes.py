@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import sentiment_rows
+from builders import sentiment_rows
 from helpers import REPO, set_params
 from pipeline import paths
 from stages import ingest, split

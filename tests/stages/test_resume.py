@@ -17,21 +17,13 @@ import mlflow
 import pytest
 from safetensors.torch import load_file
 
-from conftest import inside
+from builders import SCHEDULE, inside
 from helpers import expect_user_error, set_params, slow_steps_hook
 from pipeline import paths, tracking, training
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE, RUN_FILE
 from pipeline.params import load_params
 from stages import finetune
-
-SCHEDULE = {
-    "finetune.max_steps": 16,
-    "finetune.eval_steps": 4,
-    "finetune.logging_steps": 1,
-    "finetune.per_device_train_batch_size": 8,
-    "finetune.early_stopping_patience": None,
-}
 
 
 def weights(model_dir: Path) -> dict:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from datasets import load_from_disk
 
-from conftest import write_sentiment_tsv
+from builders import write_sentiment_tsv
 from helpers import expect_user_error, raw_data, set_params
 from pipeline import paths
 from stages import ingest, split, tokenize

@@ -23,7 +23,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import CHAT_TEMPLATE, REPO, build_tiny_llama, init_repo, sentiment_rows, tiny_llama_config
+from builders import (
+    CHAT_TEMPLATE,
+    PROMPT,
+    REPO,
+    build_tiny_llama,
+    init_repo,
+    tiny_llama_config,
+    write_responses,
+)
 from helpers import (
     ALL_STAGES,
     dvc_repro,
@@ -50,9 +58,6 @@ from pipeline.tasks.registry import get_task
 from stages import evaluate, export, finetune, ingest, report, split, tokenize
 
 TASK = get_task("generative_classification")
-
-
-PROMPT = {"template": "review : {text} sentiment ?", "label_words": {"negative": "bad", "positive": "good"}}
 
 
 def table(texts: list[str], labels: list[str]) -> pd.DataFrame:
@@ -377,17 +382,6 @@ def test_a_decoder_finetune_killed_with_sigkill_resumes_in_the_same_mlflow_run(
 
 
 # ---- free text (task text_generation) ----------------------------------------------------------------
-
-
-def write_responses(path: Path, n: int = 120) -> Path:
-    """JSON Lines of (review, summary): the summary says "good film" or "bad film" as the review's words do."""
-    lines = [
-        json.dumps({"review": text, "summary": "good film" if rating > 0 else "bad film"})
-        for rating, text in sentiment_rows(n)
-    ]
-    lines += [json.dumps({"review": "", "summary": "good film"}), json.dumps({"review": "a film", "summary": None})]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def chat(*said: str, system: str | None = None) -> list[dict[str, str]]:

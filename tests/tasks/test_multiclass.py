@@ -11,7 +11,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import FILLER, NEGATIVE, POSITIVE
+from builders import FILLER, NEGATIVE, POSITIVE
 from helpers import assert_onnx_matches_pytorch, raw_data, set_params
 from pipeline import paths, tracking
 from stages import evaluate, export, finetune, ingest, report, split, tokenize

@@ -5,40 +5,17 @@ per-label report, through the same stages."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 
-from conftest import FILLER, NEGATIVE, POSITIVE
+from builders import label_set_rows
 from helpers import assert_onnx_matches_pytorch, expect_user_error, raw_data, set_params
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
 from stages import evaluate, export, finetune, ingest, report, split, tokenize
-
-
-def label_set_rows(n: int, seed: int = 0) -> list[tuple[str, list[str]]]:
-    """Texts with praise words, complaint words, both or neither, labelled accordingly."""
-    rng = random.Random(seed)
-    rows, seen = [], set()
-    while len(rows) < n:
-        kind = len(rows) % 4  # 0 none, 1 praise, 2 complaint, 3 both
-        words = rng.sample(FILLER, rng.randint(3, 7))
-        labels = []
-        if kind in (1, 3):
-            words.append(rng.choice(POSITIVE))
-            labels.append("praise")
-        if kind in (2, 3):
-            words.append(rng.choice(NEGATIVE))
-            labels.append("complaint")
-        rng.shuffle(words)
-        text = " ".join(words)
-        if text not in seen:
-            seen.add(text)
-            rows.append((text, sorted(labels)))
-    return rows
 
 
 @pytest.fixture

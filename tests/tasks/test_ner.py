@@ -11,7 +11,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import NER_PARAMS, write_conll
+from builders import NER_PARAMS, write_conll
 from helpers import assert_onnx_matches_pytorch, expect_user_error, raw_data, set_params
 from pipeline import data, paths, tracking
 from pipeline.card import ModelCard

@@ -4,45 +4,19 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 
-from conftest import sentiment_rows
+from builders import PAIR_PARAMS, pair_rows
 from helpers import assert_onnx_matches_pytorch, expect_user_error, raw_data, set_params
 from pipeline import data, paths, predict, tracking
 from pipeline.errors import PipelineError
 from pipeline.inference import Predictor
 from pipeline.params import load_params
 from stages import evaluate, export, finetune, ingest, split, tokenize
-
-PAIR_PARAMS = {
-    "ingest.format": "csv",
-    "ingest.header": True,
-    "ingest.column_names": None,
-    "ingest.score_to_label": None,
-    "ingest.text_column": ["premise", "reply"],
-    "ingest.label_column": "label",
-}
-
-
-def pair_rows(n: int) -> pd.DataFrame:
-    """A premise (random sentiment) and a reply; the label is the reply's sentiment, so only a model that
-    reads the second text can learn it."""
-    rng = random.Random(3)
-    replies = sentiment_rows(n, seed=11)
-    premises = [text for _, text in sentiment_rows(n, seed=12)]
-    rng.shuffle(premises)
-    return pd.DataFrame(
-        {
-            "premise": premises,
-            "reply": [t for _, t in replies],
-            "label": ["agree" if r > 0 else "disagree" for r, _ in replies],
-        }
-    )
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from builders import REPO
 from pipeline.methods.registry import METHODS
 from pipeline.tasks.registry import TASKS
 
@@ -259,3 +259,34 @@ def test_the_library_never_imports_a_stage() -> None:
     """Registered models carry the pipeline package alone: it must not reach into stages/."""
     for file in (REPO / "pipeline").rglob("*.py"):
         assert not {m for m in imported_modules(file) if m.split(".")[0] == "stages"}, file
+
+
+TESTS = REPO / "tests"
+TEST_FOLDERS = {"unit", "tasks", "stages", "serving", "e2e"}
+
+
+def top_level_imports(file: Path) -> set[str]:
+    """The first names of the modules a file imports, at any depth of its code."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_test_modules_import_builders_and_helpers_never_another_test_module_or_conftest() -> None:
+    modules = sorted(TESTS.rglob("test_*.py"))
+    assert len(modules) > 20  # the rule looks where the tests are
+    offenders = {
+        str(file.relative_to(TESTS)): sorted(name for name in top_level_imports(file) if name.startswith("test_"))
+        + sorted({"conftest"} & top_level_imports(file))
+        for file in modules
+    }
+    assert {file: names for file, names in offenders.items() if names} == {}
+
+
+def test_tests_live_in_the_folders_that_mirror_the_product_and_nowhere_else() -> None:
+    assert not list(TESTS.glob("test_*.py"))  # none loose at the top
+    assert {file.parent.name for file in TESTS.rglob("test_*.py")} == TEST_FOLDERS

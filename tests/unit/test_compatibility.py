@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, write_sentiment_tsv
+from builders import REPO, write_sentiment_tsv
 from helpers import free_port, running_server, serve_command, venv_env
 from pipeline.card import CARD_FILE, SCHEMA_VERSION, EncodingSpec, ModelCard
 from pipeline.errors import PipelineError

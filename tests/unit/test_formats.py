@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import sentiment_rows
+from builders import sentiment_rows
 from helpers import expect_user_error, raw_data, set_params
 from pipeline import paths
 from stages import ingest, split

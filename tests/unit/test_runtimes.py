@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from conftest import copy_of, project_run_through
+from builders import copy_of, project_run_through
 from helpers import assert_onnx_matches_pytorch
 from pipeline import paths
 from pipeline.runtimes import ONNX_FILES
@@ -67,7 +67,7 @@ def test_a_decoders_classifier_exports_without_its_cache_and_unfused(
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, LlamaForSequenceClassification
 
-    from conftest import tiny_llama_config
+    from builders import tiny_llama_config
     from pipeline.runtimes import export_onnx
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
