@@ -32,6 +32,7 @@ from pipeline.errors import PipelineError, atomic_file, stage_main
 from pipeline.inference import Predictor, load_predictor
 from pipeline.prompting import Sampling
 from pipeline.runtimes import RUNTIMES
+from pipeline.tables import write_csv
 
 PREFIX = "predicted_"  # predicted_label, predicted_score, predicted_score_<label>: never clash with input columns
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -142,14 +143,23 @@ class ChunkWriter:
                 for record in frame.to_dict(orient="records"):
                     fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         else:
-            frame.to_csv(
-                self.path, mode="a", header=self.rows == 0, index=False, sep="\t" if self.kind == "tsv" else ","
-            )
+            write_csv(frame, self.path, sep="\t" if self.kind == "tsv" else ",", append=True)
         self.rows += len(frame)
 
     def close(self) -> None:
         if self.parquet is not None:
             self.parquet.close()
+
+
+def refuse_prediction_columns(chunk: pd.DataFrame, source: Path) -> None:
+    """An input that already has predicted_* columns (an earlier output, read back) would get a second set:
+    JSON Lines would keep one of each pair, Parquet cannot hold both. Refused, naming them."""
+    clashing = [str(column) for column in chunk.columns if str(column).startswith(PREFIX)]
+    if clashing:
+        raise PipelineError(
+            f"{source}: the input already has prediction columns ({', '.join(clashing)}): predict from the "
+            f"original file, or rename or drop them"
+        )
 
 
 def predict_file(
@@ -158,6 +168,8 @@ def predict_file(
     """Predict every row of `source` into `target`; returns the number of rows. A pair model reads its
     second text from `pair_column`."""
     kind = file_format(target)
+    if target.resolve() == source.resolve() or (target.exists() and source.exists() and target.samefile(source)):
+        raise PipelineError(f"{target}: the output is the input file; write the predictions to another file")
     total = _parquet_rows(source) if file_format(source) == "parquet" and source.is_file() else None
     with atomic_file(target) as tmp:
         writer = ChunkWriter(tmp, kind)
@@ -167,6 +179,8 @@ def predict_file(
             for chunk in read_chunks(source, chunk_size):
                 columns = [text_column] + ([pair_column] if pair_column else [])
                 require_columns(chunk, source, *columns)
+                if first_row == 1:
+                    refuse_prediction_columns(chunk, source)
                 for column in columns:
                     bad = chunk[column].map(lambda v: not isinstance(v, str) or not v.strip()).to_numpy()
                     if bad.any():

@@ -39,6 +39,7 @@ from pipeline.registry import exclusive
 from pipeline.runtimes import ONNX_FILES, TORCH, machine, read_export_card, timed_outcomes
 from pipeline.schema import EvaluateParams, ExportParams
 from pipeline.sources import tree_sha256
+from pipeline.tables import write_csv
 from pipeline.tasks.base import Outcomes, Task
 from pipeline.tasks.registry import get_task
 
@@ -223,9 +224,9 @@ def main() -> None:
     with atomic_dir(paths.EVAL) as out:
         data.write_json({k: v for k, v in metrics.items() if k != "confusion_matrix"}, out / "metrics.json")
         data.write_json({k: v for k, v in baseline.items() if k != "confusion_matrix"}, out / "baseline.json")
-        pairs.to_csv(out / "confusion.csv", index=False)
+        write_csv(pairs, out / "confusion.csv")
         write_curves(curve_tables, out / "plots")
-        errors.to_csv(out / "errors.csv", index=False)
+        write_csv(errors, out / "errors.csv")
         data.write_json(runtimes, out / "runtimes.json")
         with _training_run(card):
             mlflow.log_metrics(
@@ -367,7 +368,7 @@ def write_curves(tables: dict[str, dict], folder: Path) -> None:
         (folder / kind).mkdir(parents=True)
         for name, table in curves_of_kind.items():
             safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-            table.to_csv(folder / kind / f"{safe}.csv", index=False)
+            write_csv(table, folder / kind / f"{safe}.csv")
 
 
 def beats_baseline_line(baseline_name: str, versus: PairedComparison, alpha: float) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import sentiment_rows
+from builders import sentiment_rows
 from helpers import expect_user_error
 from pipeline import predict
 from pipeline.inference import Predictor
@@ -234,3 +234,65 @@ def test_a_corrupt_model_file_is_a_one_line_error(
     )
     assert "cannot load the model" in expect_user_error(predict.main, capsys)
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet"])
+def test_an_output_path_equal_to_the_input_is_refused_and_the_input_is_kept(
+    trained: dict[str, Path],
+    texts: pd.DataFrame,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    source = write(texts, tmp_path / f"in.{kind}")
+    before = source.read_bytes()
+    # the same file under two spellings: a relative path and the absolute one
+    argv = ["--model", str(trained["good"]), "--input", source.name, "--output", str(source), "--text-column", "review"]
+    monkeypatch.setattr("sys.argv", ["predict", *argv])
+    assert "the output is the input file" in expect_user_error(predict.main, capsys)
+    assert source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [source.name]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "csv"])
+def test_an_earlier_output_given_as_input_is_refused_naming_its_prediction_columns(
+    trained: dict[str, Path],
+    texts: pd.DataFrame,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    first = tmp_path / f"first.{kind}"
+    args = ["--model", str(trained["good"]), "--text-column", "review"]
+    predict.run([*args, "--input", str(write(texts, tmp_path / "in.csv")), "--output", str(first)])
+    again = tmp_path / f"again.{kind}"
+    monkeypatch.setattr("sys.argv", ["predict", *args, "--input", str(first), "--output", str(again)])
+    err = expect_user_error(predict.main, capsys)
+    assert "already has prediction columns (predicted_label, predicted_score" in err
+    assert not again.exists()
+
+
+@pytest.mark.parametrize("kind", ["csv", "tsv"])
+def test_texts_with_line_breaks_quotes_and_separators_come_back_unchanged_from_a_csv_output(
+    trained: dict[str, Path], tmp_path: Path, kind: str
+) -> None:
+    texts = [
+        "a bare\rreturn",
+        "a\nnewline",
+        "a\r\nwindows break",
+        'a "quoted" word',
+        "a, comma",
+        "a\ttab",
+        "ctl\x01\x1f",
+    ]
+    source = write(pd.DataFrame({"review": texts}), tmp_path / "in.parquet")
+    target = tmp_path / f"out.{kind}"
+    predict.run(
+        ["--model", str(trained["good"]), "--input", str(source), "--output", str(target), "--text-column", "review"]
+    )
+    out = pd.read_csv(target, sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False)
+    assert out["review"].tolist() == texts
+    assert out["predicted_label"].tolist() == Predictor(trained["good"]).predict(texts)["label"].tolist()
