@@ -70,12 +70,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _permissions_of_the_umask(folder: Path) -> None:
+    """Files rw and folders rwx for whom the umask allows (a file its owner may run: rwx)."""
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            path.chmod(0o777 & ~mask)
+        else:
+            executable = 0o111 if path.stat().st_mode & 0o100 else 0
+            path.chmod((0o666 | executable) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces `target` only if the block succeeds.
 
-    The temporary directory is a sibling of `target` so the final rename stays on one filesystem; it gets
-    the permissions of a folder made under the user's umask (mkdtemp makes it private).
+    The temporary directory is a sibling of `target` so the final rename stays on one filesystem. What it
+    holds gets the permissions of files and folders made under the user's umask: mkdtemp makes the folder
+    private, and some writers (safetensors' model.safetensors) make their file private too.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +101,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _permissions_of_the_umask(tmp)
     if target.is_dir() and not target.is_symlink():
         shutil.rmtree(target)
     elif target.exists() or target.is_symlink():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import copy_of, project_run_through
+from builders import copy_of, project_run_through
 from helpers import expect_user_error, raw_data, set_params
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
@@ -49,6 +50,9 @@ def test_model_folder_is_complete(evaluated: dict) -> None:
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     assert card.training.global_step > 0 and card.training.best_checkpoint_step is not None
     assert not paths.CHECKPOINTS.exists()  # checkpoints are cleaned once the model is saved
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in paths.MODEL.iterdir()} == dict.fromkeys(files, 0o666 & ~umask)
 
 
 def test_dvc_plots_hold_per_step_loss_and_per_epoch_validation(evaluated: dict) -> None:
@@ -63,7 +67,7 @@ def test_dvc_plots_hold_per_step_loss_and_per_epoch_validation(evaluated: dict) 
 
 
 def test_test_metrics_are_sliced_by_a_column_carried_through_ingest(project: Path, tmp_path: Path) -> None:
-    from conftest import sentiment_rows
+    from builders import sentiment_rows
 
     rows = sentiment_rows(120)
     raw = pd.DataFrame(

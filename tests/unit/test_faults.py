@@ -253,7 +253,7 @@ def test_a_label_written_as_nan_is_a_missing_label_not_a_class(
 
 @pytest.mark.parametrize("value", [True, 2.5, "3"])
 def test_integer_params_take_whole_numbers_only(value: object) -> None:
-    from conftest import REPO
+    from builders import REPO
     from pipeline.params import load_params
 
     with pytest.raises(PipelineError, match=r"finetune.early_stopping_patience: Input should be a valid integer"):
@@ -329,11 +329,16 @@ def test_a_stage_removes_the_temporaries_of_killed_runs_and_keeps_live_ones(tmp_
 def test_outputs_get_the_permissions_of_the_umask(tmp_path: Path) -> None:
     previous = os.umask(0o022)
     try:
-        with atomic_dir(tmp_path / "folder"):
-            pass
+        with atomic_dir(tmp_path / "folder") as folder:
+            # a writer that makes its file private, as safetensors does with model.safetensors
+            (folder / "sub").mkdir(mode=0o700)
+            for name in ("weights", "sub/tokenizer.json", "run.sh"):
+                (folder / name).write_text("x")
+                (folder / name).chmod(0o700 if name == "run.sh" else 0o600)
         with atomic_file(tmp_path / "file.json") as tmp:
             tmp.write_text("{}")
     finally:
         os.umask(previous)
-    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [tmp_path / "folder", *(tmp_path / "folder").rglob("*")]}
+    assert modes == {"folder": 0o755, "sub": 0o755, "weights": 0o644, "tokenizer.json": 0o644, "run.sh": 0o755}
     assert (tmp_path / "file.json").stat().st_mode & 0o777 == 0o644
