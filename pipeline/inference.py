@@ -164,11 +164,11 @@ def load_predictor(model: str, runtime: str | None = None) -> Predictor:
     import mlflow
 
     try:
-        served = mlflow.pyfunc.load_model(model).unwrap_python_model()
+        # An explicit runtime replaces the registered one before the model loads, so what only the
+        # registered runtime reads (the int8 graph) need not be there for another (PyTorch).
+        served = mlflow.pyfunc.load_model(model, model_config={"runtime": runtime} if runtime else None)
     except mlflow.exceptions.MlflowException as exc:
         raise PipelineError(f"{model}: cannot load from MLflow: {str(exc).splitlines()[0]}") from None
-    if runtime is None or runtime == served.predictor.runtime:
-        return served.predictor
-    if runtime in ONNX_FILES and served.export_dir is None:
-        raise PipelineError(f"{model}: this version carries no ONNX graphs (registered with runtime torch)")
-    return Predictor(served.model_dir, runtime=runtime, export_dir=served.export_dir)
+    except PipelineError as exc:
+        raise PipelineError(f"{model}: {exc}") from None
+    return served.unwrap_python_model().predictor

@@ -23,6 +23,7 @@ both values, the difference, its 95 % interval and the p-value. Exit codes: 0 pr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -166,6 +167,7 @@ def promote(name: str, version: str | None, params: PromoteParams, *, dry_run: b
             reason=force_reason,
         )
         if promoted:
+            registry.require_loadable(name, decision["candidate"], "promoted")
             mlflow_client.set_registered_model_alias(name, registry.CHAMPION, decision["candidate"])
             if decision["champion"] is not None:
                 mlflow_client.set_model_version_tag(
@@ -199,6 +201,7 @@ def rollback(name: str, reason: str) -> int:
                 f"@{registry.CHAMPION} v{champion.version} of '{name}' has no previous champion to roll back to"
             )
         registry.get_version(mlflow_client, name, previous)
+        registry.require_loadable(name, previous, "rolled back to")
         mlflow_client.set_registered_model_alias(name, registry.CHAMPION, previous)
         registry.record_decision(
             mlflow_client,
@@ -250,6 +253,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Promotion reads a test table and loads the version from the store: no progress bars between the
+    # command's own lines (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=true brings them back).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     params = load_params(args.params)
     name = params.evaluate.registered_model_name
     if args.history:

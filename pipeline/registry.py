@@ -61,6 +61,18 @@ def get_version(mlflow_client: Any, name: str, version: str) -> Any:
         ) from None
 
 
+def require_loadable(name: str, version: str, purpose: str) -> None:
+    """Load the version as serving would (its files checked against the checksums recorded when it was
+    registered, pipeline/artifacts): a version that cannot serve never becomes the champion."""
+    import mlflow
+
+    try:
+        mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    except Exception as exc:  # any reason it cannot load is a reason not to serve it
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"v{version} of '{name}' cannot be loaded, so it is not {purpose}: {reason}") from None
+
+
 def test_metric(version: Any, metric: str) -> float:
     """The test metric evaluate recorded on a version (tag `test_<metric>`)."""
     value = version.tags.get(f"test_{metric}")

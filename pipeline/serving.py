@@ -22,9 +22,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from pipeline import artifacts
+from pipeline.errors import PipelineError
 from pipeline.inference import Predictor
 from pipeline.prompting import Sampling
-from pipeline.runtimes import TORCH
+from pipeline.runtimes import ONNX_FILES, TORCH
 
 MAX_TEXTS = "PIPELINE_MAX_REQUEST_TEXTS"
 MAX_CHARS = "PIPELINE_MAX_REQUEST_CHARS"
@@ -40,6 +42,10 @@ class _ServedModel(mlflow.pyfunc.PythonModel):
         self.model_dir = Path(context.artifacts["model_dir"])
         self.export_dir = Path(context.artifacts["onnx_dir"]) if "onnx_dir" in context.artifacts else None
         runtime = (context.model_config or {}).get("runtime", TORCH)
+        if runtime in ONNX_FILES and self.export_dir is None:
+            raise PipelineError(f"this version carries no ONNX graphs for runtime {runtime} (registered with torch)")
+        # What this runtime reads must be what was registered (the ONNX graphs only where they run).
+        artifacts.verify(context.artifacts, ["model_dir", *(["onnx_dir"] if runtime in ONNX_FILES else [])])
         self.predictor = Predictor(self.model_dir, runtime=runtime, export_dir=self.export_dir)
         self.max_texts = int(os.environ.get(MAX_TEXTS, 1000))
         self.max_chars = int(os.environ.get(MAX_CHARS, 1_000_000))

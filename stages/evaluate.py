@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline import data, paths, pyfunc_model, tracking
+from pipeline import artifacts, data, paths, pyfunc_model, tracking
 from pipeline.card import ModelCard
 from pipeline.errors import PipelineError, atomic_dir, stage_main
 from pipeline.evaluation import (
@@ -66,14 +67,11 @@ def input_example(rows: pd.DataFrame, task: Task) -> Any:
     return (inputs, dataclasses.asdict(GREEDY)) if task.generates_text else inputs
 
 
-def register(
-    model_dir: Path, params: EvaluateParams, card: ModelCard, metrics: dict, example: Any, runtime: str
-) -> dict:
-    """Log the pyfunc model to the active run, register it as a new version with its provenance, and
-    point the alias at it. The version carries the ONNX export too and serves with `runtime`."""
-    run = mlflow.active_run()
-    scalars = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    info = mlflow.pyfunc.log_model(
+def _log_model(
+    params: EvaluateParams, card: ModelCard, artifacts_to_log: dict[str, Path], example: Any, runtime: str
+) -> Any:
+    """mlflow.pyfunc.log_model of the served model with `artifacts_to_log`, registered as a new version."""
+    return mlflow.pyfunc.log_model(
         name="model",
         # A pair model's served signature takes [text, pair] lists: its own entry point.
         python_model=str(
@@ -81,14 +79,27 @@ def register(
             if card.encoding.text_pair
             else Path(pyfunc_model.__file__)
         ),
-        # The weights always travel (PyTorch is every runtime's reference); the ONNX graphs when they serve.
-        artifacts={"model_dir": str(model_dir)} | ({"onnx_dir": str(paths.ONNX)} if runtime in ONNX_FILES else {}),
+        artifacts={key: str(path) for key, path in artifacts_to_log.items()},
         model_config={"runtime": runtime},
         code_paths=[str(Path(pyfunc_model.__file__).parent)],  # the `pipeline` package: loading needs no repository
         input_example=example,
-        pip_requirements=_pip_requirements(model_dir, runtime),
+        pip_requirements=_pip_requirements(artifacts_to_log["model_dir"], runtime),
         registered_model_name=params.registered_model_name,
     )
+
+
+def register(
+    model_dir: Path, params: EvaluateParams, card: ModelCard, metrics: dict, example: Any, runtime: str
+) -> dict:
+    """Log the pyfunc model to the active run, register it as a new version with its provenance, and
+    point the alias at it. The version carries the ONNX export too and serves with `runtime`."""
+    run = mlflow.active_run()
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    # The weights always travel (PyTorch is every runtime's reference); the ONNX graphs when they serve.
+    folders = {"model_dir": model_dir} | ({"onnx_dir": paths.ONNX} if runtime in ONNX_FILES else {})
+    with tempfile.TemporaryDirectory() as scratch:
+        checksums = artifacts.write_checksums(folders, Path(scratch) / artifacts.CHECKSUMS_FILE)
+        info = _log_model(params, card, folders | {artifacts.CHECKSUMS: checksums}, example, runtime)
     version = str(info.registered_model_version)
     test_data_sha256 = tracking.hash_files([paths.SPLIT / "test.parquet"])
     provenance = card.provenance

@@ -66,6 +66,21 @@ def expect_user_error(main: Callable[[], None], capsys: pytest.CaptureFixture[st
     return err
 
 
+def promote_command(argv: list[str]) -> Callable[[], None]:
+    """`pipeline-promote ARGV` as a callable, for expect_user_error."""
+    from pipeline import promote
+
+    def main() -> None:
+        saved = sys.argv
+        sys.argv = ["promote", *argv]
+        try:
+            promote.main()
+        finally:
+            sys.argv = saved
+
+    return main
+
+
 def free_port() -> int:
     import socket
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from builders import REPO
-from helpers import expect_user_error, set_params
+from helpers import expect_user_error, promote_command, set_params
 from pipeline import paths, promote, registry
 from pipeline.card import ModelCard
 from pipeline.inference import Predictor, score
@@ -169,25 +169,11 @@ def test_rollback_returns_to_the_previous_champion(
     assert promote.run(["--rollback", "latency regression"]) == 0
     assert champion() == bad
     capsys.readouterr()
-    err = expect_user_error(command(["--rollback", "again"]), capsys)
+    err = expect_user_error(promote_command(["--rollback", "again"]), capsys)
     assert f"v{bad}" in err and "no previous champion" in err
     actions = [(d["action"], d["result"]) for d in registry.decisions(client(), NAME)]
     assert actions == [("promote", "promoted"), ("promote", "promoted"), ("rollback", "rolled back")]
     assert registry.decisions(client(), NAME)[-1]["from"] == good
-
-
-def command(argv: list[str]) -> Callable[[], None]:
-    """`python -m pipeline.promote ARGV` as a callable, for expect_user_error."""
-
-    def main() -> None:
-        saved = sys.argv
-        sys.argv = ["promote", *argv]
-        try:
-            promote.main()
-        finally:
-            sys.argv = saved
-
-    return main
 
 
 def test_history_lists_every_decision_with_who_and_why(
@@ -261,12 +247,12 @@ def holds_open(pid: int, path: Path) -> bool:
 def test_promote_without_a_tracking_store_or_challenger_is_a_one_line_error(
     register: Callable[..., str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    err = expect_user_error(command([]), capsys)
+    err = expect_user_error(promote_command([]), capsys)
     assert "mlflow.db: no MLflow tracking store" in err and not Path("mlflow.db").exists()
     register("good")
     client().delete_registered_model_alias(NAME, registry.CHALLENGER)
     capsys.readouterr()
-    err = expect_user_error(command([]), capsys)
+    err = expect_user_error(promote_command([]), capsys)
     assert "no @challenger" in err
 
 
