@@ -8,6 +8,7 @@ traceability). Every check stops with one line naming the file and the row.
 from __future__ import annotations
 
 import csv
+import decimal
 import io
 import json
 import re
@@ -57,6 +58,8 @@ def read_raw_table(path: Path, params: IngestParams) -> tuple[pd.DataFrame, str]
     try:
         if params.format in ("tsv", "csv"):
             text = decode_text_file(path, params.encoding)
+            if params.format == "tsv":
+                require_one_field_count(text, path, params)
             frame = pd.read_csv(
                 io.StringIO(text),
                 sep="\t" if params.format == "tsv" else ",",
@@ -84,6 +87,28 @@ def read_raw_table(path: Path, params: IngestParams) -> tuple[pd.DataFrame, str]
         raise PipelineError(f"{path}: cannot parse as {params.format}: {str(exc).strip().splitlines()[-1]}") from None
     except (OSError, ValueError) as exc:
         raise PipelineError(f"{path}: cannot read as {params.format}: {exc}") from None
+
+
+def require_one_field_count(text: str, path: Path, params: IngestParams) -> None:
+    """Every line of a TSV has as many tab-separated fields as the columns. TSV has no quoting, so a tab
+    inside a text makes one more field, and pandas would then shift the columns of that line (or, on the
+    first line, of every line) without a word; the line is named instead."""
+    lines = [(number, line) for number, line in enumerate(text.split("\n"), start=1) if line.rstrip("\r")]
+    if not lines:
+        return
+    if params.column_names:
+        expected, basis = len(params.column_names), f"ingest.column_names has {len(params.column_names)}"
+    else:
+        first_number, first = lines[0]
+        expected = first.rstrip("\r").count("\t") + 1
+        basis = f"{'the header' if params.header else 'line'} (line {first_number}) has {expected}"
+    for number, line in lines:
+        found = line.rstrip("\r").count("\t") + 1
+        if found != expected:
+            raise PipelineError(
+                f"{path}: line {number}: {found} tab-separated fields, expected {expected} ({basis}); "
+                "a text in a TSV file cannot contain a tab"
+            )
 
 
 def json_record(line: str, path: Path, number: int) -> dict[str, Any]:
@@ -263,6 +288,29 @@ def require_columns(frame: pd.DataFrame, source: Path, *columns: str) -> None:
         raise PipelineError(f"{source}: no column '{missing}' (columns: {', '.join(map(str, frame.columns))})")
 
 
+def drop_bad_rows(
+    frame: pd.DataFrame, path: Path, where: str, params: IngestParams, label_required: bool
+) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+    """With `ingest.bad_rows: drop`, the rows with an empty text (or, where every text needs one, a missing
+    label) are dropped, counted and listed by their file and line for the data card; with `stop` (the
+    default) nothing is dropped here and select_texts stops at the first one."""
+    if params.bad_rows == "stop" or frame.empty:
+        return frame, {}
+    text_columns = params.text_column if isinstance(params.text_column, list) else [params.text_column]
+    require_columns(frame, path, *text_columns, params.label_column)
+    empty_text = np.zeros(len(frame), dtype=bool)
+    for column in text_columns:
+        empty_text |= frame[column].map(lambda v: not isinstance(v, str) or not v.strip()).to_numpy()
+    missing_label = frame[params.label_column].map(is_missing).to_numpy() & ~empty_text if label_required else None
+    reasons = {"empty_text": empty_text} | ({"missing_label": missing_label} if label_required else {})
+    changes: dict[str, dict[str, Any]] = {"dropped": {}, "dropped_rows": {}}
+    for reason, bad in reasons.items():
+        changes["dropped"][reason] = int(bad.sum())
+        changes["dropped_rows"][reason] = [f"{path.name}:{where} {row}" for row in frame.loc[bad, SOURCE_ROW]]
+    keep = ~np.logical_or.reduce(list(reasons.values()))
+    return frame[keep].reset_index(drop=True), changes
+
+
 def select_texts(frame: pd.DataFrame, path: Path, where: str, params: IngestParams) -> pd.DataFrame:
     """The text column(s) (stripped, never empty), the raw label column and `source_row` of a raw table."""
     if frame.empty:
@@ -293,12 +341,12 @@ def normalise_label_sets(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Multi-label: `label` becomes a sorted list of labels (0..n per text) read from a list column or a
     `ingest.label_delimiter`-separated string; the label-id order is kept in `table.attrs["labels"]`.
-    Duplicates are dropped. Returns the table and the counts of what was dropped, for the data card."""
+    Duplicates are dropped. Returns the table and what was dropped ({"dropped": counts}), for the data card."""
     table = select_texts(frame, path, where, params)
     dropped: dict[str, int] = {}
     table[LABEL] = table[LABEL].map(lambda v: _label_set(v, params.label_delimiter))
     present = sorted({label for labels in table[LABEL] for label in labels})
-    order = list(params.labels) if params.labels is not None else present
+    order = [label_text(label) for label in params.labels] if params.labels is not None else present
     unknown = table[LABEL].map(lambda labels: next((label for label in labels if label not in order), None))
     if unknown.notna().any():
         row, value = table.loc[unknown.notna(), SOURCE_ROW].iloc[0], unknown.dropna().iloc[0]
@@ -310,17 +358,19 @@ def normalise_label_sets(
         )
     table = table.reset_index(drop=True)
     table.attrs["labels"] = order
-    return table, dropped
+    return table, {"dropped": dropped}
 
 
 def normalise_single_labels(
     frame: pd.DataFrame, path: Path, where: str, params: IngestParams
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One label per text: scores mapped to classes, labels checked against `ingest.labels`, duplicates
-    dropped; `label` becomes a Categorical in label-id order. Returns the table and the counts of what was
-    dropped, for the data card."""
+    """One label per text: scores mapped to classes, labels written as numbers in one form (label_text),
+    checked against `ingest.labels`, duplicates dropped; `label` becomes a Categorical in label-id order.
+    Returns the table and what was dropped and repaired ({"dropped": counts, "repaired": counts}), for the
+    data card."""
     table = select_texts(frame, path, where, params)
     dropped: dict[str, int] = {}
+    repaired: dict[str, int] = {}
     # A label list (fastText lines, list columns) must hold exactly one label for single-label tasks.
     is_list = table[LABEL].map(lambda v: isinstance(v, (list, tuple, np.ndarray)))
     several = is_list & (table[LABEL].map(lambda v: len(v) if isinstance(v, (list, tuple, np.ndarray)) else 1) > 1)
@@ -343,14 +393,17 @@ def normalise_single_labels(
         dropped["label_in_drop_values"] = dropped_values
         order = list(params.score_to_label.names)
     else:
-        table[LABEL] = table[LABEL].map(lambda v: str(v).strip())
+        as_written = table[LABEL].map(lambda v: str(v).strip())
+        table[LABEL] = table[LABEL].map(label_text)
+        repaired["label_written_as_number"] = int((as_written != table[LABEL]).sum())
         order = sorted(table[LABEL].unique())
     if params.labels is not None:
-        unknown = ~table[LABEL].isin(params.labels)
+        declared = [label_text(label) for label in params.labels]
+        unknown = ~table[LABEL].isin(declared)
         if unknown.any():
             row, value = table.loc[unknown, [SOURCE_ROW, LABEL]].iloc[0]
             raise PipelineError(f"{path}: {where} {row}: label '{value}' is not in ingest.labels {params.labels}")
-        order = list(params.labels)
+        order = declared
 
     table, dropped["duplicate"], dropped["conflicting_duplicate"] = _drop_duplicates(table)
 
@@ -360,12 +413,32 @@ def normalise_single_labels(
         raise PipelineError(f"{path}: only one class ({only}) after ingest; classification needs at least two")
     # Declared labels absent from the data keep their id, so label ids do not shift between datasets.
     table[LABEL] = pd.Categorical(table[LABEL], categories=order)
-    return table.reset_index(drop=True), dropped
+    return table.reset_index(drop=True), {"dropped": dropped, "repaired": repaired}
 
 
 # What pandas reads as missing in a CSV (its default na_values); the pipeline reads cells as text (a text
 # may be "NA"), so for labels these mean "no label": a missing label, never a class called "NaN".
 MISSING = {"", "nan", "NaN", "NAN", "-nan", "-NaN", "NA", "N/A", "n/a", "#N/A", "NULL", "null", "None", "<NA>", "#NA"}
+
+
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def label_text(value: Any) -> str:
+    """One label as text, the same however the file wrote it: a number (1, 1.0, "1", " 1.0 ") is written in
+    its shortest form ("1", "2.5"), so a JSON Lines column holding 1, "1" and 1.0 has one class, not three;
+    any other label is its text, stripped. (A string label such as "01" becomes "1" too: labels that are
+    numbers are compared as numbers.)"""
+    text = str(value).strip()
+    if isinstance(value, bool) or not (isinstance(value, (int, float, np.number)) or _DECIMAL.fullmatch(text)):
+        return text
+    try:
+        number = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        return text
+    if not number.is_finite():
+        return text
+    return str(int(number)) if number == number.to_integral_value() else format(number.normalize(), "f")
 
 
 def is_missing(value: Any) -> bool:
@@ -382,7 +455,7 @@ def _label_set(value: Any, delimiter: str | None) -> list[str]:
         if isinstance(value, (list, tuple, np.ndarray))
         else (str(value).split(delimiter) if delimiter else [str(value)])
     )
-    return sorted({str(item).strip() for item in items if not is_missing(item)})
+    return sorted({label_text(item) for item in items if not is_missing(item)})
 
 
 def _scores_to_classes(table: pd.DataFrame, path: Path, where: str, params: IngestParams) -> tuple[pd.DataFrame, int]:

@@ -123,6 +123,11 @@ class IngestParams(Section):
     label_delimiter: str | None = Field(
         default=None, min_length=1, description="multi-label in one string column, e.g. '|' (list columns need none)"
     )
+    bad_rows: Literal["stop", "drop"] = Field(
+        default="stop",
+        description="a row with an empty text or a missing label: stop stops ingest naming its line; drop "
+        "drops it, counted in the data card (dropped) with its file and line (dropped_rows)",
+    )
     slice_column: str | None = Field(
         default=None,
         min_length=1,

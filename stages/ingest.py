@@ -36,7 +36,8 @@ def ingest(params: IngestParams, task: Task) -> tuple[pd.DataFrame, list[str], d
     source = resolve(params.source, params.sha256, key="ingest.source", hf_dataset=params.format == "datasets")
     files = {name: source / file for name, file in params.splits.items()} if params.splits else {None: source}
     tables, rows_read = [], 0
-    changes: dict[str, dict[str, int]] = {"dropped": {}, "repaired": {}}
+    # what was dropped or repaired, counted by reason; "dropped_rows": the file and line of each dropped row
+    changes: dict[str, dict[str, Any]] = {"dropped": {}, "repaired": {}}
     for split_name, path in files.items():
         if not path.exists():
             raise PipelineError(
@@ -48,8 +49,9 @@ def ingest(params: IngestParams, task: Task) -> tuple[pd.DataFrame, list[str], d
         tables.append(table)
         rows_read += read
         for kind, counts in file_changes.items():
-            for reason, count in counts.items():
-                changes[kind][reason] = changes[kind].get(reason, 0) + count
+            merged = changes.setdefault(kind, {})
+            for reason, value in counts.items():  # counts add up, lists of rows join
+                merged[reason] = merged[reason] + value if reason in merged else value
     labels = task.label_order(tables, params)
     table = task.finalise(pd.concat(tables, ignore_index=True), labels)
     card = {"source": params.source, "rows_read": rows_read, **changes, **task.describe(table)}

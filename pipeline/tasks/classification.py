@@ -153,16 +153,23 @@ class TextClassification(Task):
     def normalise(
         self, raw: pd.DataFrame, path: Path, where: str, params: IngestParams
     ) -> tuple[pd.DataFrame, dict[str, Any]]:
-        """The raw table's texts and labels in the normalised form, and what was dropped."""
+        """The raw table's texts and labels in the normalised form, and what was dropped and repaired
+        ({"dropped": counts, "repaired": counts}, for the data card)."""
 
     @abstractmethod
     def label_targets(self, table: pd.DataFrame, labels: list[str]) -> list[Any]:
         """The training target of each row."""
 
-    def read(self, path: Path, params: IngestParams) -> tuple[pd.DataFrame, int, dict[str, dict[str, int]]]:
+    # Does every text need a label? (A multi-label text may have none: the empty set.)
+    label_required: ClassVar[bool] = True
+
+    def read(self, path: Path, params: IngestParams) -> tuple[pd.DataFrame, int, dict[str, dict[str, Any]]]:
         raw, where = data.read_raw_table(path, params)
-        table, dropped = self.normalise(raw, path, where, params)
-        return table, len(raw), {"dropped": dropped, "repaired": {}}
+        kept, bad_rows = data.drop_bad_rows(raw, path, where, params, self.label_required)
+        table, changes = self.normalise(kept, path, where, params)
+        for kind, counts in bad_rows.items():
+            changes[kind] = counts | changes.get(kind, {})
+        return table, len(raw), changes
 
     def describe(self, table: pd.DataFrame) -> dict[str, Any]:
         return data.describe(table)
@@ -407,6 +414,7 @@ class MultiLabelClassification(TextClassification):
     summary_metrics: ClassVar[tuple[str, ...]] = ("micro_f1", "macro_f1", "weighted_f1", "subset_accuracy")
     validation_metrics_names: ClassVar[tuple[str, ...]] = ("micro_f1", "macro_f1", "subset_accuracy")
     confusion_none: ClassVar[str | None] = "none"  # a label only one side has is paired with "none"
+    label_required: ClassVar[bool] = False
 
     def normalise(
         self, raw: pd.DataFrame, path: Path, where: str, params: IngestParams

@@ -97,6 +97,68 @@ def test_bad_rows_are_named(project: Path, capsys: pytest.CaptureFixture[str], c
     assert not paths.INGESTED.exists()
 
 
+JSONL_LABELS = {
+    "ingest.format": "jsonl",
+    "ingest.column_names": None,
+    "ingest.text_column": "text",
+    "ingest.label_column": "label",
+    "ingest.score_to_label": None,
+}
+
+
+def test_a_label_written_as_a_number_in_several_ways_is_one_class_and_the_card_counts_the_rewrites(
+    project: Path, tmp_path: Path
+) -> None:
+    records = [{"text": f"text number {i}", "label": label} for i, label in enumerate([1, "1", 1.0, " 1 ", 0, "0.0"])]
+    source = tmp_path / "numbers.jsonl"
+    source.write_text("".join(json.dumps(record) + "\n" for record in records))
+    set_params(project, {"ingest.source": raw_data(project, source), **JSONL_LABELS})
+    ingest.main()
+    table = pd.read_parquet(paths.INGESTED / "data.parquet")
+    card = json.loads((paths.INGESTED / "card.json").read_text())
+    assert list(table["label"].cat.categories) == ["0", "1"]
+    assert table["label"].astype(str).tolist() == ["1", "1", "1", "1", "0", "0"]
+    assert card["repaired"]["label_written_as_number"] == 2  # 1.0 and "0.0"; " 1 " was only stripped
+    assert card["labels"] == {"0": 2, "1": 4}
+
+
+def test_a_tab_inside_a_tsv_text_names_the_line_and_the_field_counts(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the default source names three columns (id, rating, text): a text holding a tab makes four fields
+    raw_file(project).write_text("1\t1.0\ta fine\tfilm\n2\t-1.0\ta dull film\n")
+    err = expect_user_error(ingest.main, capsys)
+    assert err.endswith(
+        "reviews.tsv: line 1: 4 tab-separated fields, expected 3 (ingest.column_names has 3); "
+        "a text in a TSV file cannot contain a tab"
+    ), err
+    set_params(project, {"ingest.header": True, "ingest.column_names": None, "ingest.text_column": "text"})
+    raw_file(project).write_text("id\trating\ttext\n1\t1.0\tfine\n2\t-1.0\ta dull\tfilm\n")
+    assert "line 3: 4 tab-separated fields, expected 3 (the header (line 1) has 3)" in expect_user_error(
+        ingest.main, capsys
+    )
+
+
+def test_bad_rows_drop_drops_empty_texts_and_missing_labels_and_lists_their_lines(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [(i + 1, 1.0 if i % 2 else -1.0, f"a text number {i}") for i in range(20)]
+    rows[3] = (4, 1.0, "   ")
+    rows[7] = (8, "", "a text without a label")
+    rows[11] = (12, -1.0, "")
+    raw_file(project).write_text("".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows))
+    assert "line 4: empty text" in expect_user_error(ingest.main, capsys)  # the default: stop
+    set_params(project, {"ingest.bad_rows": "drop"})
+    ingest.main()
+    table = pd.read_parquet(paths.INGESTED / "data.parquet")
+    card = json.loads((paths.INGESTED / "card.json").read_text())
+    assert card["rows_read"] == 20 and card["rows"] == len(table) == 17
+    assert (card["dropped"]["empty_text"], card["dropped"]["missing_label"]) == (2, 1)
+    assert card["dropped_rows"] == {"empty_text": ["reviews.tsv:line 4", "reviews.tsv:line 12"],
+                                    "missing_label": ["reviews.tsv:line 8"]}  # fmt: skip
+    assert table["source_row"].tolist() == [n for n in range(1, 21) if n not in (4, 8, 12)]
+
+
 def test_undecodable_byte_names_the_line(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     raw_file(project).write_bytes(b"1\t1.0\tgood\n2\t-1.0\tbad \xff byte\n")
     err = expect_user_error(ingest.main, capsys)
