@@ -19,12 +19,13 @@ from pipeline.tasks.registry import get_task
 @stage_main
 def main() -> None:
     params = load_params()
+    task = get_task(params.task)
     model_dir = resolve_model(params.model)
+    task.check_model(data.read_json(model_dir / "config.json"), params.model.source)
     require_fits_positions(model_dir, params.tokenize.max_length)
     tokenizer = load_tokenizer(model_dir)
     labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
     max_length = params.tokenize.max_length
-    task = get_task(params.task)
     tables = {name: data.read_table(paths.SPLIT / f"{name}.parquet") for name in paths.SPLITS}
     splits = DatasetDict({name: task.encode(tables[name], labels, tokenizer, params.tokenize) for name in paths.SPLITS})
     stats = {

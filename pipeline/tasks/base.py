@@ -76,6 +76,10 @@ class Task(ABC):
     def check_params(self, params: Params) -> None:  # noqa: B027 (a hook: most tasks accept every combination)
         """Raise ValueError naming the key when params ask for something this task cannot do."""
 
+    # ---- the model: called where a stage first resolves model.source (tokenize) ------------------------
+    def check_model(self, model_config: dict[str, Any], source: str) -> None:  # noqa: B027 (a hook, as above)
+        """Raise PipelineError naming model.source when the model (its config.json) cannot do this task."""
+
     # ---- ingest ----------------------------------------------------------------------------------------
     @abstractmethod
     def read(self, path: Any, params: IngestParams) -> tuple[pd.DataFrame, int, dict[str, dict[str, int]]]:

@@ -92,6 +92,17 @@ class Decoder:
         if params.finetune.head_learning_rate is not None:
             raise ValueError(f"finetune.head_learning_rate: a decoder has no new head ({name})")
 
+    def check_model(self, model_config: dict[str, Any], source: str) -> None:
+        # The vocabulary is the head: only a causal LM can write the answer (an encoder stops later, at
+        # the tokenizer's missing end-of-text token, or trains nonsense).
+        architectures = model_config.get("architectures") or []
+        if not any(str(name).endswith("ForCausalLM") for name in architectures):
+            raise PipelineError(
+                f"model.source: {source} is not a causal language model (architectures: "
+                f"{', '.join(map(str, architectures)) or 'none'}); task {self.name} needs a decoder such as "
+                "SmolLM2 (presets/sentiment-smollm2.yaml)"
+            )
+
     def head_config(self, labels: list[str]) -> dict[str, Any]:
         return {}  # the vocabulary is the head: answers are words, not new outputs
 

@@ -312,6 +312,20 @@ def test_decoder_params_that_do_not_apply_are_refused_naming_the_key(
     assert "ingest.input_column: for text_generation" in expect_user_error(ingest.main, capsys)  # labels, not responses
 
 
+def test_a_decoder_task_on_an_encoder_model_stops_where_the_model_is_resolved_naming_model_and_task(
+    decoder_project: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    set_params(decoder_project, {"model.source": str(tiny_model)})  # the tiny BERT, as the default MiniLM
+    ingest.main()
+    split.main()
+    err = expect_user_error(tokenize.main, capsys)
+    assert err.endswith(
+        f"model.source: {tiny_model} is not a causal language model (architectures: BertModel); task "
+        "generative_classification needs a decoder such as SmolLM2 (presets/sentiment-smollm2.yaml)"
+    ), err
+    assert not paths.TOKENIZED.exists()
+
+
 @pytest.mark.parametrize(("method", "merge"), [("lora", True), ("prefix", False)])  # merged; fed to every layer
 def test_peft_methods_train_save_and_load_a_decoder(
     decoder_project: Path, method: str, merge: bool, monkeypatch: pytest.MonkeyPatch
