@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import PipelineError
+
 DEFAULT_DB = Path("mlflow.db")
 DEFAULT_ARTIFACTS = Path("mlartifacts")
 # Where `dvc queue start` runs each queued experiment: a temporary copy of the project inside it.
@@ -45,11 +47,21 @@ def configure(experiment_name: str) -> str:
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(experiment_name)
+    # With the local SQLite store, keep artifacts beside mlflow.db rather than wherever the cwd is.
+    sqlite_db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    location = (sqlite_db.resolve().parent / DEFAULT_ARTIFACTS).as_uri() if sqlite_db else None
     if experiment is not None:
         experiment_id = experiment.experiment_id
+        # mlflow.db records absolute artifact paths: in a copied or moved project they still name the
+        # first folder, whose artifacts its runs would read and overwrite.
+        if location is not None and experiment.artifact_location.rstrip("/") != location.rstrip("/"):
+            raise PipelineError(
+                f"{sqlite_db}: this MLflow store keeps the artifacts of experiment "
+                f"'{experiment_name}' in {experiment.artifact_location}, not beside it in "
+                f"{DEFAULT_ARTIFACTS}/ (a copied or moved project); to start a store of its own, move "
+                f"mlflow.db and {DEFAULT_ARTIFACTS}/ aside, or set MLFLOW_TRACKING_URI to a shared server"
+            )
     else:
-        # With the local SQLite store, keep artifacts beside mlflow.db rather than wherever the cwd is.
-        location = (project_root() / DEFAULT_ARTIFACTS).as_uri() if uri.startswith("sqlite:") else None
         try:
             experiment_id = client.create_experiment(experiment_name, artifact_location=location)
         except mlflow.exceptions.MlflowException as error:

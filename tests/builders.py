@@ -306,14 +306,37 @@ def project_run_through(base: Path, tiny_model: Path, stages: tuple, rows: int =
 
 
 def copy_of(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of a built project, as the working directory of one test (its mlflow.db included; the copy's
-    runs name artifacts in the original, which outlives the test)."""
+    """A copy of a built project, as the working directory of one test, with a store of its own: its
+    mlflow.db and mlartifacts/ copied, and the absolute paths the store records moved to the copy."""
     root = tmp_path / "project"
     shutil.copytree(project, root)
+    relocate_mlflow_store(root, project)
     monkeypatch.chdir(root)
     monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return root
+
+
+def relocate_mlflow_store(root: Path, original: Path) -> None:
+    """Rewrite the absolute paths a copied mlflow.db records (artifact locations, run and model URIs) from
+    the original folder to the copy's. MLflow has no way to move a store, and the pipeline refuses a
+    store whose artifacts lie in another project (pipeline/tracking.py); only tests copy stores."""
+    import sqlite3
+
+    db = root / "mlflow.db"
+    if not db.is_file():
+        return
+    old, new = str(original.resolve()), str(root.resolve())
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for column in connection.execute(f'PRAGMA table_info("{table}")').fetchall():
+                name, kind = column[1], str(column[2]).upper()
+                if "CHAR" in kind or "TEXT" in kind:
+                    connection.execute(
+                        f'UPDATE "{table}" SET "{name}" = replace("{name}", ?, ?) WHERE instr("{name}", ?) > 0',
+                        (old, new, old),
+                    )
 
 
 PEOPLE = ["anna", "boris", "carla", "dmitri"]
