@@ -161,7 +161,7 @@ def main() -> None:
             seconds = time.perf_counter() - train_started
             saved = Path(tmp) / "model"
             trainer.save_model(str(saved))
-            encoding = EncodingSpec(**tokenize_params.model_dump(exclude={"prompt"}))
+            encoding = EncodingSpec(**tokenize_params.model_dump(exclude={"prompt", "max_unknown_share"}))
             ModelCard(task=params.task, labels=labels, encoding=encoding).write(saved)
             predictor = Predictor(saved)  # loaded once; the pooling only changes how window logits are combined
             for pooling in ("mean", "max") if variant == "chunk" else ("-",):

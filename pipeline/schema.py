@@ -229,6 +229,14 @@ class TokenizeParams(Section):
             "encoder still sees case"
         ),
     )
+    max_unknown_share: float | None = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="the largest share of a split's tokens that may be the model's unknown token ([UNK]), and of "
+        "its inputs that may hold no token at all; above it tokenize stops naming the model, the share and an "
+        "example text (a model that cannot read the data trains at chance without a word); null: count only",
+    )
     prompt: PromptParams = Field(
         default=PromptParams(), description="decoder tasks: the prompt template and the label words"
     )

@@ -539,7 +539,7 @@ def fit(
         task=params.task,
         labels=prepared.labels,
         encoding=EncodingSpec(
-            **params.tokenize.model_dump(exclude={"prompt"}),
+            **params.tokenize.model_dump(exclude={"prompt", "max_unknown_share"}),  # a tokenize-time check
             text_pair=params.ingest.text_pair,
             prompt=params.tokenize.prompt if prepared.task.reads_prompts else None,
         ),

@@ -17,7 +17,7 @@ import mlflow
 import pytest
 from safetensors.torch import load_file
 
-from builders import SCHEDULE, inside
+from builders import SCHEDULE, copy_of, inside
 from helpers import expect_user_error, set_params, slow_steps_hook
 from pipeline import paths, tracking, training
 from pipeline.card import ModelCard
@@ -66,11 +66,8 @@ def runs(tokenized: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 @pytest.fixture
 def interrupted(runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "project"
-    shutil.copytree(runs["interrupted"], root)
-    monkeypatch.chdir(root)
+    root = copy_of(runs["interrupted"], tmp_path, monkeypatch)  # with a store of its own
     monkeypatch.setenv("PIPELINE_CACHE_DIR", str(runs["cache"]))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return root
 
 

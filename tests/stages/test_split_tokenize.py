@@ -133,3 +133,35 @@ def test_fixture_words_are_in_the_tiny_vocabulary(project: Path, tiny_model: Pat
         stage.main()
     unk = AutoTokenizer.from_pretrained(tiny_model).unk_token_id
     assert all(unk not in ids for ids in load_from_disk(str(paths.TOKENIZED))["train"]["input_ids"])
+
+
+def test_data_the_model_cannot_read_stops_tokenize_naming_the_model_the_share_and_an_example(
+    project: Path, tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Chinese reviews for the tiny English vocabulary: every character is [UNK], as with the default MiniLM
+    rows = [(i + 1, 1.0 if i % 2 else -1.0, "这部电影" + "很好看" * (i % 3 + 1) + str(i)) for i in range(40)]
+    source = tmp_path / "chinese.tsv"
+    source.write_text("".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows), encoding="utf-8")
+    set_params(project, {"ingest.source": raw_data(project, source)})
+    ingest.main()
+    split.main()
+    with pytest.raises(SystemExit) as stopped:
+        tokenize.main()
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars of the encoding it checks
+    assert err.startswith("error: tokenize: 100% of the train tokens are its unknown token")
+    assert "(tokenize.max_unknown_share 0.1): " in err
+    assert f"model.source {tiny_model} cannot read this data, e.g. '这部电影" in err
+    assert not paths.TOKENIZED.exists()
+    set_params(project, {"tokenize.max_unknown_share": None})  # count only
+    tokenize.main()
+    stats = json.loads((paths.TOKENIZED / "stats.json").read_text())
+    assert {name: s["unknown_token_share"] for name, s in stats.items()} == dict.fromkeys(paths.SPLITS, 1.0)
+
+
+def test_the_fixture_data_has_no_unknown_tokens(project: Path) -> None:
+    ingest.main()
+    split.main()
+    tokenize.main()
+    stats = json.loads((paths.TOKENIZED / "stats.json").read_text())
+    assert all(s["unknown_token_share"] == 0 and s["inputs_without_tokens"] == 0 for s in stats.values())

@@ -27,4 +27,5 @@ def test_a_copied_project_does_not_use_the_artifact_folder_of_the_one_it_was_cop
         tracking.configure("sentiment-finetune")
     message = str(refused.value)
     assert message.startswith(f"{copy / 'mlflow.db'}: this MLflow store keeps the artifacts of experiment")
-    assert f"in {(first / 'mlartifacts').as_uri()}" in message and "not beside it in mlartifacts/ (a copied or moved project)" in message
+    elsewhere = (first / "mlartifacts").as_uri()
+    assert f"in {elsewhere}, not beside it in mlartifacts/ (a copied or moved project)" in message
