@@ -351,7 +351,7 @@ def normalise_label_sets(
     if unknown.notna().any():
         row, value = table.loc[unknown.notna(), SOURCE_ROW].iloc[0], unknown.dropna().iloc[0]
         raise PipelineError(f"{path}: {where} {row}: label '{value}' is not in ingest.labels {params.labels}")
-    table, dropped["duplicate"], dropped["conflicting_duplicate"] = _drop_duplicates(table)
+    table, dropped["duplicate"], dropped["conflicting_duplicate"] = drop_duplicates(table)
     if len(present) < 2:
         raise PipelineError(
             f"{path}: {len(present)} distinct label(s) after ingest; multi-label classification needs at least two"
@@ -405,7 +405,7 @@ def normalise_single_labels(
             raise PipelineError(f"{path}: {where} {row}: label '{value}' is not in ingest.labels {params.labels}")
         order = declared
 
-    table, dropped["duplicate"], dropped["conflicting_duplicate"] = _drop_duplicates(table)
+    table, dropped["duplicate"], dropped["conflicting_duplicate"] = drop_duplicates(table)
 
     present = table[LABEL].unique()
     if len(present) < 2:
@@ -479,10 +479,15 @@ def _dedup_key(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().casefold()
 
 
-def _drop_duplicates(table: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
-    """Keep the first of identical texts with one label; drop every copy of a text with conflicting labels."""
-    keys = example_keys(table)
-    hashable = table[LABEL].map(lambda v: tuple(v) if isinstance(v, list) else v)  # label sets compare as tuples
+def drop_duplicates(
+    table: pd.DataFrame, target: str = LABEL, keys: pd.Series | None = None
+) -> tuple[pd.DataFrame, int, int]:
+    """Keep the first of identical texts (or sentences) with one target; drop every copy of a text whose
+    copies disagree. `target`: the label column, or the tags of token classification; `keys`: what makes
+    two rows the same (default: the text up to case and spacing, example_keys)."""
+    keys = example_keys(table) if keys is None else keys
+    # label sets and tag sequences compare as tuples
+    hashable = table[target].map(lambda v: tuple(v) if isinstance(v, (list, np.ndarray)) else v)
     labels_per_key = hashable.groupby(keys).nunique()
     conflicting = keys.isin(labels_per_key[labels_per_key > 1].index)
     repeated = keys.duplicated() & ~conflicting

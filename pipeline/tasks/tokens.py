@@ -54,8 +54,14 @@ class TokenClassification(Task):
             )
 
     def read(self, path: Path, params: IngestParams) -> tuple[pd.DataFrame, int, dict[str, dict[str, int]]]:
+        """The file's sentences; a sentence repeated with the same tags is one example (a retweet, a
+        dateline), and the copies of one whose tags disagree are all dropped, both counted, as for labels."""
         table, repaired = data.read_conll(path, params.encoding, params.conll)
-        return table, len(table), {"dropped": {}, "repaired": repaired}
+        # the same words, case included: case is what tells "Apple" (B-ORG) from "apple" (O)
+        same_words = table[data.TOKENS].map(lambda words: "\x1f".join(words))
+        kept, duplicate, conflicting = data.drop_duplicates(table, data.TAGS, keys=same_words)
+        dropped = {"duplicate": duplicate, "conflicting_duplicate": conflicting}
+        return kept.reset_index(drop=True), len(table), {"dropped": dropped, "repaired": repaired}
 
     def label_order(self, tables: list[pd.DataFrame], params: IngestParams) -> list[str]:
         """O, then B-X and I-X of each entity type in alphabetical order."""

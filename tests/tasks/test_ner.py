@@ -11,7 +11,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from builders import NER_PARAMS, write_conll
+from builders import NER_PARAMS, conll_sentences, write_conll
 from helpers import assert_onnx_matches_pytorch, expect_user_error, raw_data, set_params
 from pipeline import data, paths, tracking
 from pipeline.card import ModelCard
@@ -271,3 +271,29 @@ def test_case_markers_are_for_token_tasks_only(project: Path) -> None:
 def test_document_context_is_for_token_tasks_only(project: Path) -> None:
     with pytest.raises(PipelineError, match="tokenize.context: document context is for token_classification"):
         load_params(overrides={"tokenize.context": "document"})
+
+
+def test_a_sentence_repeated_with_the_same_tags_is_one_example_and_conflicting_copies_are_dropped(
+    project: Path, tmp_path: Path
+) -> None:
+    sentences = conll_sentences(60, seed=4)
+    repeated, torn, cased = sentences[0], sentences[1], sentences[2]
+    retagged = [(word, "O") for word, _ in torn]  # the same words, other tags
+    assert retagged != torn
+    recased = [(word.swapcase() if i == 0 else word, tag) for i, (word, tag) in enumerate(cased)]
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for sentence in [*sentences, repeated, repeated, retagged, recased]:
+        lines += [f"{word} NN I-NP {tag}" for word, tag in sentence] + [""]
+    (tmp_path / "tweets").mkdir()
+    (tmp_path / "tweets" / "all.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    set_params(project, {**NER_PARAMS, "ingest.source": raw_data(project, tmp_path / "tweets" / "all.txt"),
+                         "ingest.splits": None})  # fmt: skip
+    ingest.main()
+    card = json.loads((paths.INGESTED / "card.json").read_text())
+    table = pd.read_parquet(paths.INGESTED / "data.parquet")
+    assert (card["dropped"]["duplicate"], card["dropped"]["conflicting_duplicate"]) == (2, 2)
+    words = [tuple(tokens) for tokens in table["tokens"]]
+    assert words.count(tuple(w for w, _ in repeated)) == 1 and tuple(w for w, _ in torn) not in words
+    # a copy that differs in case is another sentence (case tells a name from a word)
+    assert {tuple(w for w, _ in cased), tuple(w for w, _ in recased)} <= set(words)
+    split.main()  # no sentence is in two splits now
