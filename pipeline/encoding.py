@@ -24,6 +24,26 @@ import numpy as np
 
 IGNORE_INDEX = -100  # positions the loss and the metrics skip (transformers' convention)
 
+# A bound on the characters one token can cover: no vocabulary entry of these models is near that long.
+# A text is cut to `tokens * CHARS_PER_TOKEN_BOUND` characters on the side that is kept before it is
+# tokenized, which cannot change the tokens kept, but stops a 50 MB text from being tokenized whole
+# (7.6 GB peak before). `chunk` keeps every token, so it reads the whole text.
+CHARS_PER_TOKEN_BOUND = 1000
+
+
+def bounded(text: str, tokens: int, keep: str = "head") -> str:
+    """`text` cut, before tokenizing, to what can hold its first (`head`), last (`tail`) or first quarter
+    and last three quarters (`head+tail`) `tokens` tokens."""
+    limit = tokens * CHARS_PER_TOKEN_BOUND
+    if len(text) <= limit:
+        return text
+    if keep == "head":
+        return text[:limit]
+    if keep == "tail":
+        return text[-limit:]
+    head = limit // 4 + CHARS_PER_TOKEN_BOUND  # head+tail: a quarter of the tokens from the start
+    return text[:head] + " " + text[-(limit - limit // 4 + CHARS_PER_TOKEN_BOUND) :]
+
 
 def encode_texts(
     tokenizer: Any,
@@ -36,9 +56,10 @@ def encode_texts(
     """Input ids of each model input and the index of the text it came from (several per text with
     `chunk`, one otherwise). With `pairs`, each input is a text and its pair ([CLS] a [SEP] b [SEP] for
     BERT), the longer of the two cut first (params allow only head truncation for pairs)."""
-    texts = list(texts)
+    texts = list(texts) if truncation == "chunk" else [bounded(t, max_length, truncation) for t in texts]
     if pairs is not None:
-        return tokenizer(texts, list(pairs), truncation="longest_first", max_length=max_length)["input_ids"], list(
+        pairs = [bounded(p, max_length) for p in pairs]
+        return tokenizer(texts, pairs, truncation="longest_first", max_length=max_length)["input_ids"], list(
             range(len(texts))
         )
     if truncation == "head":

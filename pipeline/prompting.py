@@ -25,7 +25,7 @@ import numpy as np
 import pydantic
 import torch
 
-from pipeline.encoding import IGNORE_INDEX
+from pipeline.encoding import IGNORE_INDEX, bounded
 from pipeline.errors import PipelineError
 from pipeline.schema import PromptParams
 
@@ -178,6 +178,7 @@ def text_budget(
 
 def cut_texts(tokenizer: Any, texts: Sequence[str], budget: int) -> tuple[list[str], list[bool]]:
     """Each text cut to its first `budget` tokens, and whether it was cut."""
+    texts = [bounded(text, budget) for text in texts]  # a huge text is never tokenized whole
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if len(texts) else []
     cut = [len(i) > budget for i in ids]
     return [tokenizer.decode(i[:budget]) if c else t for t, i, c in zip(texts, ids, cut)], cut

@@ -1,0 +1,48 @@
+"""pipeline.encoding: a huge text is cut before it is tokenized, and that never changes the tokens kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from transformers import AutoTokenizer
+
+from pipeline import encoding, prompting
+from pipeline.encoding import encode_texts
+
+HUGE = "great film " * 100_000 + "dull ending " * 100_000  # 2.3 million characters
+
+
+class Recording:
+    """A tokenizer that remembers the longest text it was asked to tokenize."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, texts: Any, *args: Any, **kwargs: Any) -> Any:
+        for text in [texts] if isinstance(texts, str) else texts:
+            self.longest = max(self.longest, len(text))
+        return self.tokenizer(texts, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tokenizer, name)
+
+
+@pytest.mark.parametrize("truncation", ["head", "tail", "head+tail"])
+def test_a_huge_text_is_cut_before_tokenizing_to_the_same_tokens(
+    tiny_model: Path, truncation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokenizer = Recording(AutoTokenizer.from_pretrained(tiny_model))
+    ids, _ = encode_texts(tokenizer, [HUGE, "a short one"], 32, truncation)
+    assert tokenizer.longest <= (32 + 3) * encoding.CHARS_PER_TOKEN_BOUND  # head+tail: some slack at both ends
+    monkeypatch.setattr(encoding, "CHARS_PER_TOKEN_BOUND", 10**9)  # no cut: the whole text tokenized
+    whole, _ = encode_texts(AutoTokenizer.from_pretrained(tiny_model), [HUGE, "a short one"], 32, truncation)
+    assert ids == whole
+
+
+def test_a_huge_text_in_a_prompt_is_cut_before_tokenizing_to_the_same_tokens(tiny_model: Path) -> None:
+    tokenizer = Recording(AutoTokenizer.from_pretrained(tiny_model))
+    texts, cut = prompting.cut_texts(tokenizer, [HUGE], 20)
+    assert cut == [True] and tokenizer.longest <= 20 * encoding.CHARS_PER_TOKEN_BOUND
+    assert texts[0] == tokenizer.decode(tokenizer(HUGE[:5000], add_special_tokens=False)["input_ids"][:20])
