@@ -128,12 +128,17 @@ def serve_command(model_uri: str, port: int) -> list[str]:
             "--port", str(port), "--workers", "1"]  # fmt: skip
 
 
-def post(url: str, body: bytes) -> tuple[int, dict]:
-    """POST a JSON body; (status, decoded JSON answer), for errors too."""
+def guarded_serve_command(model_uri: str, port: int) -> list[str]:
+    """`pipeline-serve` (MLflow's scoring server behind the pipeline's request guard) on 127.0.0.1."""
+    return [sys.executable, "-m", "pipeline.serve", "--model", model_uri, "--port", str(port), "--workers", "1"]
+
+
+def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
+    """POST a body (JSON by default); (status, decoded JSON answer), for errors too."""
     import json
     import urllib.error
 
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
