@@ -56,4 +56,8 @@ def write_results(
         meta |= {"machine": machine(), "load_average_before": load_before, "load_average_after": load_average()}
     target = out / f"{name}.json"
     target.write_text(json.dumps({**meta, **extra, "rows": rows}, indent=2) + "\n")
+    if out == OUT:  # the committed results: the generated page follows them
+        import docs_page  # beside this file, on sys.path as every benchmark script is run
+
+        docs_page.main([])
     return target
