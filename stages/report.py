@@ -490,10 +490,24 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def unreadable_line(token_stats: dict) -> str:
+    """What of each split the model cannot read (tokenize's stats): its unknown-token share, and the inputs
+    left with no token."""
+    if not all("unknown_token_share" in token_stats.get(name, {}) for name in paths.SPLITS):
+        return ""  # tokenized before these were counted
+    shares = ", ".join(f"{name} {token_stats[name]['unknown_token_share']:.2%}" for name in paths.SPLITS)
+    empty = sum(token_stats[name]["inputs_without_tokens"] for name in paths.SPLITS)
+    return (
+        f"Tokens the model cannot read (its unknown token): {shares}; inputs with no token: {empty} "
+        "(tokenize stops above `tokenize.max_unknown_share`)."
+    )
+
+
 def render(
     title: str,
     card: dict,
     split_card: dict,
+    token_stats: dict,
     model_card: ModelCard,
     model: dict,
     baseline: dict,
@@ -561,6 +575,7 @@ def render(
         f"Texts in two splits (kept, `split.overlap: warn`): {overlap}." if overlap else "No text is in two splits.",
         f"Text length (words): mean {card['text_words']['mean']}, median {card['text_words']['median']}, "
         f"95th percentile {card['text_words']['p95']}, max {card['text_words']['max']}.",
+        unreadable_line(token_stats),
         "## Test metrics",
         f"Each value with its 95 % bootstrap interval over the test examples ({example_unit} resampled).",
         _table(
@@ -611,6 +626,7 @@ def main() -> None:
                 params.report.title,
                 card,
                 split_card,
+                data.read_json(paths.TOKENIZED / "stats.json"),
                 model_card,
                 model,
                 baseline,

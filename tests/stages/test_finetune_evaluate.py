@@ -211,6 +211,8 @@ def test_the_report_opens_with_the_verdict_and_shows_intervals(evaluated: dict) 
     assert evaluated["vs_baseline"]["verdict"] in first
     low, high = evaluated["ci95"]["accuracy"]
     assert f"{evaluated['accuracy']:.4f} [{low:.3f}, {high:.3f}]" in text
+    # what tokenize counted of what the model cannot read, from data/tokenized/stats.json
+    assert "Tokens the model cannot read (its unknown token): train 0.00%, validation 0.00%, test 0.00%" in text
 
 
 def test_curves_calibration_slices_and_errors_are_written(evaluated: dict) -> None:
