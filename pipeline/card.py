@@ -40,6 +40,7 @@ class EncodingSpec(Record):
     context: Literal["none", "document"] = "none"
     mark_case: bool = False
     text_pair: bool = False
+    max_chars: int | None = None  # tokenize.max_chars (cards written before it have none: no cut)
     prompt: PromptParams | None = None  # decoder tasks: the prompt template and label words (tokenize.prompt)
 
 

@@ -31,18 +31,21 @@ IGNORE_INDEX = -100  # positions the loss and the metrics skip (transformers' co
 CHARS_PER_TOKEN_BOUND = 1000
 
 
-def bounded(text: str, tokens: int, keep: str = "head") -> str:
-    """`text` cut, before tokenizing, to what can hold its first (`head`), last (`tail`) or first quarter
-    and last three quarters (`head+tail`) `tokens` tokens."""
-    limit = tokens * CHARS_PER_TOKEN_BOUND
-    if len(text) <= limit:
+def bounded(text: str, tokens: int, keep: str = "head", max_chars: int | None = None) -> str:
+    """`text` cut, before tokenizing, to what can hold its first (`head`, `chunk`), last (`tail`) or first
+    quarter and last three quarters (`head+tail`) `tokens` tokens; to `max_chars` characters where that is
+    less (`chunk`: `max_chars` only)."""
+    lossless = None if keep == "chunk" else tokens * CHARS_PER_TOKEN_BOUND
+    limit = min(x for x in (lossless, max_chars) if x is not None) if (lossless or max_chars) else None
+    if limit is None or len(text) <= limit:
         return text
-    if keep == "head":
+    if keep in ("head", "chunk"):
         return text[:limit]
     if keep == "tail":
         return text[-limit:]
-    head = limit // 4 + CHARS_PER_TOKEN_BOUND  # head+tail: a quarter of the tokens from the start
-    return text[:head] + " " + text[-(limit - limit // 4 + CHARS_PER_TOKEN_BOUND) :]
+    head = limit // 4 + (CHARS_PER_TOKEN_BOUND if limit == lossless else 0)  # head+tail: a quarter from the start
+    tail = limit - limit // 4 + (CHARS_PER_TOKEN_BOUND if limit == lossless else 0)
+    return text[:head] + " " + text[-tail:]
 
 
 def encode_texts(
@@ -52,13 +55,14 @@ def encode_texts(
     truncation: str = "head",
     stride: int = 0,
     pairs: Sequence[str] | None = None,
+    max_chars: int | None = None,
 ) -> tuple[list[list[int]], list[int]]:
     """Input ids of each model input and the index of the text it came from (several per text with
     `chunk`, one otherwise). With `pairs`, each input is a text and its pair ([CLS] a [SEP] b [SEP] for
     BERT), the longer of the two cut first (params allow only head truncation for pairs)."""
-    texts = list(texts) if truncation == "chunk" else [bounded(t, max_length, truncation) for t in texts]
+    texts = [bounded(t, max_length, truncation, max_chars) for t in texts]
     if pairs is not None:
-        pairs = [bounded(p, max_length) for p in pairs]
+        pairs = [bounded(p, max_length, max_chars=max_chars) for p in pairs]
         return tokenizer(texts, pairs, truncation="longest_first", max_length=max_length)["input_ids"], list(
             range(len(texts))
         )

@@ -92,7 +92,9 @@ class Predictor:
             )
         if not len(texts):
             return np.zeros((0, len(self.labels)), dtype=np.float32)  # the tokenizer refuses []
-        encoded, source = encode_texts(self.tokenizer, texts, spec.max_length, spec.truncation, spec.stride, pairs)
+        encoded, source = encode_texts(
+            self.tokenizer, texts, spec.max_length, spec.truncation, spec.stride, pairs, spec.max_chars
+        )
         windows = np.stack(self.forward(encoded))
         return windows if spec.truncation != "chunk" else pool(windows, source, len(texts), spec.pooling)
 

@@ -229,6 +229,15 @@ class TokenizeParams(Section):
             "encoder still sees case"
         ),
     )
+    max_chars: Int | None = Field(
+        default=None,
+        ge=1,
+        description="text classification (one label, several, pairs): cut every text (each text of a pair) to "
+        "this many characters, on the side the "
+        "truncation keeps, before tokenizing, the same way in training and prediction (counted per split in "
+        "data/tokenized/stats.json); bounds chunk's windows too; null: only the lossless cut to 1,000 "
+        "characters per kept token (chunk reads the whole text)",
+    )
     max_unknown_share: float | None = Field(
         default=0.1,
         ge=0,

@@ -44,6 +44,14 @@ def unreadable(tokenizer: Any, split: Dataset) -> dict[str, Any]:
     }
 
 
+def cut_to_max_chars(table: Any, max_chars: int | None) -> int:
+    """How many texts (each text of a pair counts) are longer than tokenize.max_chars, so were cut."""
+    if max_chars is None:
+        return 0
+    columns = [column for column in (data.TEXT, data.TEXT_PAIR) if column in table.columns]
+    return int(sum((table[column].str.len() > max_chars).sum() for column in columns))
+
+
 def require_readable(stats: dict, tables: dict, source: str, max_share: float | None) -> None:
     """Stop where a split's unknown-token share, or its share of inputs without a token, is above
     `tokenize.max_unknown_share`, naming the model, the share and an example text."""
@@ -86,6 +94,7 @@ def main() -> None:
             "truncated": task.truncated(split, tables[name], max_length),
             "mean_tokens": round(sum(split["length"]) / max(len(split), 1), 2),
             **unreadable(tokenizer, split),
+            "cut_to_max_chars": cut_to_max_chars(tables[name], params.tokenize.max_chars),
         }
         for name, split in splits.items()
     }

@@ -196,6 +196,7 @@ class TextClassification(Task):
                 params.truncation,
                 params.stride,
                 batch["pair"] if pairs else None,
+                params.max_chars,
             )
             return {
                 "input_ids": ids,

@@ -86,6 +86,8 @@ class Decoder:
             raise ValueError(f"ingest.text_column: task {name} reads one text per prompt, not pairs")
         if params.tokenize.truncation != "head":
             raise ValueError(f"tokenize.truncation: task {name} cuts the text's end only (head)")
+        if params.tokenize.max_chars is not None:
+            raise ValueError(f"tokenize.max_chars: for text classification; task {name} cuts its prompt's text")
         if params.finetune.class_weights is not None or params.finetune.label_smoothing:
             key = "class_weights" if params.finetune.class_weights is not None else "label_smoothing"
             raise ValueError(f"finetune.{key}: not available for {name} (the loss is the answer's tokens)")

@@ -48,6 +48,8 @@ class TokenClassification(Task):
             raise ValueError(f"ingest.format: task {self.name} needs conll (got {params.ingest.format!r})")
         if params.ingest.slice_column is not None:
             raise ValueError(f"ingest.slice_column: CoNLL files have no columns to slice by (task {self.name})")
+        if params.tokenize.max_chars is not None:
+            raise ValueError(f"tokenize.max_chars: for text classification; {self.name} reads words (null)")
         if params.tokenize.truncation != "head":
             raise ValueError(
                 f"tokenize.truncation: {self.name} supports head only (got {params.tokenize.truncation!r})"

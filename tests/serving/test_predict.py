@@ -296,3 +296,20 @@ def test_texts_with_line_breaks_quotes_and_separators_come_back_unchanged_from_a
     out = pd.read_csv(target, sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False)
     assert out["review"].tolist() == texts
     assert out["predicted_label"].tolist() == Predictor(trained["good"]).predict(texts)["label"].tolist()
+
+
+def test_a_model_trained_with_tokenize_max_chars_cuts_texts_the_same_way_when_it_predicts(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from pipeline.card import ModelCard
+
+    model = tmp_path / "model"
+    shutil.copytree(trained["good"], model)
+    card = ModelCard.read(model)
+    card.model_copy(update={"encoding": card.encoding.model_copy(update={"max_chars": 20})}).write(model)
+    text = "a great and wonderful film, " + "dull boring plot " * 20
+    cut = Predictor(model).logits([text])
+    assert cut == pytest.approx(Predictor(trained["good"]).logits([text[:20]]), abs=1e-6)
+    assert cut != pytest.approx(Predictor(trained["good"]).logits([text]), abs=1e-3)

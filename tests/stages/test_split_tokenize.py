@@ -165,3 +165,24 @@ def test_the_fixture_data_has_no_unknown_tokens(project: Path) -> None:
     tokenize.main()
     stats = json.loads((paths.TOKENIZED / "stats.json").read_text())
     assert all(s["unknown_token_share"] == 0 and s["inputs_without_tokens"] == 0 for s in stats.values())
+
+
+def test_tokenize_max_chars_cuts_long_texts_counts_them_and_the_model_card_carries_it(
+    project: Path, tmp_path: Path
+) -> None:
+    long_text = " ".join(["great"] * 40)  # 239 characters
+    source = write_sentiment_tsv(tmp_path / "long.tsv", n=60, extra=[(999, 2.0, long_text)])
+    set_params(project, {"ingest.source": raw_data(project, source), "tokenize.max_chars": 60})
+    ingest.main()
+    split.main()
+    tokenize.main()
+    stats = json.loads((paths.TOKENIZED / "stats.json").read_text())
+    tables = read_splits()
+    assert {n: s["cut_to_max_chars"] for n, s in stats.items()} == {
+        n: int((t["text"].str.len() > 60).sum()) for n, t in tables.items()
+    }
+    assert sum(s["cut_to_max_chars"] for s in stats.values()) >= 1
+    name = next(n for n, t in tables.items() if long_text in set(t["text"]))
+    row = tables[name]["text"].tolist().index(long_text)
+    ids = load_from_disk(str(paths.TOKENIZED))[name]["input_ids"][row]
+    assert len(ids) == 2 + 10  # [CLS], the ten "great" of its first 60 characters, [SEP]

@@ -46,3 +46,24 @@ def test_a_huge_text_in_a_prompt_is_cut_before_tokenizing_to_the_same_tokens(tin
     texts, cut = prompting.cut_texts(tokenizer, [HUGE], 20)
     assert cut == [True] and tokenizer.longest <= 20 * encoding.CHARS_PER_TOKEN_BOUND
     assert texts[0] == tokenizer.decode(tokenizer(HUGE[:5000], add_special_tokens=False)["input_ids"][:20])
+
+
+@pytest.mark.parametrize(("truncation", "kept"), [("head", "start"), ("chunk", "start"), ("tail", "end")])
+def test_tokenize_max_chars_cuts_each_text_on_the_kept_side_before_tokenizing(
+    tiny_model: Path, truncation: str, kept: str
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    text = "great film " * 50 + "dull ending " * 50  # 1,150 characters
+    ids, source = encode_texts(tokenizer, [text], 16, truncation, max_chars=100)
+    piece = text[:100] if kept == "start" else text[-100:]
+    expected, expected_source = encode_texts(tokenizer, [piece], 16, truncation)
+    assert (ids, source) == (expected, expected_source)
+    if truncation == "chunk":  # the windows of 100 characters, not of the whole text
+        assert len(ids) < len(encode_texts(tokenizer, [text], 16, "chunk")[0])
+
+
+def test_tokenize_max_chars_cuts_each_text_of_a_pair(tiny_model: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    first, second = "great " * 100, "dull " * 100
+    ids, _ = encode_texts(tokenizer, [first], 64, pairs=[second], max_chars=30)
+    assert ids == encode_texts(tokenizer, [first[:30]], 64, pairs=[second[:30]])[0]
