@@ -163,3 +163,20 @@ def test_explain_prints_description_type_default_and_allowed_values() -> None:
     assert "token_classification (NER" in out and "default: none (required)" in out
     bad = explain("finetune.nope")
     assert bad.returncode == 2 and bad.stderr.strip() == "error: finetune.nope: no such params key"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "told"),
+    [
+        ({"task": "token_classification", "ingest.format": "conll"}, "tokenize.max_chars: for text classification; "),
+        (
+            {"task": "generative_classification", "tokenize.prompt.template": "{text}?"},
+            "tokenize.max_chars: for text classification; task generative_classification cuts its prompt's text",
+        ),
+    ],
+    ids=["tokens", "decoder"],
+)
+def test_tokenize_max_chars_is_refused_by_the_tasks_that_read_words_or_prompts(overrides: dict, told: str) -> None:
+    with pytest.raises(PipelineError, match=told.replace("?", r"\?")):
+        load_params(overrides={**overrides, "tokenize.max_chars": 100})
+    load_params(overrides={"tokenize.max_chars": 100})  # text classification takes it
