@@ -66,6 +66,17 @@ def expect_user_error(main: Callable[[], None], capsys: pytest.CaptureFixture[st
     return err
 
 
+def benchmark_module(name: str):  # noqa: ANN201 (a module)
+    """A script of benchmarks/ imported as a module (the scripts import each other by their bare names)."""
+    import importlib
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
 def promote_command(argv: list[str]) -> Callable[[], None]:
     """`pipeline-promote ARGV` as a callable, for expect_user_error."""
     from pipeline import promote

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from builders import write_sentiment_tsv
-from helpers import REPO, assert_onnx_matches_pytorch, raw_data, set_params
+from helpers import assert_onnx_matches_pytorch, benchmark_module, raw_data, set_params
 from pipeline import data, paths
 from pipeline.encoding import encode_texts, pool
 from pipeline.errors import PipelineError
@@ -108,14 +108,7 @@ def test_long_text_params_are_checked(project: Path) -> None:
 
 
 def _long_text_benchmark():
-    import importlib
-    import sys
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        return importlib.import_module("long_texts"), importlib.import_module("results")
-    finally:
-        sys.path.pop(0)
+    return benchmark_module("long_texts"), benchmark_module("results")
 
 
 def test_long_document_benchmark_knows_where_the_evidence_starts_and_the_report_shows_it(

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
-from helpers import REPO
+from helpers import REPO, benchmark_module
 
 
 def docs_page():  # noqa: ANN201 (a module)
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        return importlib.import_module("docs_page")
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    return benchmark_module("docs_page")
 
 
 def test_the_benchmarks_page_is_what_the_committed_results_give() -> None:
