@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.card import EncodingSpec, ModelCard  # noqa: E402
-from pipeline.tasks.classification import SingleLabelClassification  # noqa: E402
+from pipeline.tasks.classification.spec import SingleLabelSpec  # noqa: E402
 
 WORDS = "the a film movie story plot cast is was great dull moving awful very quite really but and".split()
 
@@ -45,9 +45,9 @@ def tiny_model(folder: Path) -> Path:
         num_labels=2,
     )
     BertForSequenceClassification(config).save_pretrained(folder)
-    ModelCard(
-        task=SingleLabelClassification.name, labels=["negative", "positive"], encoding=EncodingSpec(max_length=64)
-    ).write(folder)
+    ModelCard(task=SingleLabelSpec.name, labels=["negative", "positive"], encoding=EncodingSpec(max_length=64)).write(
+        folder
+    )
     return folder
 
 

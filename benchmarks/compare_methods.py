@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline import data, paths  # noqa: E402
 from pipeline.inference import Predictor, score  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from pipeline.tasks.registry import get_task  # noqa: E402
+from pipeline.tasks.scoring import SCORINGS  # noqa: E402
 from pipeline.training import fit, prepare  # noqa: E402
 from results import OUT, load_average, write_results  # noqa: E402
 
@@ -57,7 +57,7 @@ def run_one(overrides: dict[str, Any], train_size: int | None) -> dict[str, Any]
         )
         keep = sorted(keep)
         datasets["train"] = datasets["train"].select(keep)
-        task = get_task(params.task)
+        task = SCORINGS.for_task(params.task)
         baseline = task.test_metrics(
             *task.baseline_outcomes(train_table.iloc[keep], test_table, labels, params.evaluate.baseline), labels
         )
@@ -143,7 +143,7 @@ def _all_labels_row() -> dict[str, Any]:
     row = dict(rows[0], name="n=all") if rows else in_child("n=all", {}, None)
     params = load_params()
     labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
-    task = get_task(params.task)
+    task = SCORINGS.for_task(params.task)
     train, test = data.read_table(paths.SPLIT / "train.parquet"), data.read_table(paths.SPLIT / "test.parquet")
     baseline = task.test_metrics(*task.baseline_outcomes(train, test, labels, params.evaluate.baseline), labels)
     return {**row, "baseline_accuracy": baseline["accuracy"], "baseline_macro_f1": baseline["macro_f1"]}

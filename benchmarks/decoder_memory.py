@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import data, paths  # noqa: E402
 from pipeline.modeling import load_tokenizer, resolve_model  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from pipeline.tasks.registry import get_task  # noqa: E402
+from pipeline.tasks.encoding import ENCODERS  # noqa: E402
 from pipeline.training import prepare  # noqa: E402
 from results import child_result, load_average, write_results  # noqa: E402
 
@@ -54,7 +54,7 @@ def run_setting(preset: Path, steps: int, checkpointing: bool) -> dict[str, Any]
             "finetune.activation_checkpointing": checkpointing,
         },
     )
-    task = get_task(params.task)
+    task = ENCODERS.for_task(params.task)
     labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
     tokenizer = load_tokenizer(resolve_model(params.model))
     batch = params.finetune.per_device_train_batch_size * params.finetune.gradient_accumulation_steps

@@ -43,7 +43,8 @@ from pipeline.inference import Predictor, score  # noqa: E402
 from pipeline.modeling import load_for_training, load_tokenizer, resolve_model  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.sources import resolve  # noqa: E402
-from pipeline.tasks.registry import get_task  # noqa: E402
+from pipeline.tasks.encoding import ENCODERS  # noqa: E402
+from pipeline.tasks.training import HOOKS  # noqa: E402
 from pipeline.training import build_trainer, training_arguments  # noqa: E402
 from results import load_average, write_results  # noqa: E402
 
@@ -121,7 +122,6 @@ def main() -> None:
     test = long_documents(snippets.iloc[cut:], args.test_docs, args.sentences, params.seed + 1)
     model_dir = resolve_model(params.model)
     tokenizer = load_tokenizer(model_dir)
-    task = get_task(params.task)
     doc_tokens = [len(ids) for ids in tokenizer(test[data.TEXT].tolist())["input_ids"]]
     in_first = evidence_in_first_window(test, tokenizer, args.max_length)
     print(
@@ -136,9 +136,9 @@ def main() -> None:
         tokenize_params = params.tokenize.model_copy(
             update={"max_length": args.max_length, "truncation": variant, "stride": args.max_length // 4}
         )
-        encoded = task.encode(train, labels, tokenizer, tokenize_params)
+        encoded = ENCODERS.for_task(params.task).encode(train, labels, tokenizer, tokenize_params)
         set_seed(params.seed)
-        model = load_for_training(model_dir, task, labels)
+        model = load_for_training(model_dir, HOOKS.for_task(params.task), labels)
         with tempfile.TemporaryDirectory() as tmp:
             finetune_params = params.finetune.model_copy(
                 update={
@@ -155,7 +155,7 @@ def main() -> None:
                 save_strategy="no",
                 load_best_model_at_end=False,
             )
-            trainer = build_trainer(model, tokenizer, task, labels, training_args, encoded, None)
+            trainer = build_trainer(model, tokenizer, HOOKS.for_task(params.task), labels, training_args, encoded, None)
             train_started = time.perf_counter()
             trainer.train()
             seconds = time.perf_counter() - train_started

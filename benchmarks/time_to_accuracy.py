@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import data, paths  # noqa: E402
 from pipeline.modeling import load_for_training, load_tokenizer, resolve_model  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from pipeline.tasks.registry import get_task  # noqa: E402
+from pipeline.tasks.training import HOOKS  # noqa: E402
 from pipeline.training import prepare  # noqa: E402
 from results import child_result, load_average, write_results  # noqa: E402
 
@@ -103,7 +103,7 @@ class TestAccuracyCurve(TrainerCallback):
 def run_contender(name: str, overrides: dict[str, Any], every: int) -> dict[str, Any]:
     """Train one contender in this process; its curve, final accuracy, wall time and peak RSS."""
     params = load_params(overrides=overrides)
-    task = get_task(params.task)
+    task = HOOKS.for_task(params.task)
     labels = data.read_json(paths.SPLIT / "labels.json")["labels"]
     encoded = data.load_tokenized(paths.TOKENIZED)  # what `dvc repro` trained on (run it first)
     model_dir = resolve_model(params.model)

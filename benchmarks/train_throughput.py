@@ -38,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.modeling import load_for_training, load_tokenizer, resolve_model  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
-from pipeline.tasks.registry import get_task  # noqa: E402
+from pipeline.tasks.encoding import ENCODERS  # noqa: E402
+from pipeline.tasks.reading import READERS  # noqa: E402
+from pipeline.tasks.training import HOOKS  # noqa: E402
 from pipeline.training import build_trainer, training_arguments  # noqa: E402
 from stages.ingest import ingest  # noqa: E402
 from stages.split import stratified_split  # noqa: E402
@@ -125,12 +127,12 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params()
-    task = get_task(params.task)
+    task = READERS.for_task(params.task)
     table, labels, _ = ingest(params.ingest, task)
     train = stratified_split(table, params.split, params.seed, task)["train"]
     model_dir = resolve_model(params.model)
     tokenizer = load_tokenizer(model_dir)
-    dynamic_data = get_task(params.task).encode(train, labels, tokenizer, params.tokenize)
+    dynamic_data = ENCODERS.for_task(params.task).encode(train, labels, tokenizer, params.tokenize)
     padded_data = dynamic_data.map(
         lambda batch: tokenizer.pad(
             {"input_ids": batch["input_ids"]}, padding="max_length", max_length=GLUE_MAX_SEQ_LENGTH
@@ -143,7 +145,7 @@ def main() -> None:
 
     def fresh_model() -> Any:
         set_seed(params.seed)
-        return load_for_training(model_dir, get_task(params.task), labels)
+        return load_for_training(model_dir, HOOKS.for_task(params.task), labels)
 
     with tempfile.TemporaryDirectory() as scratch:
         plain = dict(
@@ -170,7 +172,7 @@ def main() -> None:
         )
         contenders = {
             "pipeline": lambda: build_trainer(
-                fresh_model(), tokenizer, get_task(params.task), labels, pipeline_args, dynamic_data, None
+                fresh_model(), tokenizer, HOOKS.for_task(params.task), labels, pipeline_args, dynamic_data, None
             ),
             "hf-padded": lambda: Trainer(
                 model=fresh_model(),

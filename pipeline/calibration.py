@@ -1,9 +1,19 @@
-"""Calibration fitted when a model is trained (the finetune stage stores the temperature with the model),
-apart from the test-time statistics of pipeline/evaluation.py, so that changing those re-runs no training."""
+"""Scores from logits, and the calibration fitted when a model is trained (the finetune stage stores the
+temperature with the model), apart from the test-time statistics of pipeline/evaluation.py, so that
+changing those re-runs no training."""
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:

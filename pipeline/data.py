@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.schema import ConllParams, IngestParams
+from pipeline.schema import IngestParams
 
 TEXT, LABEL, SOURCE_ROW = "text", "label", "source_row"
 TEXT_PAIR = "text_pair"  # the second text of a pair (ingest.text_column: [first, second])
@@ -176,59 +176,6 @@ def _read_saved_dataset(path: Path) -> tuple[pd.DataFrame, str]:
     return frame, "row"
 
 
-def read_conll(path: Path, encoding: str, params: ConllParams) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Read a CoNLL column file into one row per sentence: tokens, IOB2 tags, the sentence's first line and
-    its document (numbered from 0; each `-DOCSTART-` line starts the next).
-
-    `-DOCSTART-` lines and blank lines separate sentences. A line with fewer columns than the token and
-    tag columns need, or an IOB2 error (I-X not after B-X/I-X), stops with the line number, unless
-    `repair_iob` is set: then an I-X that starts an entity becomes B-X and is counted for the data card.
-    """
-    if path.is_dir():
-        raise PipelineError(f"{path}: is a folder, expected a CoNLL column file")
-    lines = decode_text_file(path, encoding).splitlines()
-    # Token and tag are two different columns, so a line needs at least two, and enough for both indices.
-    needed = max(2, params.token_column + 1, params.tag_column + 1, -params.tag_column, -params.token_column)
-    sentences: list[dict[str, Any]] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    repaired = 0
-    start = 0
-    document = 0
-    for number, line in enumerate([*lines, ""], start=1):
-        columns = line.split()
-        if not columns or columns[0] == "-DOCSTART-":
-            if tokens:
-                sentences.append({TOKENS: tokens, TAGS: tags, SOURCE_ROW: start, DOCUMENT: document})
-            tokens, tags = [], []
-            if columns and sentences:
-                document += 1  # a -DOCSTART- after some sentences opens the next document
-            continue
-        if len(columns) < needed:
-            raise PipelineError(
-                f"{path}: line {number}: {len(columns)} column(s), expected at least {needed} "
-                f"(ingest.conll.token_column/tag_column)"
-            )
-        tag = columns[params.tag_column]
-        if tag != "O" and not re.fullmatch(r"[BI]-\S+", tag):
-            raise PipelineError(f"{path}: line {number}: tag '{tag}' is not IOB2 (O, B-TYPE or I-TYPE)")
-        if tag.startswith("I-") and (not tags or tags[-1][2:] != tag[2:]):
-            if not params.repair_iob:
-                raise PipelineError(
-                    f"{path}: line {number}: '{tag}' does not continue an entity "
-                    f"(after '{tags[-1] if tags else 'sentence start'}'); set ingest.conll.repair_iob to repair it to "
-                    f"B-"
-                )
-            tag, repaired = "B-" + tag[2:], repaired + 1
-        if not tokens:
-            start = number
-        tokens.append(columns[params.token_column])
-        tags.append(tag)
-    if not sentences:
-        raise PipelineError(f"{path}: no sentences found")
-    return pd.DataFrame(sentences), {"iob_repaired": repaired}
-
-
 PAIR_SEPARATOR = " ||| "  # between the two texts of a pair where one string stands for both
 
 
@@ -256,31 +203,6 @@ def text_pairs(table: pd.DataFrame) -> list[str] | None:
     return table[TEXT_PAIR].tolist() if TEXT_PAIR in table.columns else None
 
 
-def tag_order(tags: set[str]) -> list[str]:
-    """O first, then B-/I- of each entity type in alphabetical order: a stable label-id order."""
-    types = sorted({tag[2:] for tag in tags if tag != "O"})
-    return ["O"] + [f"{prefix}-{kind}" for kind in types for prefix in ("B", "I")]
-
-
-def describe_tokens(table: pd.DataFrame) -> dict[str, Any]:
-    """Sentence and token counts and entity counts per type, for the data card."""
-    from seqeval.metrics.sequence_labeling import get_entities
-
-    entities = pd.Series([kind for tags in table[TAGS] for kind, _, _ in get_entities(list(tags))], dtype=object)
-    lengths = table[TOKENS].map(len)
-    return {
-        "rows": int(len(table)),
-        "tokens": int(lengths.sum()),
-        "labels": {str(k): int(v) for k, v in entities.value_counts().sort_index().items()},
-        "text_words": {
-            "mean": round(float(lengths.mean()), 2),
-            "median": round(float(lengths.median()), 2),
-            "p95": round(float(lengths.quantile(0.95)), 2),
-            "max": int(lengths.max()),
-        },
-    }
-
-
 def require_columns(frame: pd.DataFrame, source: Path, *columns: str) -> None:
     """Stop naming the first of `columns` that `frame` lacks, and the columns it has."""
     missing = next((column for column in columns if column not in frame.columns), None)
@@ -300,7 +222,7 @@ def drop_bad_rows(
     require_columns(frame, path, *text_columns, params.label_column)
     empty_text = np.zeros(len(frame), dtype=bool)
     for column in text_columns:
-        empty_text |= frame[column].map(lambda v: not isinstance(v, str) or not v.strip()).to_numpy()
+        empty_text |= frame[column].map(is_empty_text).to_numpy()
     missing_label = frame[params.label_column].map(is_missing).to_numpy() & ~empty_text if label_required else None
     reasons = {"empty_text": empty_text} | ({"missing_label": missing_label} if label_required else {})
     changes: dict[str, dict[str, Any]] = {"dropped": {}, "dropped_rows": {}}
@@ -328,92 +250,12 @@ def select_texts(frame: pd.DataFrame, path: Path, where: str, params: IngestPara
     if params.slice_column:
         table[SLICE] = frame[params.slice_column].map(lambda v: "(missing)" if is_missing(v) else str(v).strip())
     for name, column in text_columns.items():
-        bad_text = table[name].map(lambda v: not isinstance(v, str) or not v.strip())
+        bad_text = table[name].map(is_empty_text)
         if bad_text.any():
             row = table.loc[bad_text, SOURCE_ROW].iloc[0]
             raise PipelineError(f"{path}: {where} {row}: empty text in column '{column}'")
         table[name] = table[name].str.strip()
     return table
-
-
-def normalise_label_sets(
-    frame: pd.DataFrame, path: Path, where: str, params: IngestParams
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Multi-label: `label` becomes a sorted list of labels (0..n per text) read from a list column or a
-    `ingest.label_delimiter`-separated string; the label-id order is kept in `table.attrs["labels"]`.
-    Duplicates are dropped. Returns the table and what was dropped ({"dropped": counts}), for the data card."""
-    table = select_texts(frame, path, where, params)
-    dropped: dict[str, int] = {}
-    table[LABEL] = table[LABEL].map(lambda v: _label_set(v, params.label_delimiter))
-    present = sorted({label for labels in table[LABEL] for label in labels})
-    order = [label_text(label) for label in params.labels] if params.labels is not None else present
-    unknown = table[LABEL].map(lambda labels: next((label for label in labels if label not in order), None))
-    if unknown.notna().any():
-        row, value = table.loc[unknown.notna(), SOURCE_ROW].iloc[0], unknown.dropna().iloc[0]
-        raise PipelineError(f"{path}: {where} {row}: label '{value}' is not in ingest.labels {params.labels}")
-    table, dropped["duplicate"], dropped["conflicting_duplicate"] = drop_duplicates(table)
-    if len(present) < 2:
-        raise PipelineError(
-            f"{path}: {len(present)} distinct label(s) after ingest; multi-label classification needs at least two"
-        )
-    table = table.reset_index(drop=True)
-    table.attrs["labels"] = order
-    return table, {"dropped": dropped}
-
-
-def normalise_single_labels(
-    frame: pd.DataFrame, path: Path, where: str, params: IngestParams
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One label per text: scores mapped to classes, labels written as numbers in one form (label_text),
-    checked against `ingest.labels`, duplicates dropped; `label` becomes a Categorical in label-id order.
-    Returns the table and what was dropped and repaired ({"dropped": counts, "repaired": counts}), for the
-    data card."""
-    table = select_texts(frame, path, where, params)
-    dropped: dict[str, int] = {}
-    repaired: dict[str, int] = {}
-    # A label list (fastText lines, list columns) must hold exactly one label for single-label tasks.
-    is_list = table[LABEL].map(lambda v: isinstance(v, (list, tuple, np.ndarray)))
-    several = is_list & (table[LABEL].map(lambda v: len(v) if isinstance(v, (list, tuple, np.ndarray)) else 1) > 1)
-    if several.any():
-        row = table.loc[several, SOURCE_ROW].iloc[0]
-        raise PipelineError(
-            f"{path}: {where} {row}: several labels, but task single_label_classification takes one "
-            f"(multi_label_classification takes sets)"
-        )
-    table[LABEL] = table[LABEL].map(
-        lambda v: (v[0] if len(v) else None) if isinstance(v, (list, tuple, np.ndarray)) else v
-    )
-    missing_label = table[LABEL].map(is_missing)
-    if missing_label.any():
-        row = table.loc[missing_label, SOURCE_ROW].iloc[0]
-        raise PipelineError(f"{path}: {where} {row}: missing label in column '{params.label_column}'")
-
-    if params.score_to_label is not None:
-        table, dropped_values = _scores_to_classes(table, path, where, params)
-        dropped["label_in_drop_values"] = dropped_values
-        order = list(params.score_to_label.names)
-    else:
-        as_written = table[LABEL].map(lambda v: str(v).strip())
-        table[LABEL] = table[LABEL].map(label_text)
-        repaired["label_written_as_number"] = int((as_written != table[LABEL]).sum())
-        order = sorted(table[LABEL].unique())
-    if params.labels is not None:
-        declared = [label_text(label) for label in params.labels]
-        unknown = ~table[LABEL].isin(declared)
-        if unknown.any():
-            row, value = table.loc[unknown, [SOURCE_ROW, LABEL]].iloc[0]
-            raise PipelineError(f"{path}: {where} {row}: label '{value}' is not in ingest.labels {params.labels}")
-        order = declared
-
-    table, dropped["duplicate"], dropped["conflicting_duplicate"] = drop_duplicates(table)
-
-    present = table[LABEL].unique()
-    if len(present) < 2:
-        only = present[0] if len(present) else "none"
-        raise PipelineError(f"{path}: only one class ({only}) after ingest; classification needs at least two")
-    # Declared labels absent from the data keep their id, so label ids do not shift between datasets.
-    table[LABEL] = pd.Categorical(table[LABEL], categories=order)
-    return table.reset_index(drop=True), {"dropped": dropped, "repaired": repaired}
 
 
 # What pandas reads as missing in a CSV (its default na_values); the pipeline reads cells as text (a text
@@ -441,37 +283,13 @@ def label_text(value: Any) -> str:
     return str(int(number)) if number == number.to_integral_value() else format(number.normalize(), "f")
 
 
+def is_empty_text(value: Any) -> bool:
+    """A text cell with nothing to read: not a string, or only spaces."""
+    return not isinstance(value, str) or not value.strip()
+
+
 def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() in MISSING
-
-
-def _label_set(value: Any, delimiter: str | None) -> list[str]:
-    """A multi-label cell as a sorted list of distinct labels: a list column as is, a string split on the
-    delimiter; empty, missing or None is the empty set (a text may have no label)."""
-    if is_missing(value) and not isinstance(value, (list, tuple, np.ndarray)):
-        return []
-    items = (
-        list(value)
-        if isinstance(value, (list, tuple, np.ndarray))
-        else (str(value).split(delimiter) if delimiter else [str(value)])
-    )
-    return sorted({label_text(item) for item in items if not is_missing(item)})
-
-
-def _scores_to_classes(table: pd.DataFrame, path: Path, where: str, params: IngestParams) -> tuple[pd.DataFrame, int]:
-    rule = params.score_to_label
-    assert rule is not None
-    scores = pd.to_numeric(table[LABEL], errors="coerce")
-    if scores.isna().any():
-        row, value = table.loc[scores.isna(), [SOURCE_ROW, LABEL]].iloc[0]
-        raise PipelineError(f"{path}: {where} {row}: label '{value}' is not a number (ingest.score_to_label)")
-    keep = ~scores.isin(rule.drop_values)
-    table, scores = table[keep].copy(), scores[keep]
-    # searchsorted(side="left") puts a value equal to thresholds[i] in class i: class i covers (t[i-1], t[i]].
-    table[LABEL] = np.asarray(rule.names, dtype=object)[
-        np.searchsorted(rule.thresholds, scores.to_numpy(), side="left")
-    ]
-    return table, int((~keep).sum())
 
 
 def _dedup_key(text: str) -> str:

@@ -17,14 +17,14 @@ import torch
 from safetensors import SafetensorError
 
 from pipeline.card import EncodingSpec, ModelCard
-from pipeline.encoding import encode_texts, in_context, pool
+from pipeline.encoding import encode_texts, pool
 from pipeline.errors import PipelineError
+from pipeline.generating import GREEDY, Sampling
 from pipeline.methods.base import load_model
 from pipeline.modeling import check_model_folder, require_finite_weights
-from pipeline.prompting import GREEDY, Sampling
 from pipeline.runtimes import ONNX_FILES, RUNTIMES, TORCH, OnnxSession
-from pipeline.tasks.classification import softmax
-from pipeline.tasks.registry import get_task
+from pipeline.tasks.prediction import PREDICTIONS
+from pipeline.tasks.training import HOOKS
 
 
 class Predictor:
@@ -39,7 +39,8 @@ class Predictor:
 
         self.card = ModelCard.read(model_dir)
         check_model_folder(model_dir)
-        self.task = get_task(self.card.task)
+        self.task = PREDICTIONS.for_task(self.card.task)
+        self.model_class = HOOKS.for_task(self.card.task).auto_model_class()  # the class it was trained as
         self.labels: list[str] = self.card.labels
         self.encoding: EncodingSpec = self.card.encoding  # long texts are cut and pooled as in training
         self.batch_size = batch_size
@@ -48,7 +49,7 @@ class Predictor:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
             if runtime == TORCH:
-                self.model = load_model(model_dir, self.task.auto_model_class())
+                self.model = load_model(model_dir, self.model_class)
         except (OSError, ValueError, SafetensorError) as exc:  # missing, incompatible or corrupt weights
             raise PipelineError(f"{model_dir}: cannot load the model: {str(exc).splitlines()[0]}") from None
         if runtime == TORCH:
@@ -98,44 +99,6 @@ class Predictor:
         windows = np.stack(self.forward(encoded))
         return windows if spec.truncation != "chunk" else pool(windows, source, len(texts), spec.pooling)
 
-    def predict_words(
-        self, sentences: Sequence[Sequence[str]], documents: Sequence[object] | None = None
-    ) -> list[list[str]]:
-        """Token tasks: one tag per word, read off each word's first sub-token; words cut off by
-        max_length get "O". With `documents` (a model trained with document context), each sentence is
-        read inside its neighbours of the same document, as in training."""
-        return [[tag for tag, _ in words] for words in self.tag_words(sentences, documents)]
-
-    def tag_words(
-        self, sentences: Sequence[Sequence[str]], documents: Sequence[object] | None = None
-    ) -> list[list[tuple[str, float]]]:
-        """Token tasks: (tag, probability) of each word, read off its first sub-token."""
-        if not len(sentences):
-            return []
-        spec = self.encoding
-        windows = in_context(
-            sentences,
-            documents if spec.context == "document" else None,
-            self.tokenizer,
-            spec.max_length,
-            spec.mark_case,
-        )
-        encoded = self.tokenizer(
-            [words for words, _ in windows], is_split_into_words=True, truncation=True, max_length=spec.max_length
-        )
-        logits = self.forward(encoded["input_ids"])
-        tagged = []
-        for index, words in enumerate(sentences):
-            tags = [("O", 1.0)] * len(words)
-            offset, previous = windows[index][1], None
-            for position, word in enumerate(encoded.word_ids(index)):
-                if word is not None and word != previous and offset <= word < offset + len(words):
-                    probs = softmax(logits[index][position])
-                    tags[word - offset] = (self.labels[int(probs.argmax())], float(probs.max()))
-                previous = word
-            tagged.append(tags)
-        return tagged
-
     def with_sampling(self, sampling: Sampling) -> Predictor:
         """This predictor generating free text as `sampling` says (the weights are shared, not copied, so a
         request's choice never leaks into another's)."""
@@ -146,12 +109,6 @@ class Predictor:
     def predict(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> pd.DataFrame:
         """One row per text (and pair), as the task decodes it: label and scores, label sets, or entities."""
         return self.task.predict(self, list(texts), list(pairs) if pairs is not None else None)
-
-
-def score(predictor: Predictor, table: pd.DataFrame, source: str = "test split") -> tuple[dict, pd.DataFrame]:
-    """The task's test metrics of `predictor` on a split table, and the (actual, predicted) pairs for the
-    confusion matrix. Used by evaluate and by promotion's re-scoring of a champion."""
-    return predictor.task.score(predictor, table, source)
 
 
 def load_predictor(model: str, runtime: str | None = None) -> Predictor:

@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from pipeline.errors import PipelineError, atomic_dir
 from pipeline.schema import DropoutParams, ModelParams
 from pipeline.sources import cache_dir, resolve, sha256_of
-from pipeline.tasks.base import Task
+from pipeline.tasks.base import TrainingHooks
 
 
 def _quiet_loading() -> None:
@@ -163,7 +163,7 @@ def head_pooling(setting: str, model_dir: Path) -> str:
 
 def load_for_training(
     model_dir: Path,
-    task: Task,
+    task: TrainingHooks,
     labels: list[str],
     dropout: DropoutParams | None = None,
     random_init: bool = False,

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pipeline.errors import PipelineError, stage_main
 from pipeline.methods.registry import METHODS, get_method
 from pipeline.schema import Params, PromptParams
-from pipeline.tasks.registry import TASKS, get_task
+from pipeline.tasks.registry import TASKS
 
 PARAMS_FILE = Path(os.environ.get("PIPELINE_PARAMS", "params.yaml"))
 
@@ -44,7 +44,7 @@ def check_against_registries(params: Params) -> None:
             f"finetune: freeze_word_embeddings: for method full (method {finetune.method} has its own: "
             "freeze.train_embeddings, or adapters that leave the embeddings as they are)"
         )
-    task = get_task(params.task)
+    task = TASKS.for_task(params.task)
     task.check_params(params)  # what this task cannot do, each error naming its key
     if not task.pools_a_text and params.finetune.classifier_pooling == "mean":
         raise ValueError(f"finetune.classifier_pooling: task {params.task} has no head that reads a whole text")

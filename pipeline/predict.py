@@ -27,10 +27,10 @@ import pyarrow.parquet as pq
 import transformers
 from tqdm import tqdm
 
-from pipeline.data import json_record, require_columns
+from pipeline.data import is_empty_text, json_record, require_columns
 from pipeline.errors import PipelineError, atomic_file, stage_main
+from pipeline.generating import Sampling
 from pipeline.inference import Predictor, load_predictor
-from pipeline.prompting import Sampling
 from pipeline.runtimes import RUNTIMES
 from pipeline.tables import write_csv
 
@@ -168,7 +168,7 @@ def predict_file(
     """Predict every row of `source` into `target`; returns the number of rows. A pair model reads its
     second text from `pair_column`."""
     kind = file_format(target)
-    if target.resolve() == source.resolve() or (target.exists() and source.exists() and target.samefile(source)):
+    if target.exists() and source.exists() and target.samefile(source):  # links and other spellings too
         raise PipelineError(f"{target}: the output is the input file; write the predictions to another file")
     total = _parquet_rows(source) if file_format(source) == "parquet" and source.is_file() else None
     with atomic_file(target) as tmp:
@@ -182,7 +182,7 @@ def predict_file(
                 if first_row == 1:
                     refuse_prediction_columns(chunk, source)
                 for column in columns:
-                    bad = chunk[column].map(lambda v: not isinstance(v, str) or not v.strip()).to_numpy()
+                    bad = chunk[column].map(is_empty_text).to_numpy()
                     if bad.any():
                         raise PipelineError(
                             f"{source}: row {first_row + int(bad.argmax())}: empty or non-text value in column "

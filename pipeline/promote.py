@@ -37,7 +37,7 @@ from pipeline.evaluation import OUTCOMES_ARTIFACT, PairedComparison, paired_boot
 from pipeline.inference import load_predictor
 from pipeline.params import load_params
 from pipeline.schema import PromoteParams
-from pipeline.tasks.registry import get_task
+from pipeline.tasks.scoring import SCORINGS
 
 EXIT_REFUSED = 1
 
@@ -91,7 +91,7 @@ def compare(name: str, challenger: Any, champion: Any, params: PromoteParams) ->
         raise PipelineError(
             f"v{champion.version} and v{challenger.version}: their outcomes are not on the same examples"
         )
-    task = get_task(challenger.tags["task"])
+    task = SCORINGS.for_task(challenger.tags["task"])
     if params.metric not in task.summary_metrics:
         raise PipelineError(
             f"promote.metric: '{params.metric}' is not a test metric ({', '.join(task.summary_metrics)})"

@@ -24,8 +24,8 @@ import pandas as pd
 
 from pipeline import artifacts
 from pipeline.errors import PipelineError
+from pipeline.generating import Sampling
 from pipeline.inference import Predictor
-from pipeline.prompting import Sampling
 from pipeline.runtimes import ONNX_FILES, TORCH
 
 MAX_TEXTS = "PIPELINE_MAX_REQUEST_TEXTS"

@@ -33,8 +33,8 @@ from pipeline.modeling import (
     resolve_model,
 )
 from pipeline.schema import FinetuneParams, Params, TokenizeParams
-from pipeline.tasks.base import Task
-from pipeline.tasks.registry import get_task
+from pipeline.tasks.base import TrainingHooks
+from pipeline.tasks.training import HOOKS
 
 
 def computes_in_bf16() -> bool:
@@ -111,7 +111,7 @@ def training_arguments(params: FinetuneParams, seed: int, output_dir: Path, **ov
 
 
 def class_weights(
-    setting: str | list[float] | None, train_dataset: Any, task: Task, n_labels: int
+    setting: str | list[float] | None, train_dataset: Any, task: TrainingHooks, n_labels: int
 ) -> torch.Tensor | None:
     """`finetune.class_weights` as a tensor: a list as given, `auto` from the train split's targets as the
     task balances them (single-label and tags: n / (classes * count), sklearn's "balanced"; label sets:
@@ -126,7 +126,7 @@ def class_weights(
 
 
 def loss_function(
-    task: Task, weights: torch.Tensor | None, label_smoothing: float
+    task: TrainingHooks, weights: torch.Tensor | None, label_smoothing: float
 ) -> Callable[..., torch.Tensor] | None:
     """The Trainer's `compute_loss_func` when class weights or label smoothing change the task's loss;
     None keeps the model's own loss. transformers' LabelSmoother has no class weights and treats every task
@@ -254,7 +254,7 @@ class PipelineTrainer(Trainer):
 def build_trainer(
     model: Any,
     tokenizer: Any,
-    task: Task,
+    task: TrainingHooks,
     labels: list[str],
     args: TrainingArguments,
     train_dataset: Any,
@@ -423,7 +423,7 @@ class Prepared:
 
     trainer: Any
     tokenizer: Any
-    task: Task
+    task: TrainingHooks
     pretrained_dir: Path
     labels: list[str]
     trainable_params: int
@@ -435,7 +435,7 @@ def prepare(params: Params, datasets: Any, labels: list[str], checkpoints: Path)
     finetune = params.finetune
     return_freed_buffers_to_the_system()
     bound_the_kernel_cache()
-    task = get_task(params.task)
+    task = HOOKS.for_task(params.task)
     model_dir = resolve_model(params.model)
     require_fits_positions(model_dir, params.tokenize.max_length, finetune.pad_to_multiple_of)
     tokenizer = load_tokenizer(model_dir)

@@ -31,18 +31,18 @@ from pipeline.evaluation import (
     reliability,
     under_predicted,
 )
+from pipeline.generating import GREEDY
 from pipeline.inference import Predictor
 from pipeline.methods.base import ADAPTER_CONFIG
 from pipeline.modeling import resolve_model
 from pipeline.params import load_params
-from pipeline.prompting import GREEDY
 from pipeline.registry import exclusive
 from pipeline.runtimes import ONNX_FILES, TORCH, machine, read_export_card, timed_outcomes
 from pipeline.schema import EvaluateParams, ExportParams
 from pipeline.sources import tree_sha256
 from pipeline.tables import write_csv
-from pipeline.tasks.base import Outcomes, Task
-from pipeline.tasks.registry import get_task
+from pipeline.tasks.base import Outcomes, Scoring
+from pipeline.tasks.scoring import SCORINGS
 
 
 def _pip_requirements(model_dir: Path, runtime: str) -> list[str]:
@@ -59,7 +59,7 @@ def _pip_requirements(model_dir: Path, runtime: str) -> list[str]:
     return [f"{name}=={pin}" for name, pin in pins.items()]
 
 
-def input_example(rows: pd.DataFrame, task: Task) -> Any:
+def input_example(rows: pd.DataFrame, task: Scoring) -> Any:
     """A few test inputs as the served model takes them: texts, or [text, pair] lists; with the sampling
     params and their defaults for a model that generates text (MLflow reads the params schema off it)."""
     pairs = data.text_pairs(rows)
@@ -118,7 +118,7 @@ def register(
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(params.registered_model_name, version, key, value)
-    headline = get_task(card.task).headline_metric
+    headline = SCORINGS.for_task(card.task).headline_metric
     origin = (
         f" (git {provenance.git_commit[:10]}{', dirty' if provenance.git_dirty == 'true' else ''})"
         if provenance
@@ -172,7 +172,7 @@ def _training_run(card: ModelCard) -> mlflow.ActiveRun:
 def main() -> None:
     params = load_params()
     card = ModelCard.read(paths.MODEL)
-    task = get_task(card.task)
+    task = SCORINGS.for_task(card.task)
     test_file = paths.SPLIT / "test.parquet"
     test = data.read_table(test_file)
     # One timed pass over the test split per runtime; PyTorch's outcomes are the model's test results.
@@ -281,7 +281,7 @@ def main() -> None:
         print(f"evaluate: warning: {flag}")
 
 
-def compare_runtimes(task: Task, test: pd.DataFrame, source: str, export: ExportParams) -> tuple[dict, Outcomes]:
+def compare_runtimes(task: Scoring, test: pd.DataFrame, source: str, export: ExportParams) -> tuple[dict, Outcomes]:
     """Each runtime on the test split, measured side by side in this run: its headline metric and change
     from PyTorch, samples/s at batch 32, single-text p50/p95 latency, weights on disk; and the runtime that
     serves (`export.serve`; auto: int8 unless it costs more than `export.max_int8_drop`, then fp32 ONNX).
@@ -323,7 +323,7 @@ def compare_runtimes(task: Task, test: pd.DataFrame, source: str, export: Export
     return {"metric": headline, "served": served, "runtimes": rows, "machine": machine()}, outcomes[TORCH]
 
 
-def calibration_and_curves(task: Task, result: Outcomes, card: ModelCard, metrics: dict) -> dict[str, dict]:
+def calibration_and_curves(task: Scoring, result: Outcomes, card: ModelCard, metrics: dict) -> dict[str, dict]:
     """ROC and precision-recall curves with their areas, and the expected calibration error before and
     after the card's temperature, added to `metrics`; returns the curve tables (DVC plots). Tasks whose
     outcomes carry no example logits (NER) get empty tables."""
@@ -362,7 +362,7 @@ def value_groups(values: pd.Series, most: int = 20) -> dict[str, np.ndarray]:
     return {value: np.flatnonzero(codes == value) for value in values.astype(str).value_counts().index[:most]}
 
 
-def sliced_scores(task: Task, groups: dict[str, np.ndarray], result: Outcomes, labels: list[str]) -> dict[str, dict]:
+def sliced_scores(task: Scoring, groups: dict[str, np.ndarray], result: Outcomes, labels: list[str]) -> dict[str, dict]:
     """The summary metrics of each group of test examples: where the model is weak."""
     return {
         name: {

@@ -43,7 +43,7 @@ def main() -> None:
         try:
             if reference.task.not_exportable:
                 raise PipelineError(reference.task.not_exportable)
-            model = exportable(load_model(paths.MODEL, reference.task.auto_model_class()))
+            model = exportable(load_model(paths.MODEL, reference.model_class))
         except PipelineError as exc:
             record["skipped"] = str(exc)
             print(f"export: skipped: {exc}")

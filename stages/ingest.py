@@ -15,8 +15,8 @@ from pipeline.errors import PipelineError, atomic_dir, stage_main
 from pipeline.params import load_params
 from pipeline.schema import IngestParams
 from pipeline.sources import local_path, resolve
-from pipeline.tasks.base import Task
-from pipeline.tasks.registry import get_task
+from pipeline.tasks.base import Reader
+from pipeline.tasks.reading import READERS
 
 
 def require_watched_by_dvc(source: str) -> None:
@@ -31,7 +31,7 @@ def require_watched_by_dvc(source: str) -> None:
         )
 
 
-def ingest(params: IngestParams, task: Task) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
+def ingest(params: IngestParams, task: Reader) -> tuple[pd.DataFrame, list[str], dict[str, Any]]:
     require_watched_by_dvc(params.source)
     source = resolve(params.source, params.sha256, key="ingest.source", hf_dataset=params.format == "datasets")
     files = {name: source / file for name, file in params.splits.items()} if params.splits else {None: source}
@@ -61,7 +61,7 @@ def ingest(params: IngestParams, task: Task) -> tuple[pd.DataFrame, list[str], d
 @stage_main
 def main() -> None:
     params = load_params()
-    table, labels, card = ingest(params.ingest, get_task(params.task))
+    table, labels, card = ingest(params.ingest, READERS.for_task(params.task))
     with atomic_dir(paths.INGESTED) as out:
         data.write_table(table, out / "data.parquet")
         data.write_json({"labels": labels}, out / "labels.json")

@@ -26,7 +26,7 @@ from pipeline.card import ModelCard
 from pipeline.errors import PipelineError, atomic_dir, atomic_file, stage_main
 from pipeline.params import load_params
 from pipeline.schema import PromoteParams
-from pipeline.tasks.registry import get_task
+from pipeline.tasks.registry import TASKS
 
 
 def _read_curve(folder: Path, name: str) -> pd.DataFrame | None:
@@ -608,7 +608,7 @@ def main() -> None:
     model_card = ModelCard.read(paths.MODEL)
     model = data.read_json(paths.EVAL / "metrics.json")
     registered = data.read_json(paths.EVAL / "registry.json")
-    task = get_task(model_card.task)
+    task = TASKS.for_task(model_card.task)
     classes = list(model.get("per_class", {}))  # labels, or entity types for token tasks; none for free text
     baseline = data.read_json(paths.EVAL / "baseline.json")
     stopping_metric = model_card.training.best_metric_name if model_card.training else "loss"

@@ -16,12 +16,12 @@ from pipeline import data, paths
 from pipeline.errors import PipelineError, atomic_dir, stage_main
 from pipeline.params import load_params
 from pipeline.schema import SplitParams
-from pipeline.tasks.base import Task
-from pipeline.tasks.registry import get_task
+from pipeline.tasks.base import Reader
+from pipeline.tasks.reading import READERS
 
 
-def stratified_split(table: pd.DataFrame, params: SplitParams, seed: int, task: Task) -> dict[str, pd.DataFrame]:
-    """Train/validation/test, stratified on what the task says (`Task.strata`), seeded."""
+def stratified_split(table: pd.DataFrame, params: SplitParams, seed: int, task: Reader) -> dict[str, pd.DataFrame]:
+    """Train/validation/test, stratified on what the task says (`Reader.strata`), seeded."""
     source = paths.INGESTED / "data.parquet"
     table = table.assign(_stratum=task.strata(table))
     counts = table["_stratum"].value_counts()
@@ -74,7 +74,7 @@ def overlap(parts: dict[str, pd.DataFrame], policy: str) -> dict[str, int]:
 @stage_main
 def main() -> None:
     params = load_params()
-    task = get_task(params.task)
+    task = READERS.for_task(params.task)
     table = data.read_table(paths.INGESTED / "data.parquet")
     if data.SPLIT in table.columns:
         parts = predefined_split(table)

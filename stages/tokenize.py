@@ -15,7 +15,7 @@ from pipeline import data, paths
 from pipeline.errors import PipelineError, atomic_dir, stage_main
 from pipeline.modeling import load_tokenizer, require_fits_positions, resolve_model
 from pipeline.params import load_params
-from pipeline.tasks.registry import get_task
+from pipeline.tasks.encoding import ENCODERS
 
 
 def unreadable(tokenizer: Any, split: Dataset) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def require_readable(stats: dict, tables: dict, source: str, max_share: float | 
 @stage_main
 def main() -> None:
     params = load_params()
-    task = get_task(params.task)
+    task = ENCODERS.for_task(params.task)
     model_dir = resolve_model(params.model)
     task.check_model(data.read_json(model_dir / "config.json"), params.model.source)
     require_fits_positions(model_dir, params.tokenize.max_length)

@@ -1,16 +1,23 @@
-"""The Task interface: everything that differs between tasks (`task` in params.yaml).
+"""The Task interface, split by the stages that use it, so each stage imports only the code it runs.
 
-Everything that differs between tasks lives in the task's class: the stages, the Trainer set-up, the
-Predictor and the report call these methods and never compare task names.
+A task (`task` in params.yaml) is one `TaskSpec` (its names and metrics, what params it accepts) and one
+class per role, each a subclass of the spec and of the role's interface below:
 
-Adding a task means one module in this package:
+| role           | interface        | used by                                    | registry                    |
+|----------------|------------------|--------------------------------------------|-----------------------------|
+| spec           | `TaskSpec`       | params validation, every stage, the report | pipeline/tasks/registry.py  |
+| reading rows   | `Reader`         | ingest, split                              | pipeline/tasks/reading.py   |
+| encoding       | `Encoder`        | tokenize                                   | pipeline/tasks/encoding.py  |
+| head and loss  | `TrainingHooks`  | finetune, and loading a saved model        | pipeline/tasks/training.py  |
+| prediction     | `Prediction`     | the Predictor: export, evaluate, serving   | pipeline/tasks/prediction.py|
+| scoring        | `Scoring`        | evaluate, promote                          | pipeline/tasks/scoring.py   |
 
-1. subclass `Task` (or one of the bases beside it), set the class attributes and implement the abstract
-   methods (each says which stage calls it);
-2. add the class to the list in `pipeline/tasks/registry.py`, so the registry knows it.
+A change to a task's scoring code then re-runs evaluate, never ingest or finetune (dvc.yaml lists each
+stage's imports; tests/unit/test_architecture.py checks them).
 
-The name then becomes a valid `task` in params.yaml, and every stage, `promote`, `predict` and the served
-model work with it.
+Adding a task means one package beside classification/, tokens/ and generation/ with a module per role,
+and one entry in each registry. The name then becomes a valid `task` in params.yaml, and every stage,
+`promote`, `predict` and the served model work with it; nothing outside the package compares task names.
 """
 
 from __future__ import annotations
@@ -19,13 +26,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 import pandas as pd
-import torch
 
 if TYPE_CHECKING:
+    import torch
+
     from pipeline.card import ModelCard
     from pipeline.schema import (
         BaselineParams,
@@ -37,19 +45,8 @@ if TYPE_CHECKING:
     )
 
 
-@dataclass
-class Outcomes:
-    """A model's results on the examples of a split: what metrics are computed from."""
-
-    true: list[Any]  # one entry per example: a label, a label set, a sentence's tags
-    pred: list[Any]
-    logits: np.ndarray | None = None  # (examples, labels), raw; tasks that score whole examples only
-    targets: np.ndarray | None = None  # (examples, labels) indicator of the true labels, beside logits
-    measured: dict[str, float] = field(default_factory=dict)  # what else the task measured on the way (test metrics)
-
-
-class Task(ABC):
-    """One kind of supervised problem, from raw rows to scored predictions."""
+class TaskSpec:
+    """What every stage may know of a task: its names, metrics and the params it accepts."""
 
     name: ClassVar[str]  # the value of `task` in params.yaml
     description: ClassVar[str]  # one line, shown by `python -m pipeline.params --explain task`
@@ -72,15 +69,33 @@ class Task(ABC):
     # takes **kwargs, which it reads as "counts items") and would sum micro-batches' gradients.
     model_loss_counts_items: ClassVar[bool] = False
 
-    # ---- params: called when params.yaml is validated --------------------------------------------------
     def check_params(self, params: Params) -> None:  # noqa: B027 (a hook: most tasks accept every combination)
-        """Raise ValueError naming the key when params ask for something this task cannot do."""
+        """Called when params.yaml is validated: raise ValueError naming the key when params ask for
+        something this task cannot do."""
 
-    # ---- the model: called where a stage first resolves model.source (tokenize) ------------------------
     def check_model(self, model_config: dict[str, Any], source: str) -> None:  # noqa: B027 (a hook, as above)
-        """Raise PipelineError naming model.source when the model (its config.json) cannot do this task."""
+        """Called where a stage first resolves model.source (tokenize): raise PipelineError naming
+        model.source when the model (its config.json) cannot do this task."""
 
-    # ---- ingest ----------------------------------------------------------------------------------------
+    def confusion_axis(self, classes: list[str]) -> list[str]:
+        """The rows and columns of the confusion matrix the report draws."""
+        return classes + ([self.confusion_none] if self.confusion_none else [])
+
+
+@dataclass
+class Outcomes:
+    """A model's results on the examples of a split: what metrics are computed from."""
+
+    true: list[Any]  # one entry per example: a label, a label set, a sentence's tags
+    pred: list[Any]
+    logits: np.ndarray | None = None  # (examples, labels), raw; tasks that score whole examples only
+    targets: np.ndarray | None = None  # (examples, labels) indicator of the true labels, beside logits
+    measured: dict[str, float] = field(default_factory=dict)  # what else the task measured on the way (test metrics)
+
+
+class Reader(TaskSpec, ABC):
+    """Ingest and split: raw files to the normalised table, its label order and its strata."""
+
     @abstractmethod
     def read(self, path: Any, params: IngestParams) -> tuple[pd.DataFrame, int, dict[str, dict[str, int]]]:
         """One source file in the normalised form: the table, how many records were read, and the counts of
@@ -98,12 +113,14 @@ class Task(ABC):
     def describe(self, table: pd.DataFrame) -> dict[str, Any]:
         """Rows, label counts and length statistics for the data and split cards."""
 
-    # ---- split -----------------------------------------------------------------------------------------
     @abstractmethod
     def strata(self, table: pd.DataFrame) -> pd.Series:
         """What a re-split stratifies on, one value per row."""
 
-    # ---- tokenize --------------------------------------------------------------------------------------
+
+class Encoder(TaskSpec, ABC):
+    """Tokenize: a split table to the model's inputs and targets."""
+
     @abstractmethod
     def encode(self, table: pd.DataFrame, labels: list[str], tokenizer: Any, params: TokenizeParams) -> Any:
         """A datasets.Dataset with input_ids, attention_mask, labels and length (not padded)."""
@@ -112,10 +129,14 @@ class Task(ABC):
     def truncated(self, encoded: Any, table: pd.DataFrame, max_length: int) -> int:
         """How many examples lost part of their input to max_length (the tokenize stage reports it)."""
 
-    # ---- finetune --------------------------------------------------------------------------------------
+
+class TrainingHooks(TaskSpec, ABC):
+    """Finetune: the model class with this task's head, its batches, loss and validation metrics; and what
+    the trained model keeps for prediction (temperature, thresholds)."""
+
     @abstractmethod
     def auto_model_class(self) -> Any:
-        """The transformers Auto class of the model with this task's head."""
+        """The transformers Auto class of the model with this task's head (also what loads a saved model)."""
 
     def head_config(self, labels: list[str]) -> dict[str, Any]:
         """Config overrides that give the pretrained model this task's head for `labels`."""
@@ -167,7 +188,15 @@ class Task(ABC):
         `validation_outputs()` runs the trained model on the validation split: (logits, label ids)."""
         return None
 
-    # ---- predict (evaluate, serving, batch prediction) -------------------------------------------------
+    def fit_temperature(self, validation_outputs: Callable[[], tuple[np.ndarray, np.ndarray]]) -> float:
+        """The temperature that calibrates this task's scores on the validation outputs (logits, label ids);
+        1.0, none, by default (token tasks)."""
+        return 1.0
+
+
+class Prediction(TaskSpec, ABC):
+    """The Predictor's answers (evaluate, serving, batch prediction) and a split's outcomes."""
+
     @abstractmethod
     def predict(self, predictor: Any, texts: list[str], pairs: list[str] | None = None) -> pd.DataFrame:
         """One row per input text: what the served model and `predict` return."""
@@ -177,6 +206,10 @@ class Task(ABC):
         """True and predicted of each example of a split table, the unit metrics are computed over and
         bootstrap intervals resample (a text, a text pair, a sentence); with the logits where the task
         scores whole examples (curves and calibration use them)."""
+
+
+class Scoring(TaskSpec, ABC):
+    """Evaluate and promote: test metrics, the classical and prompting baselines, errors worth reading."""
 
     @abstractmethod
     def test_metrics(self, true: list[Any], pred: list[Any], labels: list[str]) -> dict[str, Any]:
@@ -190,13 +223,6 @@ class Task(ABC):
     @abstractmethod
     def confusion_pairs(self, true: list[Any], pred: list[Any]) -> pd.DataFrame:
         """(actual, predicted) rows of the confusion plot."""
-
-    def score(self, predictor: Any, table: pd.DataFrame, source: str) -> tuple[dict[str, Any], pd.DataFrame]:
-        """Test metrics of a Predictor on a split table, and the (actual, predicted) confusion pairs."""
-        result = self.outcomes(predictor, table, source)
-        return self.test_metrics(result.true, result.pred, predictor.labels), self.confusion_pairs(
-            result.true, result.pred
-        )
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Scores from logits (softmax, or sigmoid for label sets); tasks without example logits never call it."""
@@ -213,12 +239,6 @@ class Task(ABC):
         describes them; empty by default."""
         return pd.DataFrame(columns=["kind", "class", "text", "gold", "predicted", "score"])
 
-    def fit_temperature(self, validation_outputs: Callable[[], tuple[np.ndarray, np.ndarray]]) -> float:
-        """The temperature that calibrates this task's scores on the validation outputs (logits, label ids);
-        1.0, none, by default (token tasks)."""
-        return 1.0
-
-    # ---- evaluate and report ---------------------------------------------------------------------------
     @abstractmethod
     def baseline_outcomes(
         self, train: pd.DataFrame, test: pd.DataFrame, labels: list[str], params: BaselineParams
@@ -239,6 +259,18 @@ class Task(ABC):
         (their head starts random)."""
         return {}
 
-    def confusion_axis(self, classes: list[str]) -> list[str]:
-        """The rows and columns of the confusion matrix the report draws."""
-        return classes + ([self.confusion_none] if self.confusion_none else [])
+
+Role = TypeVar("Role", bound=TaskSpec)
+
+
+class Registry(dict[str, Role]):
+    """One role of every task, by the task's name (`task` in params.yaml)."""
+
+    def __init__(self, *roles: Role) -> None:
+        super().__init__((role.name, role) for role in roles)
+
+    def for_task(self, name: str) -> Role:
+        try:
+            return self[name]
+        except KeyError:
+            raise ValueError(f"unknown task {name!r} (one of {', '.join(self)})") from None

@@ -1,27 +1,14 @@
-"""The registry: every task the pipeline can train, found by its name (`task` in params.yaml). A new task
-is one class in its own module and one entry in the list below."""
+"""Every task's spec, by name (`task` in params.yaml): what params validation, every stage and the
+report may know of a task. A new task is a package beside these and one entry in each role's registry
+(pipeline/tasks/base.py lists them)."""
 
 from __future__ import annotations
 
-from pipeline.tasks.base import Task
-from pipeline.tasks.classification import MultiLabelClassification, SingleLabelClassification
-from pipeline.tasks.generation import GenerativeClassification, TextGeneration
-from pipeline.tasks.tokens import TokenClassification
+from pipeline.tasks.base import Registry, TaskSpec
+from pipeline.tasks.classification.spec import MultiLabelSpec, SingleLabelSpec
+from pipeline.tasks.generation.spec import GenerativeClassificationSpec, TextGenerationSpec
+from pipeline.tasks.tokens.spec import TokenClassificationSpec
 
-TASKS: dict[str, Task] = {
-    task.name: task
-    for task in (
-        SingleLabelClassification(),
-        MultiLabelClassification(),
-        GenerativeClassification(),
-        TextGeneration(),
-        TokenClassification(),
-    )
-}
-
-
-def get_task(name: str) -> Task:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r} (one of {', '.join(TASKS)})") from None
+TASKS: Registry[TaskSpec] = Registry(
+    SingleLabelSpec(), MultiLabelSpec(), GenerativeClassificationSpec(), TextGenerationSpec(), TokenClassificationSpec()
+)

@@ -17,7 +17,7 @@ from pipeline.errors import PipelineError
 from pipeline.methods.base import load_model
 from pipeline.modeling import head_pooling, load_for_training, load_tokenizer
 from pipeline.params import load_params
-from pipeline.tasks.registry import get_task
+from pipeline.tasks.training import HOOKS
 from stages import export, finetune
 
 LABELS = ["negative", "positive"]
@@ -25,7 +25,9 @@ LABELS = ["negative", "positive"]
 
 def classifier(tiny_model: Path, pooling: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return load_for_training(tiny_model, get_task("single_label_classification"), LABELS, classifier_pooling=pooling)
+    return load_for_training(
+        tiny_model, HOOKS.for_task("single_label_classification"), LABELS, classifier_pooling=pooling
+    )
 
 
 def logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> np.ndarray:
@@ -61,7 +63,7 @@ def test_the_unused_pooler_is_frozen_and_the_rest_trains(tiny_model: Path) -> No
 def test_a_mean_pooled_model_is_saved_and_loaded_as_it_was_trained(tiny_model: Path, tmp_path: Path) -> None:
     model = classifier(tiny_model, "mean")
     model.save_pretrained(tmp_path)
-    loaded = load_model(tmp_path, get_task("single_label_classification").auto_model_class())
+    loaded = load_model(tmp_path, HOOKS.for_task("single_label_classification").auto_model_class())
     assert loaded.config.classifier_pooling == "mean"
     assert loaded.config.architectures == ["BertForSequenceClassification"]  # transformers' own name
     batch = load_tokenizer(tiny_model)(["a good film", "a bad film and a dull one"], padding=True, return_tensors="pt")
@@ -74,7 +76,7 @@ def test_a_head_of_another_form_is_refused_naming_the_key(tiny_model: Path) -> N
     config = DistilBertConfig(vocab_size=200, dim=32, n_layers=1, n_heads=2, hidden_dim=37, num_labels=2)
     config.classifier_pooling = "mean"
     with pytest.raises(PipelineError, match="finetune.classifier_pooling: mean needs a head"):
-        get_task("single_label_classification").auto_model_class().from_config(config)
+        HOOKS.for_task("single_label_classification").auto_model_class().from_config(config)
 
 
 @pytest.mark.parametrize("task", ["token_classification", "generative_classification"])
@@ -106,9 +108,9 @@ def test_auto_pools_as_the_encoder_was_pretrained_where_its_folder_says(tmp_path
     encoder = tmp_path / "encoder"
     shutil.copytree(tiny_model, encoder)
     sentence_transformers_folder(encoder, mean=True)
-    model = load_for_training(encoder, get_task("single_label_classification"), LABELS, classifier_pooling="auto")
+    model = load_for_training(encoder, HOOKS.for_task("single_label_classification"), LABELS, classifier_pooling="auto")
     assert model.config.classifier_pooling == "mean" and not model.bert.pooler.dense.weight.requires_grad
-    tagger = load_for_training(encoder, get_task("token_classification"), LABELS, classifier_pooling="auto")
+    tagger = load_for_training(encoder, HOOKS.for_task("token_classification"), LABELS, classifier_pooling="auto")
     assert not hasattr(tagger.config, "classifier_pooling")  # a tagger reads every token: nothing to pool
 
 

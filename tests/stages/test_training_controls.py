@@ -17,7 +17,7 @@ from pipeline import data, paths, training
 from pipeline.errors import PipelineError
 from pipeline.methods.base import is_head_parameter
 from pipeline.params import load_params
-from pipeline.tasks.registry import get_task
+from pipeline.tasks.training import HOOKS
 from pipeline.training import Prepared, class_weights, fit, loss_function, prepare
 
 TRAIN_EXAMPLES = 128  # the tokenized fixture: 160 texts, 80 % in train
@@ -283,32 +283,34 @@ def test_best_checkpoint_follows_the_metric_and_mode(metric: str, mode: str, pic
 def test_auto_class_weights_are_inverse_train_frequencies() -> None:
     single = Dataset.from_dict({"labels": [0, 0, 0, 1]})
     np.testing.assert_allclose(
-        class_weights("auto", single, get_task("single_label_classification"), 2), [4 / 6, 4 / 2]
+        class_weights("auto", single, HOOKS.for_task("single_label_classification"), 2), [4 / 6, 4 / 2]
     )
     tokens = Dataset.from_dict({"labels": [[-100, 0, 0, 1, -100], [-100, 0, 2, -100]]})
     np.testing.assert_allclose(
-        class_weights("auto", tokens, get_task("token_classification"), 3), [5 / 9, 5 / 3, 5 / 3]
+        class_weights("auto", tokens, HOOKS.for_task("token_classification"), 3), [5 / 9, 5 / 3, 5 / 3]
     )
     multi = Dataset.from_dict({"labels": [[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]})
-    np.testing.assert_allclose(class_weights("auto", multi, get_task("multi_label_classification"), 2), [1 / 3, 3 / 1])
-    assert class_weights([1.0, 5.0], single, get_task("single_label_classification"), 2).tolist() == [1.0, 5.0]
+    np.testing.assert_allclose(
+        class_weights("auto", multi, HOOKS.for_task("multi_label_classification"), 2), [1 / 3, 3 / 1]
+    )
+    assert class_weights([1.0, 5.0], single, HOOKS.for_task("single_label_classification"), 2).tolist() == [1.0, 5.0]
 
 
 def test_class_weights_and_label_smoothing_change_the_loss() -> None:
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.2], [-3.0, 3.0]])
     labels = torch.tensor([0, 1, 1])
     plain = torch.nn.functional.cross_entropy(logits, labels)
-    assert loss_function(get_task("single_label_classification"), None, 0.0) is None  # the model's own loss
-    weighted = loss_function(get_task("single_label_classification"), torch.tensor([1.0, 4.0]), 0.0)(
+    assert loss_function(HOOKS.for_task("single_label_classification"), None, 0.0) is None  # the model's own loss
+    weighted = loss_function(HOOKS.for_task("single_label_classification"), torch.tensor([1.0, 4.0]), 0.0)(
         {"logits": logits}, labels
     )
     per_example = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     assert weighted == pytest.approx(float((per_example * torch.tensor([1.0, 4.0, 4.0])).sum() / 3))
     assert weighted != pytest.approx(float(plain))
-    smoothed = loss_function(get_task("single_label_classification"), None, 0.2)({"logits": logits}, labels)
+    smoothed = loss_function(HOOKS.for_task("single_label_classification"), None, 0.2)({"logits": logits}, labels)
     assert smoothed == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.2)))
     assert smoothed > plain  # confident right answers are pulled towards the other class
-    multi = loss_function(get_task("multi_label_classification"), torch.tensor([1.0, 3.0]), 0.0)(
+    multi = loss_function(HOOKS.for_task("multi_label_classification"), torch.tensor([1.0, 3.0]), 0.0)(
         {"logits": logits[:2]}, torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     )
     expected = torch.nn.functional.binary_cross_entropy_with_logits(

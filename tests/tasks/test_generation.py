@@ -45,7 +45,7 @@ from helpers import (
     slow_steps_hook,
     venv_env,
 )
-from pipeline import data, paths, predict, prompting, tracking
+from pipeline import data, generating, paths, predict, prompting, tracking
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE, RUN_FILE
 from pipeline.encoding import IGNORE_INDEX
@@ -54,10 +54,14 @@ from pipeline.inference import Predictor
 from pipeline.methods.registry import get_method
 from pipeline.params import load_params
 from pipeline.schema import IngestParams, PromptParams, TokenizeParams
-from pipeline.tasks.registry import get_task
+from pipeline.tasks.encoding import ENCODERS
+from pipeline.tasks.generation import scoring
+from pipeline.tasks.reading import READERS
+from pipeline.tasks.scoring import SCORINGS
+from pipeline.tasks.training import HOOKS
 from stages import evaluate, export, finetune, ingest, report, split, tokenize
 
-TASK = get_task("generative_classification")
+ENCODER = ENCODERS.for_task("generative_classification")
 
 
 def table(texts: list[str], labels: list[str]) -> pd.DataFrame:
@@ -67,7 +71,7 @@ def table(texts: list[str], labels: list[str]) -> pd.DataFrame:
 def test_the_loss_falls_on_the_answer_and_its_end_token_only(tiny_llama: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     params = TokenizeParams(max_length=64, prompt=PromptParams(**PROMPT))
-    encoded = TASK.encode(
+    encoded = ENCODER.encode(
         table(["a great film", "the plot was dull"], ["positive", "negative"]),
         ["negative", "positive"],
         tokenizer,
@@ -84,10 +88,10 @@ def test_the_loss_falls_on_the_answer_and_its_end_token_only(tiny_llama: Path) -
 def test_a_long_text_is_cut_inside_the_template_which_is_kept_whole(tiny_llama: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     params = TokenizeParams(max_length=24, prompt=PromptParams(**PROMPT))
-    encoded = TASK.encode(table(["the film " * 30], ["positive"]), ["negative", "positive"], tokenizer, params)
+    encoded = ENCODER.encode(table(["the film " * 30], ["positive"]), ["negative", "positive"], tokenizer, params)
     assert encoded[0]["length"] <= 24 and encoded[0]["cut"]
     assert "sentiment ?" in tokenizer.decode(encoded[0]["input_ids"])  # the instruction survives the cut
-    assert TASK.truncated(encoded, None, 24) == 1
+    assert ENCODER.truncated(encoded, None, 24) == 1
 
 
 def test_label_words_whose_first_tokens_clash_are_refused_naming_the_key(tiny_llama: Path) -> None:
@@ -100,18 +104,18 @@ def test_few_shot_demonstrations_are_balanced_shuffled_seeded_and_never_the_text
     pool = [f"text {i}" for i in range(20)]
     answers = ["good" if i % 2 else "bad" for i in range(20)]
     asked = ["text 3", "text 4", "unseen"]  # two texts of the pool asked themselves (a split overlap)
-    shown = prompting.demonstrations_for(asked, pool, answers, k=4, seed=0)
+    shown = scoring.demonstrations_for(asked, pool, answers, k=4, seed=0)
     for text, examples in zip(asked, shown):
         assert len(examples) == 4
         assert text not in [d.text for d in examples]  # no text sees itself solved
         assert sorted(d.answer for d in examples) == ["bad", "bad", "good", "good"]
         assert all(answers[pool.index(d.text)] == d.answer for d in examples)
-    assert shown == prompting.demonstrations_for(asked, pool, answers, k=4, seed=0)
-    many = prompting.demonstrations_for([f"new {i}" for i in range(20)], pool, answers, k=4, seed=0)
+    assert shown == scoring.demonstrations_for(asked, pool, answers, k=4, seed=0)
+    many = scoring.demonstrations_for([f"new {i}" for i in range(20)], pool, answers, k=4, seed=0)
     assert {examples[-1].answer for examples in many} == {"bad", "good"}  # the last one shown varies by text
     assert len({d.text for examples in many for d in examples}) == 4  # the same four, in other orders
-    assert shown != prompting.demonstrations_for(asked, pool, answers, k=4, seed=1)
-    assert prompting.demonstrations_for(asked, pool, answers, k=0, seed=0) == [[], [], []]
+    assert shown != scoring.demonstrations_for(asked, pool, answers, k=4, seed=1)
+    assert scoring.demonstrations_for(asked, pool, answers, k=0, seed=0) == [[], [], []]
 
 
 def test_label_word_scores_are_the_same_whatever_the_batch_and_padding(tiny_llama: Path) -> None:
@@ -121,8 +125,8 @@ def test_label_word_scores_are_the_same_whatever_the_batch_and_padding(tiny_llam
     texts = ["great", "the film was very dull and boring and the cast was bland", "a moving story"]
     prompts, _ = prompting.prompt_ids(tokenizer, spec, texts, 64, 2)
     words = prompting.first_tokens(tokenizer, ["bad", "good"])
-    batched = prompting.next_token_scores(model, tokenizer, prompts, words, batch_size=3)
-    alone = prompting.next_token_scores(model, tokenizer, prompts, words, batch_size=1)
+    batched = generating.next_token_scores(model, tokenizer, prompts, words, batch_size=3)
+    alone = generating.next_token_scores(model, tokenizer, prompts, words, batch_size=1)
     np.testing.assert_allclose(batched, alone, atol=1e-5)
     with torch.inference_mode():  # the definition: log-softmax of the next-token logits after the prompt
         direct = torch.log_softmax(model(torch.tensor([prompts[1]])).logits[0, -1], dim=-1)[words]
@@ -136,12 +140,12 @@ def test_generation_with_left_padding_matches_one_prompt_at_a_time(tiny_llama: P
         tokenizer, PromptParams(**PROMPT), ["great", "the plot was dull and the cast was bland", "a"], 64, 2
     )
     words = prompting.first_tokens(tokenizer, ["bad", "good"])
-    batched = prompting.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=3, scored=words)
-    alone = prompting.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=1)
+    batched = generating.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=3, scored=words)
+    alone = generating.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=1)
     assert batched.texts == alone.texts
     assert batched.tokens <= 3 * 4
     # The label words' scores come off the generation's first step: the same as scoring alone.
-    scores = prompting.next_token_scores(model, tokenizer, prompts, words, batch_size=3)
+    scores = generating.next_token_scores(model, tokenizer, prompts, words, batch_size=3)
     np.testing.assert_allclose(batched.first_scores, scores, atol=1e-5)
     assert alone.first_scores is None
 
@@ -172,10 +176,10 @@ def test_a_prefix_tuned_decoder_generates_what_its_forward_pass_reads_step_by_st
         return tokenizer.decode(new[: new.index(end)] if end in new else new, skip_special_tokens=True).strip()
 
     # Batched, left-padded and with the KV cache, as predict and evaluate generate.
-    generated = prompting.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=3).texts
+    generated = generating.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=3).texts
     assert generated == [greedy_without_cache(p) for p in prompts]
     with model.disable_adapter():
-        assert prompting.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=3).texts != generated
+        assert generating.generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=3).texts != generated
 
 
 def test_sampling_is_seeded_differs_from_greedy_and_refuses_values_outside_its_range(tiny_llama: Path) -> None:
@@ -184,7 +188,7 @@ def test_sampling_is_seeded_differs_from_greedy_and_refuses_values_outside_its_r
     prompts, _ = prompting.prompt_ids(tokenizer, PromptParams(**PROMPT), ["great", "a dull plot", "fine"], 64, 2)
 
     def sampled(**choice: float) -> list[str]:
-        return prompting.generate(model, tokenizer, prompts, 6, 3, prompting.Sampling(**choice)).texts
+        return generating.generate(model, tokenizer, prompts, 6, 3, generating.Sampling(**choice)).texts
 
     greedy = sampled()
     assert sampled(temperature=1.5, seed=1) == sampled(temperature=1.5, seed=1)  # the seed decides
@@ -193,7 +197,7 @@ def test_sampling_is_seeded_differs_from_greedy_and_refuses_values_outside_its_r
     assert sampled(temperature=1.5, top_k=1, seed=3) == greedy  # the likeliest token only: greedy again
     for bad, key in (({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_k": 1.5}, "top_k")):
         with pytest.raises(ValueError, match=key):
-            prompting.Sampling(**bad)
+            generating.Sampling(**bad)
 
 
 def test_generation_stops_at_the_end_of_turn_token(tmp_path: Path) -> None:
@@ -205,14 +209,14 @@ def test_generation_stops_at_the_end_of_turn_token(tmp_path: Path) -> None:
     with torch.no_grad():
         model.model.norm.weight.zero_()  # hidden states 0: every logit 0, argmax is token 0
     prompts, _ = prompting.prompt_ids(tokenizer, PromptParams(**PROMPT), ["great", "a dull plot"], 64, 2)
-    generated = prompting.generate(model, tokenizer, prompts, max_new_tokens=50, batch_size=2)
+    generated = generating.generate(model, tokenizer, prompts, max_new_tokens=50, batch_size=2)
     assert generated.texts == ["", ""] and generated.tokens == 2
 
 
 def test_validation_keeps_the_label_words_scores_where_the_answer_starts(tiny_llama: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     params = TokenizeParams(max_length=64, prompt=PromptParams(**PROMPT))
-    keep = TASK.metric_logits(tokenizer, ["negative", "positive"], params)
+    keep = HOOKS.for_task("generative_classification").metric_logits(tokenizer, ["negative", "positive"], params)
     good, bad = prompting.first_tokens(tokenizer, ["good", "bad"])
     labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, good, 3], [IGNORE_INDEX, bad, 3, IGNORE_INDEX]])
     logits = torch.zeros(2, 4, tokenizer.vocab_size if hasattr(tokenizer, "vocab_size") else 60)
@@ -417,7 +421,7 @@ def write_chats(path: Path) -> Path:
 
 
 def test_responses_are_scored_by_rouge_l_chrf_and_exact_match() -> None:
-    task = get_task("text_generation")
+    task = SCORINGS.for_task("text_generation")
     scores = task.summary_scores(["a good film", "a bad film"], ["A good  film", "the plot"], [])
     assert scores["exact_match"] == 0.5  # case and spacing aside
     assert scores["rouge_l"] == pytest.approx(0.5)  # 1.0 and 0.0
@@ -435,7 +439,7 @@ def test_a_response_longer_than_max_new_tokens_is_cut_for_training(tiny_llama: P
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     params = TokenizeParams(max_length=64, prompt=PromptParams(template="{text}", max_new_tokens=2))
     frame = pd.DataFrame({data.TEXT: ["a great film"], data.LABEL: ["good film and story"]})
-    encoded = get_task("text_generation").encode(frame, [], tokenizer, params)
+    encoded = ENCODERS.for_task("text_generation").encode(frame, [], tokenizer, params)
     learnt = [t for t in encoded[0]["labels"] if t != IGNORE_INDEX]
     assert learnt == tokenizer("good film", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
@@ -505,7 +509,7 @@ def test_free_text_is_fine_tuned_and_compared_with_the_lead_and_prompting(projec
 
 def read_responses(path: Path, fmt: str, **columns: str) -> pd.DataFrame:
     params = IngestParams(source=str(path), format=fmt, **columns)
-    return get_task("text_generation").read(path, params)[0]
+    return READERS.for_task("text_generation").read(path, params)[0]
 
 
 def test_instruction_input_output_records_become_a_prompt_with_the_input_after_a_blank_line(tmp_path: Path) -> None:
@@ -538,7 +542,7 @@ def test_chats_are_read_as_the_last_user_message_the_reply_learnt_and_the_histor
         path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats), encoding="utf-8")
     else:
         pd.DataFrame({"messages": chats}).to_parquet(path)  # read back as numpy arrays of dicts
-    table, records, counts = get_task("text_generation").read(
+    table, records, counts = READERS.for_task("text_generation").read(
         path, IngestParams(source=str(path), format=fmt, messages_column="messages")
     )
     assert table[data.TEXT].tolist() == ["a great film", "a dull plot", "a great film"]
@@ -595,7 +599,7 @@ def test_a_chat_history_is_shown_before_the_last_message_and_dropped_oldest_firs
     # The loss stays on the last reply alone.
     frame = pd.DataFrame({data.TEXT: ["a dull plot"], data.LABEL: ["bad"], data.HISTORY: [history.to_json()]})
     params = TokenizeParams(max_length=64, prompt=spec)
-    (row,) = get_task("text_generation").encode(frame, [], tokenizer, params)
+    (row,) = ENCODERS.for_task("text_generation").encode(frame, [], tokenizer, params)
     assert row["input_ids"][: len(prompts[0])] == prompts[0]
     learnt = [t for t in row["labels"] if t != IGNORE_INDEX]
     assert learnt == tokenizer("bad", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]

@@ -19,6 +19,7 @@ from pipeline.encoding import IGNORE_INDEX, TITLE_MARKER, UPPER_MARKER, in_conte
 from pipeline.errors import PipelineError
 from pipeline.inference import Predictor
 from pipeline.params import load_params
+from pipeline.tasks.tokens.prediction import predict_words
 from stages import evaluate, export, finetune, ingest, report, split, tokenize
 
 
@@ -172,7 +173,7 @@ def test_document_context_is_input_only_and_lifts_nothing_into_the_labels(projec
     predictor = Predictor(paths.MODEL)
     test = pd.read_parquet(paths.SPLIT / "test.parquet")
     sentences = [list(t) for t in test[data.TOKENS]]
-    in_documents = predictor.predict_words(sentences, test[data.DOCUMENT].tolist())
+    in_documents = predict_words(predictor, sentences, test[data.DOCUMENT].tolist())
     assert [len(tags) for tags in in_documents] == [len(s) for s in sentences]
     assert predictor.predict(["Anna visited Rome"])["entities"][0][0]["type"] == "PER"  # raw text: no context
 
@@ -259,7 +260,7 @@ def test_case_markers_are_applied_alike_in_training_and_prediction(
     seen: list[list[int]] = []
     forward = predictor.forward
     monkeypatch.setattr(predictor, "forward", lambda encoded: seen.extend(encoded) or forward(encoded))
-    predictor.predict_words([list(t) for t in test[data.TOKENS]])
+    predict_words(predictor, [list(t) for t in test[data.TOKENS]])
     assert seen == [list(ids) for ids in trained_on]  # the model reads at prediction what it was trained on
 
 

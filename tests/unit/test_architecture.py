@@ -102,10 +102,42 @@ def test_each_stage_lists_no_code_it_does_not_run(stage: str) -> None:
     assert not extra, f"dvc.yaml: stage {stage} lists {extra}, which it never imports: a change there re-runs it"
 
 
+EVALUATION_CODE = {"pipeline/evaluation.py", "stages/report.py", "stages/evaluate.py", "pipeline/tasks/scoring.py"}
+
+
+def evaluation_code(file: str) -> bool:
+    """Code that scores or reports a model: the metrics and bootstrap module, the evaluate and report stages,
+    and every task's scoring role (test metrics, baselines, prompting baselines)."""
+    return file in EVALUATION_CODE or (file.startswith("pipeline/tasks/") and file.endswith("/scoring.py"))
+
+
 def test_training_and_the_stages_before_it_run_no_evaluation_or_report_code() -> None:
     for stage in ("ingest", "split", "tokenize", "finetune", "export"):
         closure = {str(p.relative_to(REPO)) for p in import_closure(REPO / "stages" / f"{stage}.py")}
-        assert not closure & {"pipeline/evaluation.py", "stages/report.py", "stages/evaluate.py"}, stage
+        assert not {file for file in closure if evaluation_code(file)}, stage
+
+
+@pytest.mark.parametrize(("stage", "role"), [("ingest", "reading"), ("split", "reading"), ("tokenize", "encoding")])
+def test_the_data_stages_run_only_their_own_role_of_each_task(stage: str, role: str) -> None:
+    """ingest and split read rows, tokenize encodes: no task's training, prediction or scoring code is in
+    their closure, so a change there leaves the data as it is."""
+    closure = {str(p.relative_to(REPO)) for p in import_closure(REPO / "stages" / f"{stage}.py")}
+    roles = {"reading", "encoding", "training", "prediction", "scoring"} - {role}
+    assert not {f for f in closure if f.startswith("pipeline/tasks/") and Path(f).stem in roles}, stage
+
+
+def test_every_role_registry_has_every_task_each_a_subclass_of_its_spec() -> None:
+    """A task is complete in every role, and each role object carries its task's own names and metrics."""
+    from pipeline.tasks.encoding import ENCODERS
+    from pipeline.tasks.prediction import PREDICTIONS
+    from pipeline.tasks.reading import READERS
+    from pipeline.tasks.scoring import SCORINGS
+    from pipeline.tasks.training import HOOKS
+
+    for registry in (READERS, ENCODERS, HOOKS, PREDICTIONS, SCORINGS):
+        assert list(registry) == list(TASKS)
+        for name, role in registry.items():
+            assert isinstance(role, type(TASKS[name])), (name, type(role).__name__)
 
 
 def module_name(file: Path) -> str:
@@ -157,7 +189,7 @@ def test_the_package_has_no_import_circles() -> None:
 def test_the_circle_check_finds_a_circle_of_three_and_a_package_that_imports_its_module() -> None:
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     # `from pipeline.tasks.base import X` runs pipeline/tasks/__init__.py: the walk sees the package too.
-    assert "pipeline.tasks" in imported_modules(REPO / "pipeline" / "tasks" / "classification.py")
+    assert "pipeline.tasks" in imported_modules(REPO / "pipeline" / "tasks" / "classification" / "spec.py")
 
 
 def test_the_closure_walk_follows_from_imports_inside_functions(tmp_path: Path) -> None:
@@ -166,8 +198,8 @@ def test_the_closure_walk_follows_from_imports_inside_functions(tmp_path: Path) 
     assert {
         "pipeline/training.py",
         "pipeline/tasks/base.py",
-        "pipeline/tasks/tokens.py",
-        "pipeline/tasks/registry.py",
+        "pipeline/tasks/tokens/training.py",
+        "pipeline/tasks/training.py",
         "pipeline/encoding.py",
         "pipeline/card.py",
         "pipeline/checkpoints.py",

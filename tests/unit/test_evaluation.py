@@ -8,9 +8,9 @@ import random
 import pytest
 
 from pipeline.evaluation import bootstrap_intervals, paired_bootstrap, under_predicted
-from pipeline.tasks.registry import get_task
+from pipeline.tasks.scoring import SCORINGS
 
-TASK = get_task("single_label_classification")
+TASK = SCORINGS.for_task("single_label_classification")
 LABELS = ["negative", "positive"]
 
 
@@ -59,7 +59,7 @@ def test_intervals_hold_the_point_estimate_and_shrink_with_more_examples() -> No
 
 
 def test_token_tasks_resample_sentences_not_tokens() -> None:
-    ner = get_task("token_classification")
+    ner = SCORINGS.for_task("token_classification")
     true = [["B-PER", "O", "B-LOC"], ["O", "O"], ["B-ORG", "I-ORG"]] * 20
     pred = [["B-PER", "O", "O"], ["O", "O"], ["B-ORG", "I-ORG"]] * 20
     labels = ["O", "B-LOC", "B-ORG", "B-PER", "I-ORG"]
@@ -101,9 +101,8 @@ def test_single_label_summary_scores_agree_with_sklearn(seed: int) -> None:
 def test_temperature_scaling_undoes_overconfidence_and_lowers_the_calibration_error() -> None:
     import numpy as np
 
-    from pipeline.calibration import fit_temperature
+    from pipeline.calibration import fit_temperature, softmax
     from pipeline.evaluation import reliability
-    from pipeline.tasks.classification import softmax
 
     rng = np.random.default_rng(0)
     calibrated = rng.normal(size=(4000, 3))  # labels drawn from softmax(calibrated): calibrated by construction
@@ -111,7 +110,7 @@ def test_temperature_scaling_undoes_overconfidence_and_lowers_the_calibration_er
     overconfident = calibrated * 4
     temperature = fit_temperature(overconfident, labels, multi_label=False)
     assert 3.4 < temperature < 4.6
-    task = get_task("single_label_classification")
+    task = SCORINGS.for_task("single_label_classification")
     before, _ = reliability(*task.reliability_points(softmax(overconfident), labels))
     after, diagram = reliability(*task.reliability_points(softmax(overconfident / temperature), labels))
     assert after < before / 3 and after < 0.03
@@ -121,7 +120,7 @@ def test_temperature_scaling_undoes_overconfidence_and_lowers_the_calibration_er
 def test_ner_errors_are_the_most_frequent_type_confusions_with_their_sentences() -> None:
     from pipeline.tasks.base import Outcomes
 
-    ner = get_task("token_classification")
+    ner = SCORINGS.for_task("token_classification")
     sentences = {
         "Anna met Bob in Paris": (["B-PER", "O", "B-PER", "O", "B-LOC"], ["B-PER", "O", "B-LOC", "O", "B-LOC"]),
         "Bob left Rome": (["B-PER", "O", "B-LOC"], ["B-LOC", "O", "B-LOC"]),

@@ -1,0 +1,1 @@
+"""Decoder language models: label words and free text, one module per role."""

@@ -1,0 +1,213 @@
+"""Scoring for decoder tasks: single-label metrics, or ROUGE-L, chrF and exact match of free text; the
+classical baselines; and the untuned model prompted zero- and few-shot, the baselines a fine-tuned decoder
+must beat."""
+
+from __future__ import annotations
+
+import functools
+import random
+import resource
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import data
+from pipeline.errors import PipelineError
+from pipeline.generating import generate
+from pipeline.prompting import Demonstration, label_words, prompt_ids
+from pipeline.tasks.base import Outcomes, Scoring
+from pipeline.tasks.classification.scoring import SingleLabelScoring
+from pipeline.tasks.generation.encoding import chat_histories
+from pipeline.tasks.generation.prediction import GenerativeClassificationPrediction
+from pipeline.tasks.generation.spec import RESPONSE_STATS, TextGenerationSpec
+
+if TYPE_CHECKING:
+    from pipeline.card import ModelCard
+    from pipeline.schema import BaselineParams, PromptingParams
+
+
+def base_model(pretrained: Callable[[], Path]) -> tuple[Any, Any]:
+    """The untuned pretrained model and its tokenizer, for prompting baselines."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = pretrained()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False, use_safetensors=True)
+    return model.eval(), tokenizer
+
+
+def demonstrations_for(
+    texts: Sequence[str], pool_texts: Sequence[str], pool_answers: Sequence[str], k: int, seed: int
+) -> list[list[Demonstration]]:
+    """k demonstrations for each text, drawn once with `seed` from the pool (the train split), balanced
+    over answers (round robin over the answers, so no answer dominates the context), in an order shuffled
+    for each text (small models tend to repeat the last answer shown, Zhao et al. 2021, "Calibrate before
+    use"; a fixed order would turn that into one answer for every text); a demonstration whose text is
+    the text being asked is replaced by the next unused one of its answer, so no text sees itself solved."""
+    if k == 0:
+        return [[] for _ in texts]
+    rng = random.Random(seed)
+    by_answer: dict[str, list[int]] = {}
+    for index, answer in enumerate(pool_answers):
+        by_answer.setdefault(answer, []).append(index)
+    for indices in by_answer.values():
+        rng.shuffle(indices)
+    answers = sorted(by_answer)
+    rng.shuffle(answers)
+    if k + 1 > len(pool_texts):
+        raise PipelineError(f"evaluate.prompting.shots: {k} demonstrations need more than {len(pool_texts)} examples")
+    chosen = [answers[i % len(answers)] for i in range(k)]
+    out = []
+    for text in texts:
+        shown, used = [], dict.fromkeys(answers, 0)
+        for answer in chosen:
+            candidates = by_answer[answer]
+            while used[answer] < len(candidates) and pool_texts[candidates[used[answer]]] == text:
+                used[answer] += 1
+            if used[answer] >= len(candidates):
+                continue  # every example of this answer is the text itself: show one fewer
+            shown.append(Demonstration(pool_texts[candidates[used[answer]]], pool_answers[candidates[used[answer]]]))
+            used[answer] += 1
+        rng.shuffle(shown)
+        out.append(shown)
+    return out
+
+
+class GenerativeClassificationScoring(GenerativeClassificationPrediction, SingleLabelScoring):
+    """Scored as single-label classification; its prompting baselines answer as its prediction does."""
+
+    def prompting_baselines(
+        self,
+        pretrained: Callable[[], Path],
+        card: ModelCard,
+        train: pd.DataFrame,
+        test: pd.DataFrame,
+        params: PromptingParams,
+    ) -> dict[str, dict[str, Any]]:
+        """The untuned pretrained model on the test split, prompted with `shots` demonstrations each
+        (0: the prompt alone), scored like the fine-tuned model: summary metrics, the share of free
+        generations that are no label word, and the cost (seconds, generated tokens/s, prompt tokens)."""
+        base, tokenizer = base_model(pretrained)
+        texts, true = test[data.TEXT].tolist(), test[data.LABEL].astype(str).tolist()
+        words = label_words(card.encoding.prompt, card.labels)
+        word_of = dict(zip(card.labels, words))
+        pool_texts, pool_answers = train[data.TEXT].tolist(), [word_of[str(v)] for v in train[data.LABEL]]
+        batch_size = 16
+        out: dict[str, dict[str, Any]] = {}
+        for k in params.shots:
+            started = time.perf_counter()
+            shown = demonstrations_for(texts, pool_texts, pool_answers, k, params.seed)
+            prompts, _, _ = self._prompts(tokenizer, card.encoding, card.labels, texts, shown)
+            generated, measured = self._answers(
+                base, tokenizer, prompts, words, card.labels, card.encoding.prompt.max_new_tokens, batch_size
+            )
+            pred = [card.labels[i] for i in generated.first_scores.argmax(axis=1)]
+            out["zero-shot" if k == 0 else f"{k}-shot"] = {
+                "shots": k,
+                **self.summary_scores(true, pred, card.labels),
+                **measured,
+                "seconds": round(time.perf_counter() - started, 1),
+                "mean_prompt_tokens": round(float(np.mean([len(p) for p in prompts])), 1) if prompts else 0.0,
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        return out
+
+
+class TextGenerationScoring(TextGenerationSpec, Scoring):
+    def test_metrics(self, true: list[Any], pred: list[Any], labels: list[str]) -> dict[str, Any]:
+        return self.summary_scores(true, pred, labels)
+
+    def summary_scores(self, true: list[Any], pred: list[Any], labels: list[str]) -> dict[str, float]:
+        """Means over the examples of ROUGE-L F1, sentence chrF and exact match."""
+        scores = np.array([response_scores(t, p) for t, p in zip(true, pred)]).reshape(-1, len(RESPONSE_STATS))
+        return {name: float(scores[:, i].mean()) if len(scores) else 0.0 for i, name in enumerate(RESPONSE_STATS)}
+
+    def confusion_pairs(self, true: list[Any], pred: list[Any]) -> pd.DataFrame:
+        return pd.DataFrame(columns=["actual", "predicted"])  # free text has no confusion matrix
+
+    def error_examples(
+        self, texts: list[str], result: Outcomes, probabilities: np.ndarray | None, labels: list[str], k: int
+    ) -> pd.DataFrame:
+        """The k best and k worst generations by ROUGE-L."""
+        frame = pd.DataFrame(
+            {
+                "text": texts,
+                "gold": result.true,
+                "predicted": result.pred,
+                "score": [response_scores(t, p)[0] for t, p in zip(result.true, result.pred)],
+            }
+        )
+        out = pd.concat(
+            [frame.nlargest(k, "score").assign(kind="best"), frame.nsmallest(k, "score").assign(kind="worst")],
+            ignore_index=True,
+        )
+        return out.assign(**{"class": ""})[["kind", "class", "text", "gold", "predicted", "score"]]
+
+    def baseline_outcomes(
+        self, train: pd.DataFrame, test: pd.DataFrame, labels: list[str], params: BaselineParams
+    ) -> tuple[list[Any], list[Any]]:
+        """Lead: the text's first n words, n the median length of the train responses (the classic
+        reference for summaries and headlines: articles put their gist first)."""
+        n = max(1, int(train[data.LABEL].str.split().map(len).median()))
+        return test[data.LABEL].tolist(), [" ".join(text.split()[:n]) for text in test[data.TEXT]]
+
+    def prompting_baselines(
+        self,
+        pretrained: Callable[[], Path],
+        card: ModelCard,
+        train: pd.DataFrame,
+        test: pd.DataFrame,
+        params: PromptingParams,
+    ) -> dict[str, dict[str, Any]]:
+        """The untuned pretrained model on the test split, with `shots` demonstrations (train texts and
+        their responses) before each text: the summary metrics and the cost."""
+        base, tokenizer = base_model(pretrained)
+        spec = card.encoding
+        texts, true, histories = test[data.TEXT].tolist(), test[data.LABEL].tolist(), chat_histories(test)
+        out: dict[str, dict[str, Any]] = {}
+        for k in params.shots:
+            started = time.perf_counter()
+            shown = demonstrations_for(texts, train[data.TEXT].tolist(), train[data.LABEL].tolist(), k, params.seed)
+            prompts, _ = prompt_ids(
+                tokenizer, spec.prompt, texts, spec.max_length, spec.prompt.max_new_tokens + 1, shown, histories
+            )
+            generated = generate(base, tokenizer, prompts, spec.prompt.max_new_tokens, 16)
+            seconds = time.perf_counter() - started
+            out["zero-shot" if k == 0 else f"{k}-shot"] = {
+                "shots": k,
+                **self.summary_scores(true, generated.texts, []),
+                "generated_tokens_per_second": generated.tokens / seconds if seconds > 0 else 0.0,
+                "seconds": round(seconds, 1),
+                "mean_prompt_tokens": round(float(np.mean([len(p) for p in prompts])), 1) if prompts else 0.0,
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        return out
+
+
+@functools.cache
+def _rouge_l() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+@functools.cache
+def _chrf() -> Any:
+    from sacrebleu.metrics import CHRF
+
+    return CHRF()
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def response_scores(reference: str, generated: str) -> tuple[float, float, float]:
+    """ROUGE-L F1 (rouge-score, stemmed), chrF (sacrebleu, on a 0-1 scale) and exact match (case and
+    spaces aside) of one generation. Cached: bootstrap intervals score the same pairs thousands of times."""
+    return (
+        float(_rouge_l().score(reference, generated)["rougeL"].fmeasure),
+        float(_chrf().sentence_score(generated, [reference]).score) / 100,
+        float(" ".join(reference.lower().split()) == " ".join(generated.lower().split())),
+    )

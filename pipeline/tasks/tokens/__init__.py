@@ -1,0 +1,1 @@
+"""Named-entity recognition: one IOB2 tag per word, one module per role."""
