@@ -5,7 +5,7 @@ grow with the input. This builds a small random BERT (the model's size does not 
 and Parquet files of N and 10*N short texts, runs the command on each in a fresh process, and prints each
 run's peak RSS and rows/s and the ratio of the two peaks, from one run:
 
-    python benchmarks/batch_predict_memory.py --rows 20000
+    python -m benchmarks.batch_predict_memory --rows 20000
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from pipeline.card import EncodingSpec, ModelCard
+from pipeline.tasks.classification.spec import SingleLabelSpec
 
-from pipeline.card import EncodingSpec, ModelCard  # noqa: E402
-from pipeline.tasks.classification.spec import SingleLabelSpec  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 WORDS = "the a film movie story plot cast is was great dull moving awful very quite really but and".split()
 

@@ -3,8 +3,8 @@ label efficiency. Every run goes through the finetune stage's own `prepare` and 
 evaluate uses, each in a fresh process (so its peak RSS is its own), on the data `dvc repro` prepared.
 
     dvc repro tokenize                       # the default data, tokenized
-    python benchmarks/compare_methods.py     # all three parts (about 45 min on 2 CPU cores)
-    python benchmarks/compare_methods.py --part methods
+    python -m benchmarks.compare_methods     # all three parts (about 45 min on 2 CPU cores)
+    python -m benchmarks.compare_methods --part methods
 
 Runs are listed in benchmarks/methods.yaml. Results go to reports/benchmarks/{methods,scratch,
 label_efficiency}.json, which the report stage renders (tables and the label-efficiency plot).
@@ -24,15 +24,15 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.results import OUT, load_average, write_results
+from pipeline import data, paths
+from pipeline.assessment import score
+from pipeline.inference import Predictor
+from pipeline.params import load_params
+from pipeline.tasks.scoring import SCORINGS
+from pipeline.training import fit, prepare
 
-from pipeline import data, paths  # noqa: E402
-from pipeline.inference import Predictor, score  # noqa: E402
-from pipeline.params import load_params  # noqa: E402
-from pipeline.tasks.scoring import SCORINGS  # noqa: E402
-from pipeline.training import fit, prepare  # noqa: E402
-from results import OUT, load_average, write_results  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RUNS = Path(__file__).with_name("methods.yaml")
 
@@ -90,7 +90,7 @@ def in_child(name: str, overrides: dict[str, Any], train_size: int | None) -> di
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         spec = json.dumps({"overrides": overrides, "train_size": train_size, "out": out.name})
         started = time.perf_counter()
-        subprocess.run([sys.executable, __file__, "--child", spec], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.compare_methods", "--child", spec], cwd=ROOT, check=True)
         result = json.loads(Path(out.name).read_text())
     # Other work on the machine would slow a run down: the load average shows whether it ran alone.
     load = load_average()
@@ -128,7 +128,7 @@ def main() -> None:
             ]
         else:
             rows = [in_child(name, overrides or {}, None) for name, overrides in runs[part].items()]
-        write_results(part, f"python benchmarks/compare_methods.py --part {part}", rows, started)
+        write_results(part, f"python -m benchmarks.compare_methods --part {part}", rows, started)
 
 
 def _all_labels_row() -> dict[str, Any]:

@@ -8,7 +8,7 @@ process of its own, one after the other, so peak RSS is its own and none shares 
 is not timed (allocator and kernel warm-up). Prints seconds per step, peak RSS and the ratios of the
 checkpointed run to the plain one, and writes reports/benchmarks/decoder_memory.json.
 
-    python benchmarks/decoder_memory.py --steps 8
+    python -m benchmarks.decoder_memory --steps 8
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline import data, paths  # noqa: E402
-from pipeline.modeling import load_tokenizer, resolve_model  # noqa: E402
-from pipeline.params import load_params  # noqa: E402
-from pipeline.tasks.encoding import ENCODERS  # noqa: E402
-from pipeline.training import prepare  # noqa: E402
-from results import child_result, load_average, write_results  # noqa: E402
+from benchmarks.results import child_result, load_average, write_results
+from pipeline import data, paths
+from pipeline.modeling import load_tokenizer, resolve_model
+from pipeline.params import load_params
+from pipeline.tasks.encoding import ENCODERS
+from pipeline.training import prepare
 
 
 class StepClock(TrainerCallback):
@@ -96,7 +94,7 @@ def main() -> None:
     started, load_before = time.perf_counter(), load_average()
     results = []
     for setting in ("off", "on"):
-        command = [sys.executable, __file__, "--only", setting, "--preset", str(args.preset)]
+        command = [sys.executable, "-m", "benchmarks.decoder_memory", "--only", setting, "--preset", str(args.preset)]
         results.append(child_result(command + ["--steps", str(args.steps)], f"activation checkpointing {setting}"))
         print(f"activation checkpointing {setting}: {results[-1]}", flush=True)
     plain, checkpointed = results
@@ -110,7 +108,7 @@ def main() -> None:
     )
     target = write_results(
         "decoder_memory",
-        "python benchmarks/decoder_memory.py " + " ".join(sys.argv[1:]),
+        "python -m benchmarks.decoder_memory " + " ".join(sys.argv[1:]),
         results,
         started,
         load_before=load_before,

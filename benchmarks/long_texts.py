@@ -13,8 +13,8 @@ at four times the CPU cost. Every variant trains the same number of optimizer st
 pooling), so chunk does not win by training longer. Accuracy is also split by where the decisive
 snippet starts: inside the first window or beyond it, which shows why a variant wins.
 
-    python benchmarks/long_texts.py                                  # head vs chunk, about 20 min on 2 CPU cores
-    python benchmarks/long_texts.py --variants head,tail,head+tail,chunk
+    python -m benchmarks.long_texts                                  # head vs chunk, about 20 min on 2 CPU cores
+    python -m benchmarks.long_texts --variants head,tail,head+tail,chunk
 
 Results go to reports/benchmarks/long_texts.json, which the report stage renders.
 """
@@ -35,18 +35,17 @@ import numpy as np
 import pandas as pd
 from transformers import set_seed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline import data  # noqa: E402
-from pipeline.card import EncodingSpec, ModelCard  # noqa: E402
-from pipeline.inference import Predictor, score  # noqa: E402
-from pipeline.modeling import load_for_training, load_tokenizer, resolve_model  # noqa: E402
-from pipeline.params import load_params  # noqa: E402
-from pipeline.sources import resolve  # noqa: E402
-from pipeline.tasks.encoding import ENCODERS  # noqa: E402
-from pipeline.tasks.training import HOOKS  # noqa: E402
-from pipeline.training import build_trainer, training_arguments  # noqa: E402
-from results import load_average, write_results  # noqa: E402
+from benchmarks.results import load_average, write_results
+from pipeline import data
+from pipeline.assessment import score
+from pipeline.card import EncodingSpec, ModelCard
+from pipeline.inference import Predictor
+from pipeline.modeling import load_for_training, load_tokenizer, resolve_model
+from pipeline.params import load_params
+from pipeline.sources import resolve
+from pipeline.tasks.encoding import ENCODERS
+from pipeline.tasks.training import HOOKS
+from pipeline.training import build_trainer, training_arguments
 
 EVIDENCE_START = "evidence_start"  # characters before the decisive snippet
 
@@ -202,7 +201,7 @@ def main() -> None:
     for chunk in (r for r in rows if r["truncation"] == "chunk" and head):
         print(f"chunk ({chunk['pooling']}) - head: {chunk['accuracy'] - head['accuracy']:+.4f} accuracy")
     if not args.no_save:
-        command = "python benchmarks/long_texts.py " + " ".join(sys.argv[1:])
+        command = "python -m benchmarks.long_texts " + " ".join(sys.argv[1:])
         setup = {
             "train_documents": len(train),
             "test_documents": len(test),

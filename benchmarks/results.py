@@ -23,7 +23,8 @@ def load_average() -> float:
 def child_result(command: list[str], what: str) -> dict[str, Any]:
     """Run one contender in a process of its own (so its peak RSS is its own) and return the JSON it
     printed on its `RESULT ` line; stop with the tail of its stderr when it printed none."""
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    # From the repository root, where `python -m benchmarks.NAME` finds the package.
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=OUT.parents[1])
     line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         sys.exit(f"{what} failed:\n{done.stderr[-3000:]}")
@@ -51,13 +52,13 @@ def write_results(
         "wall_seconds": round(time.perf_counter() - started),
     }
     if load_before is not None:
-        from pipeline.runtimes import machine  # the benchmarks put the repository on sys.path
+        from pipeline.runtimes import machine
 
         meta |= {"machine": machine(), "load_average_before": load_before, "load_average_after": load_average()}
     target = out / f"{name}.json"
     target.write_text(json.dumps({**meta, **extra, "rows": rows}, indent=2) + "\n")
     if out == OUT:  # the committed results: the generated page follows them
-        import docs_page  # beside this file, on sys.path as every benchmark script is run
+        from benchmarks import docs_page
 
         docs_page.main([])
     return target

@@ -17,7 +17,7 @@ cores. Prints the curves, the time to `--target` of each, the ratios to hf-caref
 test accuracy (the model it ends with: the pipeline's best checkpoint), and writes
 reports/benchmarks/time_to_accuracy.json.
 
-    python benchmarks/time_to_accuracy.py --target 0.85 \\
+    python -m benchmarks.time_to_accuracy --target 0.85 \\
         --variant "frozen-embeddings:finetune.freeze_word_embeddings=true"
 """
 
@@ -37,14 +37,12 @@ import torch
 import yaml
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline import data, paths  # noqa: E402
-from pipeline.modeling import load_for_training, load_tokenizer, resolve_model  # noqa: E402
-from pipeline.params import load_params  # noqa: E402
-from pipeline.tasks.training import HOOKS  # noqa: E402
-from pipeline.training import prepare  # noqa: E402
-from results import child_result, load_average, write_results  # noqa: E402
+from benchmarks.results import child_result, load_average, write_results
+from pipeline import data, paths
+from pipeline.modeling import load_for_training, load_tokenizer, resolve_model
+from pipeline.params import load_params
+from pipeline.tasks.training import HOOKS
+from pipeline.training import prepare
 
 HF_CAREFUL = {"learning_rate": 5e-5, "per_device_train_batch_size": 16, "num_train_epochs": 3}
 
@@ -215,7 +213,15 @@ def main() -> None:
     results = []
     for name, overrides in contenders:
         for seed in seeds:
-            command = [sys.executable, __file__, "--only", name, "--overrides", json.dumps({**overrides, "seed": seed})]
+            command = [
+                sys.executable,
+                "-m",
+                "benchmarks.time_to_accuracy",
+                "--only",
+                name,
+                "--overrides",
+                json.dumps({**overrides, "seed": seed}),
+            ]
             result = {**child_result(command + ["--every", str(args.every)], f"{name} (seed {seed})"), "seed": seed}
             result["seconds_to_target"] = time_to(args.target, result["curve"])
             results.append(result)
@@ -243,7 +249,7 @@ def main() -> None:
         )
     target = write_results(
         "time_to_accuracy",
-        "python benchmarks/time_to_accuracy.py " + " ".join(sys.argv[1:]),
+        "python -m benchmarks.time_to_accuracy " + " ".join(sys.argv[1:]),
         results,
         started,
         load_before=load_before,

@@ -11,14 +11,13 @@ Prints samples/s, real (non-padding) tokens/s and achieved GFLOP/s of each, the 
 machine's measured fp32 matmul GFLOP/s, all from one run. The first `--warmup` steps are not timed; the
 contenders run `--rounds` times in turn (so none profits from going first) and the best round counts.
 
-    python benchmarks/train_throughput.py --steps 30 --rounds 2
+    python -m benchmarks.train_throughput --steps 30 --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,16 +33,14 @@ from transformers import (
     set_seed,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.modeling import load_for_training, load_tokenizer, resolve_model  # noqa: E402
-from pipeline.params import load_params  # noqa: E402
-from pipeline.tasks.encoding import ENCODERS  # noqa: E402
-from pipeline.tasks.reading import READERS  # noqa: E402
-from pipeline.tasks.training import HOOKS  # noqa: E402
-from pipeline.training import build_trainer, training_arguments  # noqa: E402
-from stages.ingest import ingest  # noqa: E402
-from stages.split import stratified_split  # noqa: E402
+from pipeline.modeling import load_for_training, load_tokenizer, resolve_model
+from pipeline.params import load_params
+from pipeline.tasks.encoding import ENCODERS
+from pipeline.tasks.reading import READERS
+from pipeline.tasks.training import HOOKS
+from pipeline.training import build_trainer, training_arguments
+from stages.ingest import ingest
+from stages.split import stratified_split
 
 GLUE_MAX_SEQ_LENGTH = 128  # run_glue.py's --max_seq_length default, with --pad_to_max_length True
 

@@ -279,208 +279,6 @@ def plot_curves(plots: Path, target: Path) -> None:
     plt.close(fig)
 
 
-def benchmark_sections(folder: Path, figures: Path) -> list[str]:
-    """The method comparison, pretrained vs scratch, and label efficiency measured by
-    benchmarks/compare_methods.py, time to accuracy by benchmarks/time_to_accuracy.py, and truncation of long
-    documents by benchmarks/long_texts.py (each part shown when its results file exists)."""
-    parts = {
-        name: data.read_json(folder / f"{name}.json")
-        for name in ("methods", "scratch", "label_efficiency", "long_texts", "time_to_accuracy")
-        if (folder / f"{name}.json").is_file()
-    }
-    if not parts:
-        return []
-
-    def provenance(result: dict) -> str:
-        return (
-            f"`{result['command']}`, {result['cpus']} CPU cores, {result['date']}, {result['wall_seconds']} s in all."
-        )
-
-    sections = [
-        "## Benchmarks",
-        "Default data and model, test split; each run of the method, pretraining and label-efficiency tables trains "
-        "with the default `finetune` budget (benchmarks/methods.yaml lists the per-method changes).",
-    ]
-    if "methods" in parts:
-        rows = parts["methods"]["rows"]
-        sections += [
-            "### Fine-tuning methods",
-            provenance(parts["methods"]),
-            _table(
-                [
-                    "method",
-                    "test accuracy",
-                    "macro-F1",
-                    "trainable params",
-                    "trainable %",
-                    "train s",
-                    "peak RSS MiB",
-                    "saved MB",
-                    "trained MB",
-                    "load avg",
-                ],
-                [
-                    [
-                        r["name"],
-                        r["test_accuracy"],
-                        r["test_macro_f1"],
-                        f"{r['trainable_params']:,}",
-                        f"{100 * r['trainable_params'] / r['total_params']:.2f}",
-                        f"{r['train_seconds']:.0f}",
-                        f"{r['peak_rss_mib']:.0f}",
-                        f"{r['artifact_mb']:.2f}",
-                        f"{r['trained_mb']:.2f}",
-                        _load(r),
-                    ]
-                    for r in rows
-                ],
-            ),
-            "*trained MB*: what a run adds beside the pretrained weights (the adapter and head for peft methods). "
-            "*load avg*: the machine's 1-minute load when the run ended; about 2 means it ran alone on the 2 cores.",
-        ]
-    if "scratch" in parts:
-        full = [r for r in parts.get("methods", {}).get("rows", []) if r["name"] == "full"]
-        rows = full + parts["scratch"]["rows"]
-        sections += [
-            "### Pretrained vs randomly initialised (same architecture, data and budget)",
-            provenance(parts["scratch"]),
-            _table(
-                ["model", "test accuracy", "macro-F1", "train s", "load avg"],
-                [
-                    [
-                        "pretrained" if r["name"] == "full" else "random init",
-                        r["test_accuracy"],
-                        r["test_macro_f1"],
-                        f"{r['train_seconds']:.0f}",
-                        _load(r),
-                    ]
-                    for r in rows
-                ],
-            ),
-        ]
-    if "label_efficiency" in parts:
-        rows = parts["label_efficiency"]["rows"]
-        plot_label_efficiency(rows, figures / "label_efficiency.png")
-        sections += [
-            "### Label efficiency",
-            provenance(parts["label_efficiency"]),
-            _table(
-                [
-                    "train labels",
-                    "fine-tuned accuracy",
-                    "TF-IDF accuracy",
-                    "fine-tuned macro-F1",
-                    "TF-IDF macro-F1",
-                    "train s",
-                    "load avg",
-                ],
-                [
-                    [
-                        f"{r['train_examples']:,}",
-                        r["test_accuracy"],
-                        r["baseline_accuracy"],
-                        r["test_macro_f1"],
-                        r["baseline_macro_f1"],
-                        f"{r['train_seconds']:.0f}",
-                        _load(r),
-                    ]
-                    for r in rows
-                ],
-            ),
-            "![label efficiency](figures/label_efficiency.png)",
-        ]
-    if "time_to_accuracy" in parts:
-        result = parts["time_to_accuracy"]
-        sections += [
-            f"### Time to test accuracy {result['target_accuracy']}",
-            provenance(result)
-            + f" {result['machine']['cpu']}, load average {result['load_average_before']} before and "
-            f"{result['load_average_after']} after; test accuracy measured every {result['every_examples']:,} "
-            f"training examples with the clock stopped; each contender trained with seeds {result['seeds']}: the "
-            "median time to the target, its ratio to hf-careful's median, and the mean (range) of final accuracy.",
-            _table(
-                [
-                    "contender",
-                    "median seconds to target",
-                    "vs hf-careful",
-                    "final test accuracy",
-                    "best validation",
-                    "peak RSS MiB",
-                ],
-                [
-                    [
-                        r["name"],
-                        f"{r['median_seconds_to_target']:.1f}"
-                        if r["median_seconds_to_target"] is not None
-                        else "not reached",
-                        f"{r['ratio_to_hf_careful']:.3f}x" if r["ratio_to_hf_careful"] else "-",
-                        "{:.4f} ({:.4f}-{:.4f})".format(r["mean_final_accuracy"], *r["final_accuracy_range"]),
-                        r["mean_best_validation"] if r["mean_best_validation"] is not None else "-",
-                        f"{r['max_peak_rss_mib']:,}",
-                    ]
-                    for r in result["summary"]
-                ],
-            ),
-        ]
-    if "long_texts" in parts:
-        setup = parts["long_texts"]["setup"]
-        sections += [
-            "### Long documents: truncation",
-            provenance(parts["long_texts"]),
-            f"{setup['train_documents']:,} training and {setup['test_documents']:,} test documents of "
-            f"{setup['snippets_per_document']} real snippets (about {setup['mean_test_tokens']} tokens), one decisive "
-            f"snippet among weak ones; windows of {setup['window_tokens']} tokens; every variant trains "
-            f"{setup['steps']} steps of {setup['batch_size']}. The decisive snippet starts inside the first window "
-            f"in {setup['share_evidence_in_first_window']:.0%} of test documents.",
-            _table(
-                [
-                    "truncation",
-                    "pooling",
-                    "training inputs",
-                    "epochs",
-                    "train s",
-                    "test accuracy (95 % CI)",
-                    "evidence in first window",
-                    "evidence beyond it",
-                    "load avg",
-                ],
-                [
-                    [
-                        r["truncation"],
-                        r["pooling"],
-                        f"{r['training_inputs']:,}",
-                        f"{r['epochs']:.1f}",
-                        f"{r['train_seconds']:.0f}",
-                        f"{r['accuracy']:.4f} ± {r['accuracy_ci95']:.3f}",
-                        r["accuracy_evidence_in_first_window"],
-                        r["accuracy_evidence_beyond"],
-                        _load(r),
-                    ]
-                    for r in parts["long_texts"]["rows"]
-                ],
-            ),
-        ]
-    return sections
-
-
-def _load(row: dict) -> str:
-    return f"{row['load_average_1m']:.2f}" if "load_average_1m" in row else ""
-
-
-def plot_label_efficiency(rows: list[dict], target: Path) -> None:
-    sizes = [r["train_examples"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(sizes, [r["test_accuracy"] for r in rows], marker="o", label="fine-tuned")
-    ax.plot(sizes, [r["baseline_accuracy"] for r in rows], marker="s", label="TF-IDF + logistic regression")
-    ax.set_xscale("log")
-    ax.set(xlabel="training labels", ylabel="test accuracy", title="Label efficiency")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-
-
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(value: Any) -> str:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -518,7 +316,6 @@ def render(
     baseline_name: str,
     example_unit: str,
     evaluation: list[str],
-    benchmarks: list[str],
 ) -> str:
     stats = model_card.training
     assert stats is not None, "the finetune stage always records training stats"
@@ -595,7 +392,8 @@ def render(
         f"({stats.train_samples_per_second} samples/s); best validation {stats.best_metric_name} "
         f"{stats.best_metric:.4f} at step {stats.best_checkpoint_step}.",
         "![learning curves](figures/learning_curves.png)",
-        *benchmarks,
+        "Benchmarks of the methods, of long texts and of time to accuracy are in docs/benchmarks.md, generated "
+        "from reports/benchmarks by `python -m benchmarks.docs_page`.",
     ]
     return "\n\n".join(sections) + "\n"
 
@@ -646,7 +444,6 @@ def main() -> None:
                 )
                 + prompting_section(model, model_card, task.summary_metrics)
                 + runtime_section(data.read_json(paths.EVAL / "runtimes.json")),
-                benchmark_sections(paths.BENCHMARKS, figures),
             ),
             encoding="utf-8",
         )

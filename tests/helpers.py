@@ -67,14 +67,10 @@ def expect_user_error(main: Callable[[], None], capsys: pytest.CaptureFixture[st
 
 
 def benchmark_module(name: str):  # noqa: ANN201 (a module)
-    """A script of benchmarks/ imported as a module (the scripts import each other by their bare names)."""
+    """A benchmark of the benchmarks package, imported (the repository root is on pytest's pythonpath)."""
     import importlib
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def promote_command(argv: list[str]) -> Callable[[], None]:

@@ -29,9 +29,9 @@ from helpers import (
     slow_steps_hook,
     venv_env,
 )
+from pipeline.assessment import score
 from pipeline.card import ModelCard
 from pipeline.checkpoints import CHECKSUMS_FILE
-from pipeline.tasks.scoring import SCORINGS
 
 # The second tier (`make test-e2e`): real DVC queues, torchrun, whole-DAG runs, HTTP servers.
 pytestmark = pytest.mark.e2e
@@ -223,8 +223,7 @@ def test_a_pooling_change_reaches_the_evaluated_model(repo: Path) -> None:
     model = Predictor(repo / "models" / "model")
     assert (model.encoding.truncation, model.encoding.pooling) == ("chunk", "max")
     metrics = json.loads((repo / "reports" / "eval" / "metrics.json").read_text())
-    result = model.task.outcomes(model, pd.read_parquet(repo / "data" / "split" / "test.parquet"), "test")
-    expected = SCORINGS.for_task(model.card.task).test_metrics(result.true, result.pred, model.labels)
+    expected = score(model, pd.read_parquet(repo / "data" / "split" / "test.parquet"), "test")[0]
     assert metrics["accuracy"] == expected["accuracy"]  # evaluate scored the max-pooling model
     # A pooling change alone re-runs finetune, which writes pooling into the card; the stages that read the
     # model folder follow when it changes, which a dry run cannot know. (That mean and max pooling give

@@ -17,8 +17,9 @@ import pytest
 from builders import REPO
 from helpers import expect_user_error, promote_command, set_params
 from pipeline import paths, promote, registry
+from pipeline.assessment import score
 from pipeline.card import ModelCard
-from pipeline.inference import Predictor, score
+from pipeline.inference import Predictor
 
 NAME = "sentiment-classifier"
 

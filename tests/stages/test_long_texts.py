@@ -111,7 +111,7 @@ def _long_text_benchmark():
     return benchmark_module("long_texts"), benchmark_module("results")
 
 
-def test_long_document_benchmark_knows_where_the_evidence_starts_and_the_report_shows_it(
+def test_long_document_benchmark_knows_where_the_evidence_starts_and_the_benchmarks_page_shows_it(
     tokenizer, tmp_path: Path
 ) -> None:
     long_texts, results = _long_text_benchmark()
@@ -159,9 +159,6 @@ def test_long_document_benchmark_knows_where_the_evidence_starts_and_the_report_
     }
     folder = tmp_path / "benchmarks"
     results.write_results("long_texts", "python benchmarks/long_texts.py", [row], 0.0, out=folder, setup=setup)
-    from stages.report import benchmark_sections
-
-    text = "\n".join(benchmark_sections(folder, tmp_path))
-    assert "### Long documents: truncation" in text
-    assert "| chunk | mean | 812 | 1.2 | 90 | 0.8100 ± 0.024 | 0.8300 | 0.7900 | 2.00 |" in text
-    assert "starts inside the first window in 55% of test documents" in text
+    page = benchmark_module("docs_page").render(folder)
+    assert "## long_texts" in page
+    assert "| chunk | mean | 812 | 1.2000 | 90 | 0.8100 | 0.0240 | 0.8000 | 0.8300 | 0.7900 | 2 |" in page

@@ -228,11 +228,6 @@ def test_no_task_name_comparison_or_task_isinstance_outside_the_tasks_package() 
     assert not offences, "\n".join(offences)
 
 
-# The benchmark tables the report stage still draws name their runs after methods ("full"); they are to
-# leave the report stage for a page generated from reports/benchmarks.
-METHOD_NAME_EXCEPTIONS = {"stages/report.py": "benchmark run names, not the method of this run"}
-
-
 def method_name_comparisons(tree: ast.AST) -> list[int]:
     """Lines that compare something with a method's name, or test membership in literals holding one."""
     lines = []
@@ -250,7 +245,6 @@ def test_no_method_name_comparison_outside_the_methods_package() -> None:
         f"{file.relative_to(REPO)}:{line}"
         for file in [p for package in ("stages", "pipeline") for p in (REPO / package).rglob("*.py")]
         if "methods" not in file.relative_to(REPO).parts[:2]
-        and str(file.relative_to(REPO)) not in METHOD_NAME_EXCEPTIONS
         for line in method_name_comparisons(ast.parse(file.read_text(encoding="utf-8")))
     ]
     assert not offences, "method name compared outside pipeline/methods: " + ", ".join(offences)
