@@ -1,6 +1,6 @@
-"""Batch prediction memory: peak RSS of `python -m pipeline.predict` on inputs 1x and 10x as large.
+"""Batch prediction memory: peak RSS of `python -m pipeline.serving.predict` on inputs 1x and 10x as large.
 
-`pipeline.predict` reads, predicts and writes `--chunk-size` rows at a time, so its peak memory should not
+`pipeline.serving.predict` reads, predicts and writes `--chunk-size` rows at a time, so its peak memory should not
 grow with the input. This builds a small random BERT (the model's size does not matter for the question)
 and Parquet files of N and 10*N short texts, runs the command on each in a fresh process, and prints each
 run's peak RSS and rows/s and the ratio of the two peaks, from one run:

@@ -26,11 +26,11 @@ import yaml
 
 from benchmarks.results import OUT, load_average, write_results
 from pipeline import data, paths
-from pipeline.assessment import score
-from pipeline.inference import Predictor
+from pipeline.evaluation.assessment import score
 from pipeline.params import load_params
+from pipeline.prediction.inference import Predictor
 from pipeline.tasks.scoring import SCORINGS
-from pipeline.training import fit, prepare
+from pipeline.training.trainer import fit, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@
 Trains a decoder preset (default presets/sentiment-smollm2.yaml: SmolLM2-135M-Instruct with LoRA, batch 16,
 prompts up to its tokenize.max_length) for `--steps` optimizer steps on the default training split
 (data/split of the last `dvc repro`, the split that preset reads), exactly as the finetune stage sets it up
-(pipeline.training.prepare), once with `finetune.activation_checkpointing` off and once on. Each runs in a
+(pipeline.training.trainer.prepare), once with `finetune.activation_checkpointing` off and once on. Each runs in a
 process of its own, one after the other, so peak RSS is its own and none shares the cores. The first step
 is not timed (allocator and kernel warm-up). Prints seconds per step, peak RSS and the ratios of the
 checkpointed run to the plain one, and writes reports/benchmarks/decoder_memory.json.
@@ -26,10 +26,10 @@ from transformers import TrainerCallback
 
 from benchmarks.results import child_result, load_average, write_results
 from pipeline import data, paths
-from pipeline.modeling import load_tokenizer, resolve_model
 from pipeline.params import load_params
 from pipeline.tasks.encoding import ENCODERS
-from pipeline.training import prepare
+from pipeline.training.modeling import load_tokenizer, resolve_model
+from pipeline.training.trainer import prepare
 
 
 class StepClock(TrainerCallback):

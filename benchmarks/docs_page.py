@@ -40,7 +40,7 @@ def cell(value: Any) -> str:
 
 
 def machine(value: Any) -> str:
-    """The machine field: a host name, or pipeline.runtimes.machine()'s record (CPU model and ISA)."""
+    """The machine field: a host name, or pipeline.prediction.runtimes.machine()'s record (CPU model and ISA)."""
     if isinstance(value, dict):
         return ", ".join(f"{key} {cell(item)}" for key, item in value.items() if not isinstance(item, (list, dict)))
     return cell(value)

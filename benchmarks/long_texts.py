@@ -37,15 +37,15 @@ from transformers import set_seed
 
 from benchmarks.results import load_average, write_results
 from pipeline import data
-from pipeline.assessment import score
 from pipeline.card import EncodingSpec, ModelCard
-from pipeline.inference import Predictor
-from pipeline.modeling import load_for_training, load_tokenizer, resolve_model
+from pipeline.data.sources import resolve
+from pipeline.evaluation.assessment import score
 from pipeline.params import load_params
-from pipeline.sources import resolve
+from pipeline.prediction.inference import Predictor
 from pipeline.tasks.encoding import ENCODERS
 from pipeline.tasks.training import HOOKS
-from pipeline.training import build_trainer, training_arguments
+from pipeline.training.modeling import load_for_training, load_tokenizer, resolve_model
+from pipeline.training.trainer import build_trainer, training_arguments
 
 EVIDENCE_START = "evidence_start"  # characters before the decisive snippet
 

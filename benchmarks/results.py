@@ -52,7 +52,7 @@ def write_results(
         "wall_seconds": round(time.perf_counter() - started),
     }
     if load_before is not None:
-        from pipeline.runtimes import machine
+        from pipeline.prediction.runtimes import machine
 
         meta |= {"machine": machine(), "load_average_before": load_before, "load_average_after": load_average()}
     target = out / f"{name}.json"

@@ -6,7 +6,7 @@ of the last `dvc repro` (data/split, data/tokenized):
 
   hf-careful     Trainer with dynamic padding and length-grouped batches, lr 5e-5, batch 16, 3 epochs
                  (transformers' defaults otherwise: no warm-up, no weight decay, no evaluation, no checkpoints)
-  pipeline       pipeline.training.prepare with the finetune params, exactly what `dvc repro` trains: its
+  pipeline       pipeline.training.trainer.prepare with the finetune params, exactly what `dvc repro` trains: its
                  per-epoch validation, checkpoints and early stopping are part of its time
   NAME           the pipeline with params changed: --variant "NAME:finetune.key=value,finetune.other=value"
 
@@ -39,10 +39,10 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 
 from benchmarks.results import child_result, load_average, write_results
 from pipeline import data, paths
-from pipeline.modeling import load_for_training, load_tokenizer, resolve_model
 from pipeline.params import load_params
 from pipeline.tasks.training import HOOKS
-from pipeline.training import prepare
+from pipeline.training.modeling import load_for_training, load_tokenizer, resolve_model
+from pipeline.training.trainer import prepare
 
 HF_CAREFUL = {"learning_rate": 5e-5, "per_device_train_batch_size": 16, "num_train_epochs": 3}
 

@@ -3,7 +3,7 @@
 All three train the default model (params.yaml `model`) on the default training split (params.yaml
 `ingest` and `split`) with the same batch size for the same number of optimizer steps:
 
-  pipeline       pipeline.training.build_trainer with the finetune params (what `dvc repro` runs)
+  pipeline       pipeline.training.trainer.build_trainer with the finetune params (what `dvc repro` runs)
   hf-padded      Trainer as run_glue.py configures it by default: every example padded to 128 tokens
   hf-dynamic     Trainer with DataCollatorWithPadding and length-grouped batches
 
@@ -33,12 +33,12 @@ from transformers import (
     set_seed,
 )
 
-from pipeline.modeling import load_for_training, load_tokenizer, resolve_model
 from pipeline.params import load_params
 from pipeline.tasks.encoding import ENCODERS
 from pipeline.tasks.reading import READERS
 from pipeline.tasks.training import HOOKS
-from pipeline.training import build_trainer, training_arguments
+from pipeline.training.modeling import load_for_training, load_tokenizer, resolve_model
+from pipeline.training.trainer import build_trainer, training_arguments
 from stages.ingest import ingest
 from stages.split import stratified_split
 

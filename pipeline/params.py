@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import PipelineError, stage_main
-from pipeline.methods.registry import METHODS, get_method
+from pipeline.methods.specs import METHOD_SPECS
 from pipeline.schema import Params, PromptParams
 from pipeline.tasks.registry import TASKS
 
@@ -30,11 +30,13 @@ def check_against_registries(params: Params) -> None:
     if params.task not in TASKS:
         raise ValueError(f"task: unknown task (one of {', '.join(TASKS)}) (got {params.task!r})")
     finetune = params.finetune
-    if finetune.method not in METHODS:
-        raise ValueError(f"finetune.method: unknown method (one of {', '.join(METHODS)}) (got {finetune.method!r})")
-    method = get_method(finetune.method)
+    if finetune.method not in METHOD_SPECS:
+        raise ValueError(
+            f"finetune.method: unknown method (one of {', '.join(METHOD_SPECS)}) (got {finetune.method!r})"
+        )
+    method = METHOD_SPECS[finetune.method]
     if finetune.merge_adapter and not method.mergeable:
-        *others, last = [name for name, m in METHODS.items() if m.mergeable]
+        *others, last = [name for name, m in METHOD_SPECS.items() if m.mergeable]
         mergeable = f"{', '.join(others)} and {last}" if others else last
         raise ValueError(
             f"finetune: merge_adapter: only {mergeable} adapters can be merged (method is {finetune.method})"
@@ -175,7 +177,7 @@ def explain(key: str) -> str:
     if key == "task":
         lines.append("  allowed: " + "; ".join(f"{name} ({task.description})" for name, task in TASKS.items()))
     elif key == "finetune.method":
-        lines.append("  allowed: " + "; ".join(f"{name} ({m.description})" for name, m in METHODS.items()))
+        lines.append("  allowed: " + "; ".join(f"{name} ({m.description})" for name, m in METHOD_SPECS.items()))
     elif allowed:
         lines.append("  allowed: " + ", ".join(map(str, allowed)))
     bounds = [

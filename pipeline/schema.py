@@ -1,6 +1,7 @@
 """The params' schema: every section of params.yaml as a pydantic model, with each key's type, default,
 bounds and description (what `python -m pipeline.params --explain KEY` prints). It knows no task: the
-checks that ask the task registry what a task can do are in pipeline/params.py, which loads the file.
+checks that ask the task registry what a task can do are in pipeline/params.py, which loads the file; each
+method's own section is defined beside its spec (pipeline/methods/specs.py).
 """
 
 from __future__ import annotations
@@ -8,17 +9,10 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import Field, Strict, field_validator, model_validator
 
-Fraction = Annotated[float, Field(gt=0, lt=1)]
-Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-# Whole numbers only: `true` or 2.5 is an error naming the key, not 1 or 2 (pydantic would coerce them).
-Int = Annotated[int, Strict()]
-
-
-class Section(BaseModel):
-    # extra="forbid" turns a misspelt key into an error instead of a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from pipeline.fields import Fraction, Int, Section, Sha256
+from pipeline.methods.specs import AdaLoraParams, FreezeParams, Ia3Params, LoraParams, PrefixParams
 
 
 class ScoreToLabel(Section):
@@ -257,67 +251,6 @@ class TokenizeParams(Section):
                 f"stride must be below max_length / 2 (got stride {self.stride}, max_length {self.max_length})"
             )
         return self
-
-
-class FreezeParams(Section):
-    """method freeze: the encoder is frozen and only the task head trains, unless these open more of it."""
-
-    top_k_layers: Int = Field(
-        default=0, ge=0, description="method freeze: the last k encoder layers train too (0: head only)"
-    )
-    train_embeddings: bool = Field(default=False, description="method freeze: the embeddings train too")
-    train_layer_norms: bool = Field(
-        default=False, description="method freeze: every LayerNorm of the encoder trains (a few thousand parameters)"
-    )
-
-
-class LoraParams(Section):
-    r: Int = Field(default=8, ge=1, description="rank of each low-rank update")
-    alpha: float = Field(default=16, gt=0, description="scaling of the update (alpha / r)")
-    dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout on the adapter's input")
-    target_modules: list[str] | None = Field(
-        default=None,
-        description="modules that get adapters; null: peft's default for the architecture (BERT: query, value)",
-    )
-
-
-class AdaLoraParams(Section):
-    init_r: Int = Field(default=12, ge=1, description="every adapted matrix starts with this rank")
-    target_r: Int = Field(default=4, ge=1, description="the rank budget is pruned to this average rank")
-    tinit: float = Field(default=0.1, ge=0, lt=1, description="share of the training steps before pruning starts")
-    tfinal: float = Field(default=0.3, ge=0, lt=1, description="share of the steps at the end with the final ranks")
-    delta_t: Int = Field(default=10, ge=1, description="steps between two budget reallocations")
-    alpha: float = Field(default=32, gt=0, description="scaling of the update")
-    dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout on the adapter's input")
-    target_modules: list[str] | None = Field(
-        default=None, description="modules that get adapters; null: peft's default"
-    )
-
-    @model_validator(mode="after")
-    def _schedule_fits(self) -> AdaLoraParams:
-        if self.target_r > self.init_r:
-            raise ValueError(f"target_r must not exceed init_r (got {self.target_r} > {self.init_r})")
-        if self.tinit + self.tfinal >= 1:
-            raise ValueError(f"tinit + tfinal must leave steps for pruning (got {self.tinit} + {self.tfinal})")
-        return self
-
-
-class PrefixParams(Section):
-    num_virtual_tokens: Int = Field(
-        default=20, ge=1, description="virtual key/value positions prepended in every layer"
-    )
-    projection: bool = Field(
-        default=False, description="reparametrise the prefix through a two-layer MLP (more trainable parameters)"
-    )
-
-
-class Ia3Params(Section):
-    target_modules: list[str] | None = Field(
-        default=None, description="modules whose activations are rescaled; null: peft's default for the architecture"
-    )
-    feedforward_modules: list[str] | None = Field(
-        default=None, description="which of them scale the input (feed-forward) instead of the output"
-    )
 
 
 class DropoutParams(Section):

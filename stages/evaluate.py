@@ -3,8 +3,8 @@
 Writes test metrics (DVC metrics) and the (actual, predicted) pairs for DVC's confusion plot, logs both to
 the finetune stage's MLflow run, registers the model as a new version of `evaluate.registered_model_name`
 and points the alias `evaluate.alias` (default `challenger`) at it. Promotion to `champion` is a separate
-command, because it changes shared state. What is measured is pipeline/assessment.py; how a version is
-registered, pipeline/registration.py.
+command, because it changes shared state. What is measured is pipeline/evaluation/assessment.py; how a version is
+registered, pipeline/registry/registration.py.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import data, paths, tracking
-from pipeline.assessment import Assessment, assess
 from pipeline.card import ModelCard
+from pipeline.data.tables import write_csv
 from pipeline.errors import atomic_dir, stage_main
+from pipeline.evaluation.assessment import Assessment, assess
 from pipeline.params import load_params
-from pipeline.registration import input_example, log_assessment, register, training_run
-from pipeline.tables import write_csv
+from pipeline.registry.registration import input_example, log_assessment, register, training_run
 from pipeline.tasks.registry import TASKS
 
 

@@ -1,4 +1,4 @@
-"""Stage: the fine-tuned model as ONNX Runtime graphs, fp32 and dynamic int8 (pipeline/runtimes.py).
+"""Stage: the fine-tuned model as ONNX Runtime graphs, fp32 and dynamic int8 (pipeline/prediction/runtimes.py).
 
 Parity is checked here, on the validation split as the tokenize stage encoded it: the fp32 graph must give
 PyTorch's logits (a larger gap is an export bug and stops the stage); for int8, the largest logit gap and
@@ -12,12 +12,12 @@ import numpy as np
 
 from pipeline import data, paths
 from pipeline.card import ModelCard
+from pipeline.data.sources import tree_sha256
 from pipeline.errors import PipelineError, atomic_dir, stage_main
-from pipeline.inference import Predictor
 from pipeline.methods.base import load_model
 from pipeline.params import load_params
-from pipeline.runtimes import EXPORT_CARD, ONNX_FILES, export_onnx, exportable, quantize_int8
-from pipeline.sources import tree_sha256
+from pipeline.prediction.inference import Predictor
+from pipeline.prediction.runtimes import EXPORT_CARD, ONNX_FILES, export_onnx, exportable, quantize_int8
 
 PROBE = 128  # validation inputs compared across runtimes
 FP32_TOLERANCE = 1e-3  # fp32 graphs agree with eager PyTorch to ~1e-5; beyond this the graph is wrong

@@ -7,10 +7,10 @@ per-evaluation validation metrics as DVC plots, and logs the run to MLflow with 
 metrics, git commit, data hash and cost (trainable parameters, time, peak memory, artifact size).
 
 A finetune killed at any moment continues from its newest complete checkpoint (`checkpoints/`) in the
-same MLflow run on the next `dvc repro` (pipeline/checkpoints.py).
+same MLflow run on the next `dvc repro` (pipeline/training/checkpoints.py).
 
 With `finetune.distributed` asking for more than one process, the stage runs itself under torchrun and
-trains data-parallel (pipeline/distributed.py); rank 0 does all the writing. On a second machine:
+trains data-parallel (pipeline/training/distributed.py); rank 0 does all the writing. On a second machine:
 `python -m stages.finetune --node-rank 1`.
 """
 
@@ -23,15 +23,15 @@ import sys
 import mlflow
 from transformers.integrations import MLflowCallback
 
-from pipeline import data, distributed, paths, tracking
+from pipeline import data, paths, tracking
 from pipeline.card import Provenance
-from pipeline.checkpoints import RUN_FILE, checkpoint_to_resume
+from pipeline.data.sources import tree_sha256
 from pipeline.errors import PipelineError, atomic_dir, stage_main
-from pipeline.modeling import resolve_model
 from pipeline.params import flat_params, load_params
 from pipeline.schema import Params
-from pipeline.sources import tree_sha256
-from pipeline.training import Prepared, fit, global_batch_size, prepare
+from pipeline.training.checkpoints import RUN_FILE, checkpoint_to_resume
+from pipeline.training.modeling import resolve_model
+from pipeline.training.trainer import Prepared, distributed, fit, global_batch_size, prepare
 
 # The sections whose values shape the trained model: the run's MLflow params and the checkpoint
 # fingerprint. dvc.yaml lists each of them as a param of this stage.

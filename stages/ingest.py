@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 
 from pipeline import data, paths
+from pipeline.data.sources import local_path, resolve
 from pipeline.errors import PipelineError, atomic_dir, stage_main
 from pipeline.params import load_params
 from pipeline.schema import IngestParams
-from pipeline.sources import local_path, resolve
 from pipeline.tasks.base import Reader
 from pipeline.tasks.reading import READERS
 

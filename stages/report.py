@@ -89,7 +89,7 @@ def champion_section(this: dict, model: dict, gate: PromoteParams, summary: tupl
         return f"Registry not available ({exc})."
     if champion is None:
         return (
-            f"No `@champion` yet ({when}). `python -m pipeline.promote` makes this model the first one if its test "
+            f"No `@champion` yet ({when}). `pipeline-promote` makes this model the first one if its test "
             f"{gate.metric} reaches the floor {gate.floor}."
         )
     if str(champion.version) == str(this["version"]):
@@ -101,7 +101,7 @@ def champion_section(this: dict, model: dict, gate: PromoteParams, summary: tupl
     text = [f"Current `@champion` as of {when}:", _table(["model", *summary], rows)]
     if champion.tags.get("test_data_sha256") != this.get("test_data_sha256"):
         text.append(
-            "The champion was evaluated on another test set; `python -m pipeline.promote` re-scores it on this one "
+            "The champion was evaluated on another test set; `pipeline-promote` re-scores it on this one "
             "before deciding."
         )
     else:

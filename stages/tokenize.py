@@ -13,9 +13,9 @@ from datasets import Dataset, DatasetDict
 
 from pipeline import data, paths
 from pipeline.errors import PipelineError, atomic_dir, stage_main
-from pipeline.modeling import load_tokenizer, require_fits_positions, resolve_model
 from pipeline.params import load_params
 from pipeline.tasks.encoding import ENCODERS
+from pipeline.training.modeling import load_tokenizer, require_fits_positions, resolve_model
 
 
 def unreadable(tokenizer: Any, split: Dataset) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def benchmark_module(name: str):  # noqa: ANN201 (a module)
 
 def promote_command(argv: list[str]) -> Callable[[], None]:
     """`pipeline-promote ARGV` as a callable, for expect_user_error."""
-    from pipeline import promote
+    from pipeline.registry import promote
 
     def main() -> None:
         saved = sys.argv
@@ -137,7 +137,7 @@ def serve_command(model_uri: str, port: int) -> list[str]:
 
 def guarded_serve_command(model_uri: str, port: int) -> list[str]:
     """`pipeline-serve` (MLflow's scoring server behind the pipeline's request guard) on 127.0.0.1."""
-    return [sys.executable, "-m", "pipeline.serve", "--model", model_uri, "--port", str(port), "--workers", "1"]
+    return [sys.executable, "-m", "pipeline.serving.serve", "--model", model_uri, "--port", str(port), "--workers", "1"]
 
 
 def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
@@ -177,8 +177,8 @@ def assert_onnx_matches_pytorch() -> None:
     import numpy as np
 
     from pipeline import data, paths
-    from pipeline.inference import Predictor
-    from pipeline.runtimes import ONNX_FILES
+    from pipeline.prediction.inference import Predictor
+    from pipeline.prediction.runtimes import ONNX_FILES
 
     test = data.read_table(paths.SPLIT / "test.parquet")
     eager = Predictor(paths.MODEL)
@@ -204,8 +204,8 @@ def without_onnx_export() -> None:
     """The export stage's card for the project's model as it writes it for a model it cannot export: no
     ONNX runtime, so evaluate scores and registers PyTorch alone. For tests that never read the graphs."""
     from pipeline import data, paths
-    from pipeline.runtimes import EXPORT_CARD
-    from pipeline.sources import tree_sha256
+    from pipeline.data.sources import tree_sha256
+    from pipeline.prediction.runtimes import EXPORT_CARD
 
     paths.ONNX.mkdir(parents=True, exist_ok=True)
     record = {"model_sha256": tree_sha256(paths.MODEL), "runtimes": {}, "skipped": "this test reads no graphs"}

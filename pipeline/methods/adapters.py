@@ -9,12 +9,13 @@ import inspect
 import shutil
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from transformers import TrainerCallback
 
 from pipeline.errors import PipelineError
 from pipeline.methods.base import BASE_DIR, Method, accept_past_key_values, prefix_generates
+from pipeline.methods.specs import AdaLoraSpec, IA3Spec, LoraSpec, PrefixSpec
 from pipeline.schema import FinetuneParams
 
 
@@ -52,11 +53,7 @@ class PeftAdapter(Method):
         return model
 
 
-class Lora(PeftAdapter):
-    name: ClassVar[str] = "lora"
-    description: ClassVar[str] = "low-rank updates of the attention projections (finetune.lora), peft"
-    mergeable: ClassVar[bool] = True
-
+class Lora(LoraSpec, PeftAdapter):
     def peft_config(self, params: FinetuneParams, task_type: Any, total_steps: int) -> Any:
         from peft import LoraConfig
 
@@ -81,17 +78,7 @@ class AdaLoraBudget(TrainerCallback):
         self.model.base_model.update_and_allocate(state.global_step)
 
 
-class AdaLora(PeftAdapter):
-    name: ClassVar[str] = "adalora"
-    description: ClassVar[str] = "LoRA whose ranks are pruned to a budget during training (finetune.adalora), peft"
-    mergeable: ClassVar[bool] = True
-    # Its checkpoints are saved with the ranks of their step, which the pruned model of a later step cannot
-    # load: it keeps its final weights (the schedule's end, ranks fixed) instead of the best.
-    reloads_best_checkpoint: ClassVar[bool] = False
-    # peft keeps the importance scores (which decide the ranks) outside the checkpoint and saves the adapters
-    # already pruned, so no checkpoint can continue the same run.
-    not_resumable: ClassVar[str | None] = "its rank allocator is not checkpointed"
-
+class AdaLora(AdaLoraSpec, PeftAdapter):
     def peft_config(self, params: FinetuneParams, task_type: Any, total_steps: int) -> Any:
         from peft import AdaLoraConfig
 
@@ -115,10 +102,7 @@ class AdaLora(PeftAdapter):
         return [AdaLoraBudget(model)]
 
 
-class Prefix(PeftAdapter):
-    name: ClassVar[str] = "prefix"
-    description: ClassVar[str] = "trained key/value vectors prepended to every layer (finetune.prefix), peft"
-
+class Prefix(PrefixSpec, PeftAdapter):
     def peft_config(self, params: FinetuneParams, task_type: Any, total_steps: int) -> Any:
         from peft import PrefixTuningConfig
 
@@ -134,11 +118,7 @@ class Prefix(PeftAdapter):
         return super().prepare(model, params, peft_task_type, total_steps)
 
 
-class IA3(PeftAdapter):
-    name: ClassVar[str] = "ia3"
-    description: ClassVar[str] = "learnt rescaling of keys, values and feed-forward activations (finetune.ia3), peft"
-    mergeable: ClassVar[bool] = True
-
+class IA3(IA3Spec, PeftAdapter):
     def peft_config(self, params: FinetuneParams, task_type: Any, total_steps: int) -> Any:
         from peft import IA3Config
 

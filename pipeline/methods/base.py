@@ -12,28 +12,20 @@ import inspect
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from transformers import TrainerCallback
 
+from pipeline.methods.specs import MethodSpec
 from pipeline.schema import FinetuneParams
 
 BASE_DIR = "base"  # inside an adapter model folder: the pretrained encoder the adapter applies to
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-class Method(ABC):
-    """One way to fine-tune: what trains, the callbacks it needs, its checkpoint contract, how it saves."""
-
-    name: ClassVar[str]  # the value of `finetune.method`
-    description: ClassVar[str]  # one line, shown by `python -m pipeline.params --explain finetune.method`
-    trains_every_weight: ClassVar[bool] = False  # can start from random weights (model.random_init)
-    mergeable: ClassVar[bool] = False  # finetune.merge_adapter: folds its adapter into the weights when saved
-    freezes_word_embeddings: ClassVar[bool] = False  # finetune.freeze_word_embeddings applies to it
-    # The Trainer reloads the best checkpoint at the end (load_best_model_at_end): a method whose checkpoints
-    # a later model cannot load keeps its final weights instead.
-    reloads_best_checkpoint: ClassVar[bool] = True
-    not_resumable: ClassVar[str | None] = None  # why a killed run of this method starts over, if it must
+class Method(MethodSpec, ABC):
+    """One way to fine-tune: what trains, the callbacks it needs, its checkpoint contract, how it saves (its
+    name, params section and abilities are its spec's, pipeline/methods/specs.py)."""
 
     @abstractmethod
     def prepare(self, model: Any, params: FinetuneParams, peft_task_type: str, total_steps: int) -> Any:

@@ -3,31 +3,24 @@ last k encoder layers, the embeddings and the layer norms."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from pipeline.errors import PipelineError
 from pipeline.methods.base import Method
+from pipeline.methods.specs import FreezeSpec, FullSpec
 from pipeline.schema import FinetuneParams
 
 
-class Full(Method):
-    name: ClassVar[str] = "full"
-    description: ClassVar[str] = "every parameter (finetune.freeze_word_embeddings: all but the word embeddings)"
-    trains_every_weight: ClassVar[bool] = True
-    freezes_word_embeddings: ClassVar[bool] = True
-
+class Full(FullSpec, Method):
     def prepare(self, model: Any, params: FinetuneParams, peft_task_type: str, total_steps: int) -> Any:
         if params.freeze_word_embeddings:
             model.get_input_embeddings().weight.requires_grad_(False)
         return model
 
 
-class Freeze(Method):
-    name: ClassVar[str] = "freeze"
-    description: ClassVar[str] = "the task head, and what finetune.freeze names (top layers, embeddings, norms)"
-
+class Freeze(FreezeSpec, Method):
     def prepare(self, model: Any, params: FinetuneParams, peft_task_type: str, total_steps: int) -> Any:
         _freeze(model, params)
         return model

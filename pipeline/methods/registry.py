@@ -1,5 +1,6 @@
-"""The registry: every fine-tuning method, found by its name (`finetune.method`). A new method is one class
-on `Method` (pipeline/methods/base.py) and one entry in the list below."""
+"""The registry: every fine-tuning method's code, found by its name (`finetune.method`). A new method is a
+spec in specs.py (with METHOD_SPECS' entry), one class on its spec and `Method` (base.py), and one entry in
+the list below."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from builders import inside
 from helpers import expect_user_error, free_port, raw_data, set_params, slow_steps_hook
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
-from pipeline.checkpoints import CHECKSUMS_FILE
+from pipeline.training.checkpoints import CHECKSUMS_FILE
 from stages import finetune
 
 # The second tier (`make test-e2e`): real DVC queues, torchrun, whole-DAG runs, HTTP servers.
@@ -180,9 +180,10 @@ EVERY_TASK_AND_METHOD = """
 import os
 import sys
 from pathlib import Path
-from pipeline import data, distributed, paths
+from pipeline import data, paths
+from pipeline.training import distributed
 from pipeline.params import load_params
-from pipeline.training import fit, prepare
+from pipeline.training.trainer import fit, prepare
 
 for run in sys.argv[1:]:
     project, method = run.rsplit(":", 1)

@@ -29,9 +29,9 @@ from helpers import (
     slow_steps_hook,
     venv_env,
 )
-from pipeline.assessment import score
 from pipeline.card import ModelCard
-from pipeline.checkpoints import CHECKSUMS_FILE
+from pipeline.evaluation.assessment import score
+from pipeline.training.checkpoints import CHECKSUMS_FILE
 
 # The second tier (`make test-e2e`): real DVC queues, torchrun, whole-DAG runs, HTTP servers.
 pytestmark = pytest.mark.e2e
@@ -91,14 +91,18 @@ def test_second_repro_does_nothing(repo: Path) -> None:
 @pytest.mark.parametrize(
     ("code", "stale"),
     [
-        ("pipeline/evaluation.py", {"evaluate"}),  # bootstrap and test statistics: no training, no export
-        ("pipeline/calibration.py", {"ingest", "split", "tokenize", "finetune", "export", "evaluate", "report"}),
+        ("pipeline/evaluation/statistics.py", {"evaluate"}),  # bootstrap and test statistics: no training, no export
+        ("pipeline/tasks/classification/scoring.py", {"evaluate"}),  # a task's test metrics and baselines
+        ("pipeline/tasks/classification/reading.py", {"ingest", "split", "evaluate"}),  # how rows are read
+        ("pipeline/methods/adapters.py", {"finetune", "evaluate"}),  # the peft methods' code, not their params
+        ("pipeline/training/calibration.py", {"finetune", "export", "evaluate"}),  # fitted in training
         ("stages/report.py", {"report"}),
     ],
 )
 def test_a_code_change_makes_stale_exactly_the_stages_that_run_that_code(repo: Path, code: str, stale: set) -> None:
     """`dvc status` lists a stage whose own dependencies changed (the stages after it re-run when its
-    outputs change); calibration runs while training, and every task module imports it."""
+    outputs change): a stage lists the modules it imports, and evaluate the whole package (the registered
+    model carries it)."""
     file = repo / code
     original = file.read_text()
     file.write_text(original + "# an edit\n")
@@ -215,7 +219,7 @@ def test_a_finetune_killed_under_dvc_repro_resumes_on_the_next_repro(tmp_path: P
 def test_a_pooling_change_reaches_the_evaluated_model(repo: Path) -> None:
     """`tokenize.pooling` acts at prediction, but the model folder carries it: the stages that write and
     evaluate the model re-run, and the evaluated model pools its windows the new way."""
-    from pipeline.inference import Predictor
+    from pipeline.prediction.inference import Predictor
 
     chunked = {"tokenize.truncation": "chunk", "tokenize.max_length": 8, "tokenize.stride": 2}
     set_params(repo, {**chunked, "tokenize.pooling": "max"})

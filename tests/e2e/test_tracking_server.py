@@ -11,8 +11,9 @@ import mlflow
 import pytest
 
 from helpers import free_port, running_server, set_params, venv_env
-from pipeline import paths, promote, registry
+from pipeline import paths, registry
 from pipeline.card import ModelCard
+from pipeline.registry import promote
 from stages import evaluate, export, finetune, ingest, split, tokenize
 
 # The second tier (`make test-e2e`): real DVC queues, torchrun, whole-DAG runs, HTTP servers.

@@ -10,8 +10,8 @@ import pytest
 
 from builders import sentiment_rows
 from helpers import expect_user_error
-from pipeline import predict
-from pipeline.inference import Predictor
+from pipeline.prediction.inference import Predictor
+from pipeline.serving import predict
 
 
 @pytest.fixture

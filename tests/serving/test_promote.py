@@ -16,10 +16,11 @@ import pytest
 
 from builders import REPO
 from helpers import expect_user_error, promote_command, set_params
-from pipeline import paths, promote, registry
-from pipeline.assessment import score
+from pipeline import paths, registry
 from pipeline.card import ModelCard
-from pipeline.inference import Predictor
+from pipeline.evaluation.assessment import score
+from pipeline.prediction.inference import Predictor
+from pipeline.registry import promote
 
 NAME = "sentiment-classifier"
 
@@ -214,7 +215,7 @@ def test_promotions_wait_for_each_other(register: Callable[..., str], project: P
     register("bad")
     promote.run([])
     first, second = register("good"), register("good")
-    cmd = [sys.executable, "-m", "pipeline.promote", "--version"]
+    cmd = [sys.executable, "-m", "pipeline.registry.promote", "--version"]
     with registry.exclusive(NAME):
         procs = [
             subprocess.Popen([*cmd, v], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

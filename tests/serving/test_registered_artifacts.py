@@ -13,10 +13,11 @@ import pytest
 import yaml
 
 from helpers import expect_user_error, promote_command
-from pipeline import promote, registry
+from pipeline import registry
 from pipeline.errors import PipelineError
-from pipeline.inference import Predictor, load_predictor
-from pipeline.runtimes import ONNX_FILES
+from pipeline.prediction.inference import Predictor, load_predictor
+from pipeline.prediction.runtimes import ONNX_FILES
+from pipeline.registry import promote
 
 NAME = "sentiment-classifier"
 TEXTS = ["a great and wonderful film", "dull boring plot"]

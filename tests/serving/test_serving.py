@@ -13,8 +13,9 @@ import pytest
 
 from builders import inside, make_project, write_sentiment_tsv
 from helpers import free_port, guarded_serve_command, post, running_server, serve_command, venv_env
-from pipeline import paths, promote, tracking
-from pipeline.inference import Predictor
+from pipeline import paths, tracking
+from pipeline.prediction.inference import Predictor
+from pipeline.registry import promote
 from stages import evaluate
 
 # The second tier (`make test-e2e`): real DVC queues, torchrun, whole-DAG runs, HTTP servers.

@@ -15,9 +15,9 @@ from builders import copy_of
 from helpers import REPO, assert_onnx_matches_pytorch, error_for, set_params
 from pipeline.errors import PipelineError
 from pipeline.methods.base import load_model
-from pipeline.modeling import head_pooling, load_for_training, load_tokenizer
 from pipeline.params import load_params
 from pipeline.tasks.training import HOOKS
+from pipeline.training.modeling import head_pooling, load_for_training, load_tokenizer
 from stages import export, finetune
 
 LABELS = ["negative", "positive"]

@@ -17,7 +17,7 @@ from builders import copy_of, project_run_through
 from helpers import expect_user_error, raw_data, set_params
 from pipeline import paths, tracking
 from pipeline.card import ModelCard
-from pipeline.inference import Predictor
+from pipeline.prediction.inference import Predictor
 from stages import evaluate, export, finetune, ingest, report, split, tokenize
 
 

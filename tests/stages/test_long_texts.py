@@ -13,10 +13,10 @@ import pytest
 from builders import write_sentiment_tsv
 from helpers import assert_onnx_matches_pytorch, benchmark_module, raw_data, set_params
 from pipeline import data, paths
-from pipeline.encoding import encode_texts, pool
+from pipeline.data.encoding import encode_texts, pool
 from pipeline.errors import PipelineError
-from pipeline.inference import Predictor
 from pipeline.params import load_params
+from pipeline.prediction.inference import Predictor
 from stages import evaluate, export, finetune, ingest, split, tokenize
 
 WORDS = "the film is a great and moving story but the plot was very dull and the cast quite awful".split()

@@ -16,9 +16,9 @@ import torch
 from helpers import expect_user_error, set_params, without_onnx_export
 from pipeline import paths, tracking
 from pipeline.card import CARD_FILE, ModelCard
-from pipeline.inference import Predictor, load_predictor
 from pipeline.methods.base import folder_bytes
 from pipeline.methods.registry import get_method
+from pipeline.prediction.inference import Predictor, load_predictor
 from stages import evaluate, finetune
 
 TEXTS = ["a great and wonderful film", "dull boring plot", "the cast", "superb charming story but tedious"]

@@ -14,7 +14,7 @@ from datasets import load_from_disk
 from builders import sentiment_rows
 from helpers import REPO, set_params
 from pipeline import paths
-from pipeline.encoding import IGNORE_INDEX
+from pipeline.data.encoding import IGNORE_INDEX
 from stages import ingest, split, tokenize
 
 

@@ -19,10 +19,11 @@ from safetensors.torch import load_file
 
 from builders import SCHEDULE, copy_of, inside
 from helpers import expect_user_error, set_params, slow_steps_hook
-from pipeline import paths, tracking, training
+from pipeline import paths, tracking
 from pipeline.card import ModelCard
-from pipeline.checkpoints import CHECKSUMS_FILE, RUN_FILE
 from pipeline.params import load_params
+from pipeline.training import trainer
+from pipeline.training.checkpoints import CHECKSUMS_FILE, RUN_FILE
 from stages import finetune
 
 
@@ -98,7 +99,7 @@ def test_killed_finetune_resumes_in_the_same_run_and_ends_like_an_uninterrupted_
     run = mlflow.MlflowClient().get_run(killed_run)
     assert run.info.status == "FINISHED" and run.data.metrics["train_seconds"] > 0
     # finetune.precision: auto, resolved on this machine and recorded with the run
-    assert run.data.tags["precision"] == ("bf16" if training.mixed_precision(load_params().finetune) else "fp32")
+    assert run.data.tags["precision"] == ("bf16" if trainer.mixed_precision(load_params().finetune) else "fp32")
     assert not paths.CHECKPOINTS.exists()
 
 

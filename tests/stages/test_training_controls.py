@@ -13,12 +13,13 @@ from datasets import Dataset
 from safetensors.torch import load_file
 
 from helpers import set_params
-from pipeline import data, paths, training
+from pipeline import data, paths
 from pipeline.errors import PipelineError
 from pipeline.methods.base import is_head_parameter
 from pipeline.params import load_params
 from pipeline.tasks.training import HOOKS
-from pipeline.training import Prepared, class_weights, fit, loss_function, prepare
+from pipeline.training import trainer
+from pipeline.training.trainer import Prepared, class_weights, fit, loss_function, prepare
 
 TRAIN_EXAMPLES = 128  # the tokenized fixture: 160 texts, 80 % in train
 
@@ -189,7 +190,7 @@ def test_bf16_multiplies_in_bf16_and_keeps_the_weights_and_the_saved_model_in_fp
 def test_auto_precision_is_bf16_where_the_machine_multiplies_bf16_natively(
     native: bool, tokenized_project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(training, "computes_in_bf16", lambda: native)
+    monkeypatch.setattr(trainer, "computes_in_bf16", lambda: native)
     assert prepared(tokenized_project, precision="auto").trainer.args.bf16 == native
     assert not prepared(tokenized_project, precision="fp32").trainer.args.bf16
     assert prepared(tokenized_project, precision="bf16").trainer.args.bf16
@@ -209,7 +210,7 @@ def test_bf16_detection_agrees_with_the_cpu_flags_the_kernel_reports() -> None:
     """Not stubbed: AVX-512 BF16 or AMX (tile) in /proc/cpuinfo means bf16 is native, anything else not."""
     flags = cpu_flags()
     assert flags, "no flags line in /proc/cpuinfo"
-    assert training.computes_in_bf16() == bool({"avx512_bf16", "amx_tile"} & flags), sorted(flags)
+    assert trainer.computes_in_bf16() == bool({"avx512_bf16", "amx_tile"} & flags), sorted(flags)
 
 
 def _change(before: dict[str, torch.Tensor], model: torch.nn.Module) -> float:
@@ -347,7 +348,7 @@ class _Stream(io.StringIO):
 def test_progress_is_a_bar_on_a_terminal_and_one_line_per_logging_step_in_logs(tokenized_project: Path) -> None:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from pipeline.training import ProgressLines, show_progress
+    from pipeline.training.trainer import ProgressLines, show_progress
 
     run = prepared(tokenized_project, max_steps=6, logging_steps=2, eval_steps=3)
     show_progress(run.trainer, _Stream(tty=True))
@@ -384,7 +385,7 @@ def test_after_prepare_large_freed_buffers_leave_the_heap_instead_of_fragmenting
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
     libc.mallinfo2.restype = MallInfo2
-    training.return_freed_buffers_to_the_system()
+    trainer.return_freed_buffers_to_the_system()
     libc.free(libc.malloc(8 << 20))  # would raise a dynamic threshold to 8 MiB
     libc.malloc_trim(0)  # glibc serves a block from free heap top before mapping one: leave none
     mapped_before = libc.mallinfo2().hblks
@@ -427,12 +428,12 @@ def test_a_pad_to_multiple_of_that_pads_past_the_models_positions_is_refused_nam
 
 def test_a_batch_over_max_tokens_per_pass_runs_as_near_equal_slices_of_its_rows() -> None:
     batch = {"input_ids": torch.ones(5, 8, dtype=torch.long), "labels": torch.arange(5)}
-    assert training.split_into_passes(batch, None) == [batch]
-    assert training.split_into_passes(batch, 40) == [batch]  # 40 tokens: within the budget
-    passes = training.split_into_passes(batch, 16)  # 40 tokens need 3 passes of at most 16
+    assert trainer.split_into_passes(batch, None) == [batch]
+    assert trainer.split_into_passes(batch, 40) == [batch]  # 40 tokens: within the budget
+    passes = trainer.split_into_passes(batch, 16)  # 40 tokens need 3 passes of at most 16
     assert [part["input_ids"].shape for part in passes] == [(2, 8), (2, 8), (1, 8)]
     assert torch.cat([part["labels"] for part in passes]).tolist() == [0, 1, 2, 3, 4]
-    assert len(training.split_into_passes(batch, 1)) == 5  # never less than one text a pass
+    assert len(trainer.split_into_passes(batch, 1)) == 5  # never less than one text a pass
 
 
 @pytest.mark.parametrize("loss", ["model-mean", "weighted-sum"])

@@ -45,20 +45,21 @@ from helpers import (
     slow_steps_hook,
     venv_env,
 )
-from pipeline import data, generating, paths, predict, prompting, tracking
+from pipeline import data, paths, tracking
 from pipeline.card import ModelCard
-from pipeline.checkpoints import CHECKSUMS_FILE, RUN_FILE
-from pipeline.encoding import IGNORE_INDEX
+from pipeline.data.encoding import IGNORE_INDEX
 from pipeline.errors import PipelineError
-from pipeline.inference import Predictor
 from pipeline.methods.registry import get_method
 from pipeline.params import load_params
+from pipeline.prediction.inference import Predictor
 from pipeline.schema import IngestParams, PromptParams, TokenizeParams
+from pipeline.serving import predict
 from pipeline.tasks.encoding import ENCODERS
-from pipeline.tasks.generation import scoring
+from pipeline.tasks.generation import generating, prompting, scoring
 from pipeline.tasks.reading import READERS
 from pipeline.tasks.scoring import SCORINGS
 from pipeline.tasks.training import HOOKS
+from pipeline.training.checkpoints import CHECKSUMS_FILE, RUN_FILE
 from stages import evaluate, export, finetune, ingest, report, split, tokenize
 
 ENCODER = ENCODERS.for_task("generative_classification")
@@ -655,8 +656,8 @@ def test_a_gguf_decoder_becomes_once_a_plain_model_folder_with_the_same_logits(
 ) -> None:
     from transformers import LlamaForCausalLM
 
-    from pipeline.modeling import resolve_model
     from pipeline.schema import ModelParams
+    from pipeline.training.modeling import resolve_model
 
     monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
     torch.manual_seed(0)

@@ -15,10 +15,10 @@ from builders import NER_PARAMS, conll_sentences, write_conll
 from helpers import assert_onnx_matches_pytorch, expect_user_error, raw_data, set_params
 from pipeline import data, paths, tracking
 from pipeline.card import ModelCard
-from pipeline.encoding import IGNORE_INDEX, TITLE_MARKER, UPPER_MARKER, in_context, mark_case
+from pipeline.data.encoding import IGNORE_INDEX, TITLE_MARKER, UPPER_MARKER, in_context, mark_case
 from pipeline.errors import PipelineError
-from pipeline.inference import Predictor
 from pipeline.params import load_params
+from pipeline.prediction.inference import Predictor
 from pipeline.tasks.tokens.prediction import predict_words
 from stages import evaluate, export, finetune, ingest, report, split, tokenize
 

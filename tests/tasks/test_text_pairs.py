@@ -12,10 +12,11 @@ import pytest
 
 from builders import PAIR_PARAMS, pair_rows
 from helpers import assert_onnx_matches_pytorch, expect_user_error, raw_data, set_params
-from pipeline import data, paths, predict, tracking
+from pipeline import data, paths, tracking
 from pipeline.errors import PipelineError
-from pipeline.inference import Predictor
 from pipeline.params import load_params
+from pipeline.prediction.inference import Predictor
+from pipeline.serving import predict
 from stages import evaluate, export, finetune, ingest, split, tokenize
 
 

@@ -102,13 +102,22 @@ def test_each_stage_lists_no_code_it_does_not_run(stage: str) -> None:
     assert not extra, f"dvc.yaml: stage {stage} lists {extra}, which it never imports: a change there re-runs it"
 
 
-EVALUATION_CODE = {"pipeline/evaluation.py", "stages/report.py", "stages/evaluate.py", "pipeline/tasks/scoring.py"}
+EVALUATION_CODE = {
+    "pipeline/evaluation/statistics.py",
+    "stages/report.py",
+    "stages/evaluate.py",
+    "pipeline/tasks/scoring.py",
+}
 
 
 def evaluation_code(file: str) -> bool:
     """Code that scores or reports a model: the metrics and bootstrap module, the evaluate and report stages,
     and every task's scoring role (test metrics, baselines, prompting baselines)."""
-    return file in EVALUATION_CODE or (file.startswith("pipeline/tasks/") and file.endswith("/scoring.py"))
+    return (
+        file in EVALUATION_CODE
+        or file.startswith("pipeline/evaluation/")
+        or (file.startswith("pipeline/tasks/") and file.endswith("/scoring.py"))
+    )
 
 
 def test_training_and_the_stages_before_it_run_no_evaluation_or_report_code() -> None:
@@ -196,13 +205,13 @@ def test_the_closure_walk_follows_from_imports_inside_functions(tmp_path: Path) 
     """The rule above is only as good as the walk: finetune reaches the tasks through the training module."""
     closure = {str(p.relative_to(REPO)) for p in import_closure(REPO / "stages" / "finetune.py")}
     assert {
-        "pipeline/training.py",
+        "pipeline/training/trainer.py",
         "pipeline/tasks/base.py",
         "pipeline/tasks/tokens/training.py",
         "pipeline/tasks/training.py",
-        "pipeline/encoding.py",
+        "pipeline/data/encoding.py",
         "pipeline/card.py",
-        "pipeline/checkpoints.py",
+        "pipeline/training/checkpoints.py",
     } <= closure
     assert "stages/evaluate.py" not in closure
 
@@ -248,6 +257,30 @@ def test_no_method_name_comparison_outside_the_methods_package() -> None:
         for line in method_name_comparisons(ast.parse(file.read_text(encoding="utf-8")))
     ]
     assert not offences, "method name compared outside pipeline/methods: " + ", ".join(offences)
+
+
+def test_every_method_is_a_subclass_of_its_spec_and_owns_the_section_of_its_name() -> None:
+    """Params validation reads the specs (no method code); training the classes, which agree with them; a
+    method with params owns the section `finetune.<name>`, and no section belongs to no method."""
+    from pipeline.methods.specs import METHOD_SPECS
+    from pipeline.schema import FinetuneParams
+
+    assert list(METHODS) == list(METHOD_SPECS)
+    for name, method in METHODS.items():
+        assert isinstance(method, type(METHOD_SPECS[name])), name
+        if method.section is not None:
+            assert FinetuneParams.model_fields[name].annotation is method.section, name
+    owned = {spec.section for spec in METHOD_SPECS.values()}
+    sections = {f.annotation for f in FinetuneParams.model_fields.values() if f.annotation in owned | {None}}
+    assert sections == owned - {None}
+
+
+def test_params_validation_runs_no_method_code() -> None:
+    closure = {str(p.relative_to(REPO)) for p in import_closure(REPO / "pipeline" / "params.py")}
+    assert {f for f in closure if f.startswith("pipeline/methods/")} == {
+        "pipeline/methods/__init__.py",
+        "pipeline/methods/specs.py",
+    }
 
 
 def test_the_method_rule_sees_the_comparisons_the_code_had() -> None:

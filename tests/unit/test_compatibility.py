@@ -18,7 +18,7 @@ from builders import REPO, write_sentiment_tsv
 from helpers import free_port, running_server, serve_command, venv_env
 from pipeline.card import CARD_FILE, SCHEMA_VERSION, EncodingSpec, ModelCard
 from pipeline.errors import PipelineError
-from pipeline.inference import Predictor
+from pipeline.prediction.inference import Predictor
 
 # The last commit before the move to `pipeline/` and the typed card: its code registered the old versions.
 LEGACY_COMMIT = "bc0511b"
@@ -163,7 +163,7 @@ def test_a_version_registered_before_the_move_batch_predicts_with_the_new_code(
         [
             sys.executable,
             "-m",
-            "pipeline.predict",
+            "pipeline.serving.predict",
             "--model",
             legacy_registered["model"],
             "--input",

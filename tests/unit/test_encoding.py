@@ -1,4 +1,4 @@
-"""pipeline.encoding: a huge text is cut before it is tokenized, and that never changes the tokens kept."""
+"""pipeline.data.encoding: a huge text is cut before it is tokenized, and that never changes the tokens kept."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from pipeline import encoding, prompting
-from pipeline.encoding import encode_texts
+from pipeline.data import encoding
+from pipeline.data.encoding import encode_texts
+from pipeline.tasks.generation import prompting
 
 HUGE = "great film " * 100_000 + "dull ending " * 100_000  # 2.3 million characters
 

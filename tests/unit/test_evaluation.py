@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from pipeline.evaluation import bootstrap_intervals, paired_bootstrap, under_predicted
+from pipeline.evaluation.statistics import bootstrap_intervals, paired_bootstrap, under_predicted
 from pipeline.tasks.scoring import SCORINGS
 
 TASK = SCORINGS.for_task("single_label_classification")
@@ -101,8 +101,8 @@ def test_single_label_summary_scores_agree_with_sklearn(seed: int) -> None:
 def test_temperature_scaling_undoes_overconfidence_and_lowers_the_calibration_error() -> None:
     import numpy as np
 
-    from pipeline.calibration import fit_temperature, softmax
-    from pipeline.evaluation import reliability
+    from pipeline.evaluation.statistics import reliability
+    from pipeline.training.calibration import fit_temperature, softmax
 
     rng = np.random.default_rng(0)
     calibrated = rng.normal(size=(4000, 3))  # labels drawn from softmax(calibrated): calibrated by construction

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.experiments import finished_experiments, ranked, refuse_partial_sweep, unfinished
+from pipeline.registry.experiments import finished_experiments, ranked, refuse_partial_sweep, unfinished
 
 VALIDATION = "reports/train/metrics.json:best_validation.accuracy"
 

@@ -18,10 +18,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from helpers import expect_user_error, raw_data, set_params
-from pipeline import paths, predict
+from pipeline import paths
+from pipeline.data.sources import resolve, tree_sha256
 from pipeline.errors import PipelineError, atomic_dir, atomic_file
-from pipeline.inference import Predictor
-from pipeline.sources import resolve, tree_sha256
+from pipeline.prediction.inference import Predictor
+from pipeline.serving import predict
 from stages import evaluate, finetune, ingest, tokenize
 
 
@@ -58,7 +59,7 @@ def test_a_nan_loss_stops_training_with_one_line_and_saves_nothing(
     file): resuming hits a NaN loss at once, which stops the stage instead of training on."""
     checkpoint = interrupted_run(tokenized_project, monkeypatch)
     poison(checkpoint)
-    from pipeline.checkpoints import CHECKSUMS_FILE, ChecksumCheckpoints
+    from pipeline.training.checkpoints import CHECKSUMS_FILE, ChecksumCheckpoints
 
     (checkpoint / CHECKSUMS_FILE).unlink()
 
@@ -133,8 +134,8 @@ def test_a_run_killed_before_its_first_checkpoint_starts_a_new_mlflow_run(
     paths.CHECKPOINTS.mkdir()
     (paths.CHECKPOINTS / "run.json").write_text(json.dumps({"fingerprint": "x", "mlflow_run_id": "gone"}))
     set_params(tokenized_project, {"finetune.max_steps": 2})
-    from pipeline.checkpoints import checkpoint_to_resume
     from pipeline.params import load_params
+    from pipeline.training.checkpoints import checkpoint_to_resume
 
     assert checkpoint_to_resume(paths.CHECKPOINTS, "x", load_params().finetune) == (None, None)
     assert "holds no complete checkpoint; training from the start" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import pytest
 from builders import copy_of, project_run_through
 from helpers import assert_onnx_matches_pytorch
 from pipeline import paths
-from pipeline.runtimes import ONNX_FILES
+from pipeline.prediction.runtimes import ONNX_FILES
 from stages import export, finetune, ingest, split, tokenize
 
 
@@ -68,7 +68,7 @@ def test_a_decoders_classifier_exports_without_its_cache_and_unfused(
     from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, LlamaForSequenceClassification
 
     from builders import tiny_llama_config
-    from pipeline.runtimes import export_onnx
+    from pipeline.prediction.runtimes import export_onnx
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     torch.manual_seed(0)
@@ -101,7 +101,7 @@ def test_int8_quantisation_survives_stale_shape_annotations(exported: dict, tmp_
     import numpy as np
     import onnxruntime
 
-    from pipeline.runtimes import quantize_int8
+    from pipeline.prediction.runtimes import quantize_int8
 
     graph = onnx.load(str(paths.ONNX / ONNX_FILES["onnx"]))
     hidden = [v for v in graph.graph.value_info if len(v.type.tensor_type.shape.dim) == 3]
@@ -125,8 +125,8 @@ def test_evaluate_times_every_runtime_and_registers_the_one_that_serves(exported
     import pandas as pd
 
     from pipeline import tracking
-    from pipeline.inference import Predictor, load_predictor
-    from pipeline.predict import run as predict
+    from pipeline.prediction.inference import Predictor, load_predictor
+    from pipeline.serving.predict import run as predict
     from stages import evaluate
 
     evaluate.main()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.data.sources import resolve
 from pipeline.errors import PipelineError
-from pipeline.sources import resolve
 
 
 def _tar_gz(files: dict[str, bytes]) -> bytes:

@@ -1,4 +1,4 @@
-"""pipeline.tables.write_csv, the one CSV/TSV writer: any text reads back unchanged."""
+"""pipeline.data.tables.write_csv, the one CSV/TSV writer: any text reads back unchanged."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from builders import REPO
-from pipeline.tables import write_csv
+from pipeline.data.tables import write_csv
 
 HOSTILE = ["a bare\rreturn", "a\nnewline", "a\r\nbreak", 'say "hi"', "a, b", "a\tb", "ctl\x01\x07\x1f", "", "  "]
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pipeline import data
-from pipeline.encoding import encode_texts
+from pipeline.data.encoding import encode_texts
 from pipeline.tasks.base import Encoder
 from pipeline.tasks.classification.spec import MultiLabelSpec, SingleLabelSpec, TextClassificationSpec
 

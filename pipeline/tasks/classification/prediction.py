@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline import data
-from pipeline.calibration import sigmoid, softmax
 from pipeline.errors import PipelineError
 from pipeline.tasks.base import Outcomes, Prediction
 from pipeline.tasks.classification.spec import MultiLabelSpec, SingleLabelSpec, TextClassificationSpec
+from pipeline.training.calibration import sigmoid, softmax
 
 
 class TextClassificationPrediction(TextClassificationSpec, Prediction):

@@ -10,9 +10,9 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from pipeline import data
-from pipeline.calibration import sigmoid, softmax
 from pipeline.tasks.base import Outcomes, Scoring
 from pipeline.tasks.classification.spec import MultiLabelSpec, SingleLabelSpec, TextClassificationSpec
+from pipeline.training.calibration import sigmoid, softmax
 
 if TYPE_CHECKING:
     from pipeline.schema import BaselineParams

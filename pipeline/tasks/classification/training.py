@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from pipeline.calibration import fit_temperature, sigmoid
-from pipeline.encoding import IGNORE_INDEX
+from pipeline.data.encoding import IGNORE_INDEX
 from pipeline.errors import PipelineError
 from pipeline.tasks.base import TrainingHooks
 from pipeline.tasks.classification.spec import MultiLabelSpec, SingleLabelSpec, TextClassificationSpec
+from pipeline.training.calibration import fit_temperature, sigmoid
 
 if TYPE_CHECKING:
     from pipeline.schema import FinetuneParams

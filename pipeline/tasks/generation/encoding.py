@@ -1,4 +1,4 @@
-"""Tokenize for decoder tasks: each text's prompt (pipeline/prompting.py) with its answer, the loss on
+"""Tokenize for decoder tasks: each text's prompt (pipeline/tasks/generation/prompting.py) with its answer, the loss on
 the answer's tokens only."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pipeline import data
-from pipeline.prompting import (
+from pipeline.tasks.base import Encoder
+from pipeline.tasks.generation.prompting import (
     History,
     answer_ids,
     answer_room,
@@ -18,7 +19,6 @@ from pipeline.prompting import (
     prompt_ids,
     training_example,
 )
-from pipeline.tasks.base import Encoder
 from pipeline.tasks.generation.spec import GenerativeClassificationSpec, TextGenerationSpec
 
 if TYPE_CHECKING:

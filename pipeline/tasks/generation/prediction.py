@@ -10,11 +10,18 @@ import numpy as np
 import pandas as pd
 
 from pipeline import data
-from pipeline.generating import GREEDY, Generated, Sampling, generate, matching_label, next_token_scores
-from pipeline.prompting import History, answer_room, first_tokens, label_words, prompt_ids
 from pipeline.tasks.base import Outcomes, Prediction
 from pipeline.tasks.classification.prediction import SingleLabelPrediction
 from pipeline.tasks.generation.encoding import chat_histories
+from pipeline.tasks.generation.generating import (
+    GREEDY,
+    Generated,
+    Sampling,
+    generate,
+    matching_label,
+    next_token_scores,
+)
+from pipeline.tasks.generation.prompting import History, answer_room, first_tokens, label_words, prompt_ids
 from pipeline.tasks.generation.spec import GenerativeClassificationSpec, TextGenerationSpec
 
 if TYPE_CHECKING:

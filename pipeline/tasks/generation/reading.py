@@ -11,9 +11,9 @@ import pandas as pd
 
 from pipeline import data
 from pipeline.errors import PipelineError
-from pipeline.prompting import Demonstration, History
 from pipeline.tasks.base import Reader
 from pipeline.tasks.classification.reading import SingleLabelReader
+from pipeline.tasks.generation.prompting import Demonstration, History
 from pipeline.tasks.generation.spec import GenerativeClassificationSpec, TextGenerationSpec
 
 if TYPE_CHECKING:

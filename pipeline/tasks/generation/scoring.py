@@ -17,12 +17,12 @@ import pandas as pd
 
 from pipeline import data
 from pipeline.errors import PipelineError
-from pipeline.generating import generate
-from pipeline.prompting import Demonstration, label_words, prompt_ids
 from pipeline.tasks.base import Outcomes, Scoring
 from pipeline.tasks.classification.scoring import SingleLabelScoring
 from pipeline.tasks.generation.encoding import chat_histories
+from pipeline.tasks.generation.generating import generate
 from pipeline.tasks.generation.prediction import GenerativeClassificationPrediction
+from pipeline.tasks.generation.prompting import Demonstration, label_words, prompt_ids
 from pipeline.tasks.generation.spec import RESPONSE_STATS, TextGenerationSpec
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ wrapped in `tokenize.prompt.template`, with its label's word (`tokenize.prompt.l
 labels, the TF-IDF baseline and every test metric are single-label classification's, so the encoder and
 the decoder routes compare on the same test split; what changes:
 
-- training: the loss is on the answer's tokens only (pipeline/prompting.py), LoRA or any peft method
+- training: the loss is on the answer's tokens only (pipeline/tasks/generation/prompting.py), LoRA or any peft method
   that applies to decoders, or full fine-tuning;
 - the label is read by scoring: the log-probability of each label word's first token after the prompt,
   one forward pass per text (validation, test, serving alike); the scores are the label logits that

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from pipeline.encoding import IGNORE_INDEX
-from pipeline.prompting import first_tokens, label_words
+from pipeline.data.encoding import IGNORE_INDEX
 from pipeline.tasks.base import TrainingHooks
 from pipeline.tasks.classification.training import SingleLabelHooks
+from pipeline.tasks.generation.prompting import first_tokens, label_words
 from pipeline.tasks.generation.spec import GenerativeClassificationSpec, TextGenerationSpec
 
 if TYPE_CHECKING:

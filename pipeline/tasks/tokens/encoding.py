@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from pipeline import data
-from pipeline.encoding import IGNORE_INDEX, in_context
+from pipeline.data.encoding import IGNORE_INDEX, in_context
 from pipeline.tasks.base import Encoder
 from pipeline.tasks.tokens.spec import TokenClassificationSpec
 

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline import data
-from pipeline.calibration import softmax
-from pipeline.encoding import in_context
+from pipeline.data.encoding import in_context
 from pipeline.errors import PipelineError
 from pipeline.tasks.base import Outcomes, Prediction
 from pipeline.tasks.tokens.encoding import documents
 from pipeline.tasks.tokens.spec import TokenClassificationSpec
+from pipeline.training.calibration import softmax
 
 
 class TokenClassificationPrediction(TokenClassificationSpec, Prediction):

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.encoding import IGNORE_INDEX
+from pipeline.data.encoding import IGNORE_INDEX
 from pipeline.tasks.base import TrainingHooks
 from pipeline.tasks.classification.training import balanced_weights, cross_entropy_sum
 from pipeline.tasks.tokens.spec import TokenClassificationSpec

@@ -9,9 +9,9 @@ from typing import Any
 
 from safetensors import SafetensorError
 
+from pipeline.data.sources import cache_dir, resolve, sha256_of
 from pipeline.errors import PipelineError, atomic_dir
 from pipeline.schema import DropoutParams, ModelParams
-from pipeline.sources import cache_dir, resolve, sha256_of
 from pipeline.tasks.base import TrainingHooks
 
 

@@ -22,11 +22,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline import artifacts
 from pipeline.errors import PipelineError
-from pipeline.generating import Sampling
-from pipeline.inference import Predictor
-from pipeline.runtimes import ONNX_FILES, TORCH
+from pipeline.prediction.inference import Predictor
+from pipeline.prediction.runtimes import ONNX_FILES, TORCH
+from pipeline.registry import artifacts
+from pipeline.tasks.generation.generating import Sampling
 
 MAX_TEXTS = "PIPELINE_MAX_REQUEST_TEXTS"
 MAX_CHARS = "PIPELINE_MAX_REQUEST_CHARS"

@@ -1,7 +1,7 @@
 """What evaluate measures of a fine-tuned model on the test split: its task's test metrics with bootstrap
 intervals, the paired test against the classical baseline, curves and calibration, slices, the errors
 worth reading, the runtimes side by side and, for decoders, the prompting baselines. Registering is
-pipeline/registration.py; stages/evaluate.py writes, logs and registers what `assess` returns."""
+pipeline/registry/registration.py; stages/evaluate.py writes, logs and registers what `assess` returns."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pandas as pd
 
 from pipeline import data, paths
 from pipeline.card import ModelCard
+from pipeline.data.sources import tree_sha256
 from pipeline.errors import PipelineError
-from pipeline.evaluation import (
+from pipeline.evaluation.statistics import (
     PairedComparison,
     bootstrap_intervals,
     curves,
@@ -23,13 +24,12 @@ from pipeline.evaluation import (
     reliability,
     under_predicted,
 )
-from pipeline.inference import Predictor
-from pipeline.modeling import resolve_model
-from pipeline.runtimes import ONNX_FILES, TORCH, machine, read_export_card, timed_outcomes
+from pipeline.prediction.inference import Predictor
+from pipeline.prediction.runtimes import ONNX_FILES, TORCH, machine, read_export_card, timed_outcomes
 from pipeline.schema import ExportParams, Params
-from pipeline.sources import tree_sha256
 from pipeline.tasks.base import Outcomes, Scoring
 from pipeline.tasks.scoring import SCORINGS
+from pipeline.training.modeling import resolve_model
 
 
 @dataclass

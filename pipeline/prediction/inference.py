@@ -17,14 +17,14 @@ import torch
 from safetensors import SafetensorError
 
 from pipeline.card import EncodingSpec, ModelCard
-from pipeline.encoding import encode_texts, pool
+from pipeline.data.encoding import encode_texts, pool
 from pipeline.errors import PipelineError
-from pipeline.generating import GREEDY, Sampling
 from pipeline.methods.base import load_model
-from pipeline.modeling import check_model_folder, require_finite_weights
-from pipeline.runtimes import ONNX_FILES, RUNTIMES, TORCH, OnnxSession
+from pipeline.prediction.runtimes import ONNX_FILES, RUNTIMES, TORCH, OnnxSession
+from pipeline.tasks.generation.generating import GREEDY, Sampling
 from pipeline.tasks.prediction import PREDICTIONS
 from pipeline.tasks.training import HOOKS
+from pipeline.training.modeling import check_model_folder, require_finite_weights
 
 
 class Predictor:

@@ -19,22 +19,22 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from pipeline import distributed
 from pipeline.card import EncodingSpec, ModelCard, Provenance, TrainingStats
-from pipeline.checkpoints import ChecksumCheckpoints, step_of
 from pipeline.errors import PipelineError
 from pipeline.methods.base import BASE_DIR, folder_bytes, is_head_parameter, parameter_counts
 from pipeline.methods.registry import get_method
-from pipeline.modeling import (
+from pipeline.schema import FinetuneParams, Params, TokenizeParams
+from pipeline.tasks.base import TrainingHooks
+from pipeline.tasks.training import HOOKS
+from pipeline.training import distributed
+from pipeline.training.checkpoints import ChecksumCheckpoints, step_of
+from pipeline.training.modeling import (
     load_for_training,
     load_tokenizer,
     require_finite_weights,
     require_fits_positions,
     resolve_model,
 )
-from pipeline.schema import FinetuneParams, Params, TokenizeParams
-from pipeline.tasks.base import TrainingHooks
-from pipeline.tasks.training import HOOKS
 
 
 def computes_in_bf16() -> bool:
@@ -98,7 +98,7 @@ def training_arguments(params: FinetuneParams, seed: int, output_dir: Path, **ov
         use_cpu=(distributed.launched() or bf16) and not torch.cuda.is_available(),
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        # Under torchrun (pipeline/distributed.py): the process group the stage joined; every method's
+        # Under torchrun (pipeline/training/distributed.py): the process group the stage joined; every method's
         # trainable parameters all get gradients, so DDP need not search the graph for unused ones.
         ddp_backend=distributed.backend(params.distributed) if distributed.launched() else None,
         ddp_find_unused_parameters=False,

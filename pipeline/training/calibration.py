@@ -1,5 +1,5 @@
 """Scores from logits, and the calibration fitted when a model is trained (the finetune stage stores the
-temperature with the model), apart from the test-time statistics of pipeline/evaluation.py, so that
+temperature with the model), apart from the test-time statistics of pipeline/evaluation/statistics.py, so that
 changing those re-runs no training."""
 
 from __future__ import annotations

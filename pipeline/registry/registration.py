@@ -1,6 +1,6 @@
 """Registering an evaluated model in MLflow: the pyfunc model with its weights, ONNX graphs and checksums,
 its provenance tags and description, and the alias `evaluate.alias`; the metrics logged to the run that
-trained it. Called by the evaluate stage once `pipeline.assessment.assess` has measured the model."""
+trained it. Called by the evaluate stage once `pipeline.evaluation.assessment.assess` has measured the model."""
 
 from __future__ import annotations
 
@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 import pandas as pd
 
-from pipeline import artifacts, data, paths, pyfunc_model, tracking
+from pipeline import data, paths, pyfunc_model, tracking
 from pipeline.card import ModelCard
-from pipeline.evaluation import OUTCOMES_ARTIFACT
-from pipeline.generating import GREEDY
+from pipeline.evaluation.statistics import OUTCOMES_ARTIFACT
 from pipeline.methods.base import ADAPTER_CONFIG
-from pipeline.registry import exclusive
-from pipeline.runtimes import ONNX_FILES
+from pipeline.prediction.runtimes import ONNX_FILES
+from pipeline.registry import artifacts, exclusive
 from pipeline.schema import EvaluateParams
 from pipeline.tasks.base import TaskSpec
+from pipeline.tasks.generation.generating import GREEDY
 from pipeline.tasks.registry import TASKS
 
 if TYPE_CHECKING:
-    from pipeline.assessment import Assessment
+    from pipeline.evaluation.assessment import Assessment
 
 
 def _pip_requirements(model_dir: Path, runtime: str) -> list[str]:

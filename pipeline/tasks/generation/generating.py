@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.prompting import end_of_turn
+from pipeline.tasks.generation.prompting import end_of_turn
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Sampling:
     """How a free generation picks its tokens: greedy by default (temperature 0: evaluate's scores are
     reproducible), or sampled at `temperature` from the `top_p` nucleus and the `top_k` likeliest tokens
     (0: all), seeded by `seed` so the same request gives the same text. Chosen per request (serving's
-    params, `pipeline.predict --temperature ...`), never at training."""
+    params, `pipeline.serving.predict --temperature ...`), never at training."""
 
     temperature: float = 0.0
     top_p: float = 1.0

@@ -2,7 +2,7 @@
 model (`champion`) and the newest candidate (`challenger`), and the log of promotion decisions.
 
 Decisions are model-version tags `decision.<UTC time>` holding JSON, so the history lives in the registry
-itself (whichever tracking store is used) and can be read back with `python -m pipeline.promote --history`.
+itself (whichever tracking store is used) and can be read back with `python -m pipeline.registry.promote --history`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
+from pipeline.data.sources import cache_dir
 from pipeline.errors import PipelineError
-from pipeline.sources import cache_dir
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 DECISION_PREFIX = "decision."

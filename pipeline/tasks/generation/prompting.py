@@ -1,6 +1,6 @@
 """Prompts for decoder language models: one path from a text to the tokens a decoder reads, shared by
 training (tokenize), prediction (Predictor, serving) and the zero-/few-shot baselines (evaluate); what a
-decoder then generates is pipeline/generating.py.
+decoder then generates is pipeline/tasks/generation/generating.py.
 
 A text goes into `tokenize.prompt.template` as the user's message of a chat (the tokenizer's chat template
 renders it; a tokenizer without one gets the plain text), and the model answers with the label's word
@@ -22,7 +22,7 @@ from typing import Any
 
 import pydantic
 
-from pipeline.encoding import IGNORE_INDEX, bounded
+from pipeline.data.encoding import IGNORE_INDEX, bounded
 from pipeline.errors import PipelineError
 from pipeline.schema import PromptParams
 

@@ -14,8 +14,8 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from pipeline.data.sources import sha256_of
 from pipeline.errors import PipelineError
-from pipeline.sources import sha256_of
 
 CHECKSUMS = "checksums"  # the artifact's key
 CHECKSUMS_FILE = "artifact_checksums.json"

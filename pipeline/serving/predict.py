@@ -4,7 +4,7 @@
     pipeline-predict --model models/model --input texts.jsonl --output predictions.jsonl --text-column review
     pipeline-predict --model models:/sentiment-classifier@champion --runtime onnx-int8 --input texts.csv --output p.csv
 
-(`python -m pipeline.predict ...` is the same command.)
+(`python -m pipeline.serving.predict ...` is the same command.)
 
 Input and output may be CSV, TSV, JSON Lines or Parquet (by extension). The input is read and written in
 chunks of `--chunk-size` rows, so memory stays flat however large the file; within a chunk, texts are
@@ -28,11 +28,11 @@ import transformers
 from tqdm import tqdm
 
 from pipeline.data import is_empty_text, json_record, require_columns
+from pipeline.data.tables import write_csv
 from pipeline.errors import PipelineError, atomic_file, stage_main
-from pipeline.generating import Sampling
-from pipeline.inference import Predictor, load_predictor
-from pipeline.runtimes import RUNTIMES
-from pipeline.tables import write_csv
+from pipeline.prediction.inference import Predictor, load_predictor
+from pipeline.prediction.runtimes import RUNTIMES
+from pipeline.tasks.generation.generating import Sampling
 
 PREFIX = "predicted_"  # predicted_label, predicted_score, predicted_score_<label>: never clash with input columns
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -198,7 +198,7 @@ def predict_file(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.serving.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model", required=True, help="a model folder (models/model) or an MLflow URI (models:/NAME@champion)"
     )

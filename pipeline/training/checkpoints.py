@@ -16,11 +16,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from pipeline import distributed
+from pipeline.data.sources import sha256_of
 from pipeline.errors import PipelineError, atomic_file
 from pipeline.methods.registry import get_method
 from pipeline.schema import FinetuneParams
-from pipeline.sources import sha256_of
+from pipeline.training import distributed
 
 RUN_FILE = "run.json"
 CHECKSUMS_FILE = "checksums.json"  # in each checkpoint, written last

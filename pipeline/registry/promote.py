@@ -8,7 +8,7 @@ state (the registry's aliases) that other people and servers read.
     pipeline-promote --rollback "reason"  # move @champion back to the previous champion
     pipeline-promote --history            # every decision so far, oldest first
 
-(`python -m pipeline.promote ...` is the same command.)
+(`python -m pipeline.registry.promote ...` is the same command.)
 
 The challenger wins when, on the same test examples (the challenger's test set), its test metric
 (`promote.metric`) beats the champion's by at least `promote.min_improvement` *and* a paired bootstrap
@@ -33,9 +33,9 @@ import mlflow
 
 from pipeline import data, registry
 from pipeline.errors import PipelineError, stage_main
-from pipeline.evaluation import OUTCOMES_ARTIFACT, PairedComparison, paired_bootstrap
-from pipeline.inference import load_predictor
+from pipeline.evaluation.statistics import OUTCOMES_ARTIFACT, PairedComparison, paired_bootstrap
 from pipeline.params import load_params
+from pipeline.prediction.inference import load_predictor
 from pipeline.schema import PromoteParams
 from pipeline.tasks.scoring import SCORINGS
 
@@ -236,7 +236,7 @@ def history(name: str) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.promote", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.registry.promote", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", help="model version to promote (default: the @challenger alias)")
     parser.add_argument("--params", default=None, help="params file (default: params.yaml)")
     action = parser.add_mutually_exclusive_group()

@@ -14,7 +14,7 @@ same models; what this command adds, for a server that faces users:
   some errors) and not the request's data (MLflow prefixes "Failed to predict data '<all of it>'").
 
 The per-input limits (how many inputs, how many characters, empty texts) are the served model's own
-(pipeline/serving.py), so both servers apply them.
+(pipeline/serving/__init__.py), so both servers apply them.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     except mlflow.exceptions.MlflowException as exc:
         raise PipelineError(f"{args.model}: cannot load from MLflow: {str(exc).splitlines()[0]}") from None
     os.environ[MODEL_DIR] = local
-    command = [sys.executable, "-m", "uvicorn", "--factory", "pipeline.serve:create_app", "--host", args.host,
+    command = [sys.executable, "-m", "uvicorn", "--factory", "pipeline.serving.serve:create_app", "--host", args.host,
                "--port", str(args.port), "--workers", str(args.workers)]  # fmt: skip
     os.execv(sys.executable, command)  # uvicorn in this process's place, as `mlflow models serve` runs it
 
