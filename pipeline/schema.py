@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, Strict, field_validator, model_validator
 
 from pipeline.fields import Fraction, Int, Section, Sha256
-from pipeline.methods.specs import AdaLoraParams, FreezeParams, Ia3Params, LoraParams, PrefixParams
+from pipeline.methods.specs import AdaLoraParams, DoraParams, FreezeParams, Ia3Params, LoraParams, PrefixParams
 
 
 class ScoreToLabel(Section):
@@ -183,6 +183,14 @@ class PromptParams(Section):
     max_new_tokens: Int = Field(
         default=8, ge=1, le=1024, description="tokens a free generation may add before the end-of-turn token"
     )
+    learn_earlier_replies: bool = Field(
+        default=True,
+        description=(
+            "text_generation chats: the loss covers every assistant reply of a chat, each with its end-of-turn "
+            "token, as LLaMA-Factory and Axolotl train by default; false: the last reply only, the earlier turns "
+            "as context"
+        ),
+    )
 
     @field_validator("template")
     @classmethod
@@ -325,13 +333,14 @@ class FinetuneParams(Section):
     )
     freeze: FreezeParams = Field(default=FreezeParams(), description="method freeze: what trains besides the head")
     lora: LoraParams = Field(default=LoraParams(), description="method lora")
+    dora: DoraParams = Field(default=DoraParams(), description="method dora: LoRA's keys")
     adalora: AdaLoraParams = Field(
         default=AdaLoraParams(), description="method adalora: rank budget pruned from init_r to an average target_r"
     )
     prefix: PrefixParams = Field(default=PrefixParams(), description="method prefix")
     ia3: Ia3Params = Field(default=Ia3Params(), description="method ia3")
     merge_adapter: bool = Field(
-        default=False, description="lora/adalora/ia3: save the adapter folded into the weights (a plain model)"
+        default=False, description="lora/dora/adalora/ia3: save the adapter folded into the weights (a plain model)"
     )
     optimizer: Literal["adamw", "sgd"] = Field(
         default="adamw", description="adamw (decoupled weight decay) | sgd (with momentum)"

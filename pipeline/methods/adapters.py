@@ -9,13 +9,13 @@ import inspect
 import shutil
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import TrainerCallback
 
 from pipeline.errors import PipelineError
 from pipeline.methods.base import BASE_DIR, Method, accept_past_key_values, prefix_generates
-from pipeline.methods.specs import AdaLoraSpec, IA3Spec, LoraSpec, PrefixSpec
+from pipeline.methods.specs import AdaLoraSpec, DoraSpec, IA3Spec, LoraSpec, PrefixSpec
 from pipeline.schema import FinetuneParams
 
 
@@ -54,17 +54,27 @@ class PeftAdapter(Method):
 
 
 class Lora(LoraSpec, PeftAdapter):
+    use_dora: ClassVar[bool] = False
+
     def peft_config(self, params: FinetuneParams, task_type: Any, total_steps: int) -> Any:
         from peft import LoraConfig
 
-        lora = params.lora
+        lora = getattr(params, self.name)  # finetune.lora, or finetune.dora for DoRA
         return LoraConfig(
             task_type=task_type,
             r=lora.r,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
             target_modules=lora.target_modules,
+            use_dora=self.use_dora,
         )
+
+
+class Dora(DoraSpec, Lora):
+    """DoRA (Liu et al. 2024): peft's LoRA with `use_dora`, which trains a magnitude per output besides the
+    low-rank direction."""
+
+    use_dora: ClassVar[bool] = True
 
 
 class AdaLoraBudget(TrainerCallback):

@@ -4,11 +4,13 @@ the list below."""
 
 from __future__ import annotations
 
-from pipeline.methods.adapters import IA3, AdaLora, Lora, Prefix
+from pipeline.methods.adapters import IA3, AdaLora, Dora, Lora, Prefix
 from pipeline.methods.base import Method
 from pipeline.methods.plain import Freeze, Full
 
-METHODS: dict[str, Method] = {method.name: method for method in (Full(), Freeze(), Lora(), AdaLora(), Prefix(), IA3())}
+METHODS: dict[str, Method] = {
+    method.name: method for method in (Full(), Freeze(), Lora(), Dora(), AdaLora(), Prefix(), IA3())
+}
 
 
 def get_method(name: str) -> Method:

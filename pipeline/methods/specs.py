@@ -139,6 +139,20 @@ class IA3Spec(MethodSpec):
     mergeable: ClassVar[bool] = True
 
 
+class DoraParams(LoraParams):
+    """method dora: LoRA's keys (DoRA is LoRA with its update split into a magnitude and a direction)."""
+
+
+class DoraSpec(MethodSpec):
+    name: ClassVar[str] = "dora"
+    description: ClassVar[str] = (
+        "LoRA with weight decomposition: a trained magnitude per output and a low-rank direction (finetune.dora), peft"
+    )
+    section: ClassVar[type[Section] | None] = DoraParams
+    mergeable: ClassVar[bool] = True
+
+
 METHOD_SPECS: dict[str, MethodSpec] = {
-    spec.name: spec for spec in (FullSpec(), FreezeSpec(), LoraSpec(), AdaLoraSpec(), PrefixSpec(), IA3Spec())
+    spec.name: spec
+    for spec in (FullSpec(), FreezeSpec(), LoraSpec(), DoraSpec(), AdaLoraSpec(), PrefixSpec(), IA3Spec())
 }

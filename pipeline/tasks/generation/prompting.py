@@ -16,6 +16,7 @@ template so the instruction and the answer's room are kept.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,10 +67,24 @@ def label_words(spec: PromptParams, labels: Sequence[str]) -> list[str]:
 
 
 def end_of_turn(tokenizer: Any) -> int:
-    """The token that ends an answer and stops generation: the tokenizer's eos (the chat template's
-    end-of-turn token for instruction-tuned models, <|im_end|> for SmolLM2)."""
+    """The token that ends an assistant's turn and stops generation, read from the chat template: the first
+    special token after a reply (SmolLM2's <|im_end|>, Llama 3's <|eot_id|>); the tokenizer's eos where
+    there is no template, or the template ends a turn with no special token."""
     if tokenizer.eos_token_id is None:
         raise PipelineError("the tokenizer has no eos token, so an answer could never end")
+    return _template_end_of_turn(tokenizer) if tokenizer.chat_template else int(tokenizer.eos_token_id)
+
+
+@functools.lru_cache(maxsize=8)  # a tokenizer keeps its template: probed once, not per text
+def _template_end_of_turn(tokenizer: Any) -> int:
+    """The first token the template writes after a reply, where it is a special token (or the eos)."""
+    asked, reply = [{"role": "user", "content": "?"}], "!"
+    prompt = tokenizer.apply_chat_template(asked, add_generation_prompt=True, tokenize=False)
+    chat = tokenizer.apply_chat_template([*asked, {"role": "assistant", "content": reply}], tokenize=False)
+    if chat.startswith(prompt + reply):
+        after = tokenizer(chat[len(prompt + reply) :], add_special_tokens=False)["input_ids"]
+        if after and (after[0] in tokenizer.all_special_ids or after[0] == tokenizer.eos_token_id):
+            return int(after[0])
     return int(tokenizer.eos_token_id)
 
 
@@ -140,7 +155,7 @@ def cut_texts(tokenizer: Any, texts: Sequence[str], budget: int) -> tuple[list[s
     return [tokenizer.decode(i[:budget]) if c else t for t, i, c in zip(texts, ids, cut)], cut
 
 
-def prompt_ids(
+def prompts_and_histories(
     tokenizer: Any,
     spec: PromptParams,
     texts: Sequence[str],
@@ -148,11 +163,11 @@ def prompt_ids(
     answer_tokens: int,
     demonstrations: Sequence[Sequence[Demonstration]] | None = None,
     histories: Sequence[History] | None = None,
-) -> tuple[list[list[int]], list[bool]]:
+) -> tuple[list[list[int]], list[bool], list[History]]:
     """The prompt tokens of each text (with its own demonstrations and chat history, if given), every text
     (shown ones too) cut to the room `max_length` leaves; a history's oldest exchanges are dropped while
     the prompt without demonstrations would leave no room for the answer. And whether each text was cut
-    (or lost turns of its history)."""
+    (or lost turns of its history); and the history each prompt kept."""
 
     def encoded(prompt: str) -> list[int]:
         return tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -170,7 +185,7 @@ def prompt_ids(
     shown: list[Sequence[Demonstration]] = list(demonstrations) if demonstrations is not None else [()] * len(texts)
     shown_texts = sorted({d.text for examples in shown for d in examples})
     cut_shown = dict(zip(shown_texts, cut_texts(tokenizer, shown_texts, budgets[None])[0]))
-    prompts = []
+    prompts, kept = [], []
     for i, (text, examples, history) in enumerate(zip(texts, shown, histories)):
         while (
             history.exchanges and len(encoded(render(tokenizer, spec, text, (), history))) + answer_tokens > max_length
@@ -178,7 +193,52 @@ def prompt_ids(
             history, cut[i] = History(history.system, history.exchanges[1:]), True
         examples = [Demonstration(cut_shown[d.text], d.answer) for d in examples]
         prompts.append(encoded(render(tokenizer, spec, text, examples, history)))
+        kept.append(history)
+    return prompts, cut, kept
+
+
+def prompt_ids(
+    tokenizer: Any,
+    spec: PromptParams,
+    texts: Sequence[str],
+    max_length: int,
+    answer_tokens: int,
+    demonstrations: Sequence[Sequence[Demonstration]] | None = None,
+    histories: Sequence[History] | None = None,
+) -> tuple[list[list[int]], list[bool]]:
+    """The prompt tokens of each text and whether it was cut (`prompts_and_histories`, without the kept
+    histories)."""
+    prompts, cut, _ = prompts_and_histories(
+        tokenizer, spec, texts, max_length, answer_tokens, demonstrations, histories
+    )
     return prompts, cut
+
+
+def reply_spans(tokenizer: Any, spec: PromptParams, history: History, prompt: list[int]) -> list[tuple[int, int]]:
+    """Where each of a chat history's assistant replies sits in `prompt` (the chat's prompt, rendered
+    without demonstrations): (first, last + 1) over the reply's tokens and its end-of-turn token, what a
+    multi-turn chat learns besides its last reply. Found by rendering the chat up to each reply; a template
+    that renders earlier turns differently once later turns follow stops with one line."""
+    if not tokenizer.chat_template or not history.exchanges:
+        return []
+    system = spec.system if history.system is None else history.system
+    turns: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    end, spans = end_of_turn(tokenizer), []
+    for said in history.exchanges:
+        turns.append({"role": "user", "content": said.text})
+        before = tokenizer(
+            tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False), add_special_tokens=False
+        )["input_ids"]
+        start = len(before)
+        if prompt[:start] != before or end not in prompt[start:]:
+            raise PipelineError(
+                "tokenize.prompt.learn_earlier_replies: the chat template renders a chat's earlier turns "
+                "differently once later turns follow, so its replies cannot be found in the prompt; set it to "
+                "false to learn the last reply only"
+            )
+        spans.append((start, prompt.index(end, start) + 1))
+        turns.append({"role": "assistant", "content": said.answer})
+    return spans
 
 
 def answer_ids(tokenizer: Any, word: str) -> list[int]:
@@ -186,16 +246,17 @@ def answer_ids(tokenizer: Any, word: str) -> list[int]:
     return tokenizer(word, add_special_tokens=False)["input_ids"] + [end_of_turn(tokenizer)]
 
 
-def training_example(prompt: list[int], answer: list[int]) -> dict[str, list[int]]:
-    """Inputs and labels of one example: the loss is on the answer's tokens only (the prompt's positions
-    are IGNORE_INDEX), so the model learns to answer, not to reproduce prompts."""
+def training_example(
+    prompt: list[int], answer: list[int], learnt: Sequence[tuple[int, int]] = ()
+) -> dict[str, list[int]]:
+    """Inputs and labels of one example: the loss is on the answer's tokens, and on the `learnt` spans of
+    the prompt (a chat's earlier replies, `reply_spans`); the rest of the prompt is IGNORE_INDEX, so the
+    model learns to answer, not to reproduce prompts."""
     ids = prompt + answer
-    return {
-        "input_ids": ids,
-        "attention_mask": [1] * len(ids),
-        "labels": [IGNORE_INDEX] * len(prompt) + answer,
-        "length": len(ids),
-    }
+    labels = [IGNORE_INDEX] * len(prompt) + answer
+    for start, stop in learnt:
+        labels[start:stop] = prompt[start:stop]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels, "length": len(ids)}
 
 
 def answer_room(tokenizer: Any, words: list[str]) -> int:

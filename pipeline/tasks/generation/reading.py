@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 INPUT_SEPARATOR = "\n\n"  # between an instruction and its input, as Alpaca's prompts have them
 CHAT_TEXT, CHAT_RESPONSE, CHAT_HISTORY = "chat_text", "chat_response", "chat_history"  # what a chat is read into
+CHAT_COLUMNS = {"text_column": CHAT_TEXT, "label_column": CHAT_RESPONSE}  # the params that read them
 
 
 class GenerativeClassificationReader(GenerativeClassificationSpec, SingleLabelReader):
@@ -32,9 +33,10 @@ class TextGenerationReader(TextGenerationSpec, Reader):
         """Texts and their reference responses; a record without a text or without a response has nothing
         to learn or score and is dropped (counted), as are repeated texts after the first."""
         raw, where = data.read_raw_table(path, params)
-        records, dropped = len(raw), {}
+        records, dropped, dropped_rows = len(raw), {}, {}
         if params.messages_column:
-            raw, params = chats(raw, path, where, params)
+            raw, params, bad_chats = chats(raw, path, where, params)
+            dropped, dropped_rows = bad_chats["dropped"], bad_chats["dropped_rows"]
         if params.input_column:
             raw = with_inputs(raw, path, params)
         for reason, column in (("no_text", params.text_column), ("no_response", params.label_column)):
@@ -47,7 +49,10 @@ class TextGenerationReader(TextGenerationSpec, Reader):
             table[data.HISTORY] = raw[CHAT_HISTORY]
         repeated = data.example_keys(table).duplicated()
         dropped["duplicate"] = int(repeated.sum())
-        return table[~repeated].reset_index(drop=True), records, {"dropped": dropped, "repaired": {}}
+        changes: dict[str, Any] = {"dropped": dropped, "repaired": {}}
+        if any(dropped_rows.values()):
+            changes["dropped_rows"] = dropped_rows
+        return table[~repeated].reset_index(drop=True), records, changes
 
     def label_order(self, tables: list[pd.DataFrame], params: IngestParams) -> list[str]:
         return []  # responses are free text: no label set
@@ -81,32 +86,54 @@ def with_inputs(raw: pd.DataFrame, path: Path, params: IngestParams) -> pd.DataF
     return raw.assign(**{text_column: [joined(t, e) for t, e in zip(raw[text_column], raw[input_column])]})
 
 
-def chats(raw: pd.DataFrame, path: Path, where: str, params: IngestParams) -> tuple[pd.DataFrame, IngestParams]:
+def chats(
+    raw: pd.DataFrame, path: Path, where: str, params: IngestParams
+) -> tuple[pd.DataFrame, IngestParams, dict[str, Any]]:
     """Chats ([{role, content}, ...]: an optional system message, then user and assistant in turn, ending
     with the assistant's reply) as the last user message, the reply learnt, and the history before them
-    (prompting.History as JSON); and the params that read them. Anything else stops with its line or row."""
+    (prompting.History as JSON, whose replies are learnt too unless `tokenize.prompt.learn_earlier_replies`
+    is false); and the params that read them. A chat of any other shape stops with its line or row and its
+    roles, or with `ingest.bad_rows: drop` is dropped, counted (`bad_chat`) and listed by its line."""
     column = str(params.messages_column)
     data.require_columns(raw, path, column)
-    texts, responses, histories = [], [], []
+    texts, responses, histories, bad = [], [], [], []
     for row, chat in zip(raw[data.SOURCE_ROW], raw[column]):
-        # JSON Lines give lists, Parquet and datasets numpy arrays of dicts.
-        turns = list(chat) if isinstance(chat, (list, tuple, np.ndarray)) else None
-        if turns is None or not all(
-            isinstance(t, dict) and isinstance(t.get("role"), str) and isinstance(t.get("content"), (str, type(None)))
-            for t in turns
-        ):
-            raise PipelineError(f"{path}: {where} {row}: column '{column}' is not a list of {{role, content}} messages")
-        roles = [t["role"] for t in turns]
-        system = turns[0]["content"] if roles[:1] == ["system"] else None
-        said = turns[1:] if roles[:1] == ["system"] else turns
-        if not said or [t["role"] for t in said] != ["user", "assistant"] * (len(said) // 2):
-            raise PipelineError(
-                f"{path}: {where} {row}: column '{column}': expected an optional system message, then user and "
-                f"assistant messages in turn, ending with the assistant's reply (got roles {roles})"
-            )
+        problem = chat_problem(chat, column)
+        if problem is not None and params.bad_rows == "stop":
+            raise PipelineError(f"{path}: {where} {row}: {problem}")
+        if problem is not None:
+            bad.append(row)
+            texts.append(None)
+            responses.append(None)
+            histories.append(None)
+            continue
+        turns = list(chat)
+        has_system = turns[0]["role"] == "system"
+        said = turns[1:] if has_system else turns
         earlier = [Demonstration(u["content"] or "", a["content"] or "") for u, a in zip(said[:-2:2], said[1:-2:2])]
         texts.append(said[-2]["content"])
         responses.append(said[-1]["content"])
-        histories.append(History(system, tuple(earlier)).to_json())
+        histories.append(History(turns[0]["content"] if has_system else None, tuple(earlier)).to_json())
     read = raw.assign(**{CHAT_TEXT: texts, CHAT_RESPONSE: responses, CHAT_HISTORY: histories})
-    return read, params.model_copy(update={"text_column": CHAT_TEXT, "label_column": CHAT_RESPONSE})
+    lines = [f"{path.name}:{where} {row}" for row in bad]
+    counted = {"dropped": {"bad_chat": len(bad)}, "dropped_rows": {"bad_chat": lines}}
+    return read[~read[data.SOURCE_ROW].isin(bad)], params.model_copy(update=CHAT_COLUMNS), counted
+
+
+def chat_problem(chat: Any, column: str) -> str | None:
+    """What is wrong with one chat cell, or None for a chat of the shape `chats` reads."""
+    # JSON Lines give lists, Parquet and datasets numpy arrays of dicts.
+    turns = list(chat) if isinstance(chat, (list, tuple, np.ndarray)) else None
+    if turns is None or not all(
+        isinstance(t, dict) and isinstance(t.get("role"), str) and isinstance(t.get("content"), (str, type(None)))
+        for t in turns
+    ):
+        return f"column '{column}' is not a list of {{role, content}} messages"
+    roles = [t["role"] for t in turns]
+    said = roles[1:] if roles[:1] == ["system"] else roles
+    if not said or said != ["user", "assistant"] * (len(said) // 2):
+        return (
+            f"column '{column}': expected an optional system message, then user and assistant messages in turn, "
+            f"ending with the assistant's reply (got roles {roles})"
+        )
+    return None

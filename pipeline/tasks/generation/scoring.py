@@ -1,4 +1,4 @@
-"""Scoring for decoder tasks: single-label metrics, or ROUGE-L, chrF and exact match of free text; the
+"""Scoring for decoder tasks: single-label metrics, or ROUGE-L, chrF, BLEU and exact match of free text; the
 classical baselines; and the untuned model prompted zero- and few-shot, the baselines a fine-tuned decoder
 must beat."""
 
@@ -202,12 +202,23 @@ def _chrf() -> Any:
     return CHRF()
 
 
+@functools.cache
+def _bleu() -> Any:
+    from sacrebleu.metrics import BLEU
+
+    # effective_order: a short generation with no 4-gram match scores by the orders it has, not 0
+    return BLEU(effective_order=True)
+
+
 @functools.lru_cache(maxsize=1 << 16)
-def response_scores(reference: str, generated: str) -> tuple[float, float, float]:
-    """ROUGE-L F1 (rouge-score, stemmed), chrF (sacrebleu, on a 0-1 scale) and exact match (case and
-    spaces aside) of one generation. Cached: bootstrap intervals score the same pairs thousands of times."""
+def response_scores(reference: str, generated: str) -> tuple[float, float, float, float]:
+    """ROUGE-L F1 (rouge-score, stemmed), chrF and sentence BLEU (sacrebleu, on a 0-1 scale) and exact
+    match (case and spaces aside) of one generation, in RESPONSE_STATS' order. Per generation, so that
+    intervals resample generations (the BLEU reported is the mean sentence BLEU, not corpus BLEU). Cached:
+    bootstrap intervals score the same pairs thousands of times."""
     return (
         float(_rouge_l().score(reference, generated)["rougeL"].fmeasure),
         float(_chrf().sentence_score(generated, [reference]).score) / 100,
+        float(_bleu().sentence_score(generated, [reference]).score) / 100,
         float(" ".join(reference.lower().split()) == " ".join(generated.lower().split())),
     )

@@ -16,7 +16,7 @@ the decoder routes compare on the same test split; what changes:
 - evaluate also prompts the untuned base model zero-shot and few-shot (`evaluate.prompting`), the
   baselines a fine-tuned decoder must beat.
 
-`text_generation` answers each prompt with free text, scored by ROUGE-L, chrF and exact match.
+`text_generation` answers each prompt with free text, scored by ROUGE-L, chrF, BLEU and exact match.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pipeline.tasks.classification.spec import SingleLabelSpec
 if TYPE_CHECKING:
     from pipeline.schema import Params
 
-RESPONSE_STATS = ("rouge_l", "chrf", "exact_match")
+RESPONSE_STATS = ("rouge_l", "chrf", "bleu", "exact_match")  # the order of scoring.response_scores
 
 
 class DecoderSpec:
@@ -88,7 +88,7 @@ class GenerativeClassificationSpec(DecoderSpec, SingleLabelSpec):
 
 class TextGenerationSpec(DecoderSpec, TaskSpec):
     """Free text: a decoder LM answers each prompt with a response (`ingest.label_column` holds the
-    reference responses), scored by ROUGE-L, chrF and exact match against the reference."""
+    reference responses), scored by ROUGE-L, chrF, BLEU and exact match against the reference."""
 
     name: ClassVar[str] = "text_generation"
     generates_text: ClassVar[bool] = True
