@@ -473,7 +473,21 @@ class PromptingParams(Section):
     shots: list[Annotated[int, Strict(), Field(ge=0, le=64)]] = Field(
         default=[0, 4], description="demonstrations from the train split before each test text (0: zero-shot)"
     )
-    seed: Int = Field(default=0, ge=0, description="which demonstrations are drawn")
+    seeds: list[Annotated[int, Strict(), Field(ge=0)]] = Field(
+        default=[0, 1, 2],
+        min_length=1,
+        description=(
+            "each draws its own demonstrations for every test text; k-shot rows give the mean over the seeds and "
+            "their standard deviation (`<metric>_sd`)"
+        ),
+    )
+    calibrate: bool = Field(
+        default=True,
+        description=(
+            "also score each row with contextual calibration (Zhao et al. 2021): the label words' probabilities "
+            "divided by theirs after the same prompt with the content-free text 'N/A'; its own row (single-label)"
+        ),
+    )
 
 
 class EvaluateParams(Section):

@@ -202,7 +202,7 @@ def prompting_section(metrics: dict, model_card: ModelCard, averages: tuple[str,
     rows = [
         [
             name,
-            *[row[k] for k in averages],
+            *[with_spread(row, k) for k in averages],
             row.get("not_a_label_share", "-"),
             f"{row['seconds']:.0f} s, prompts of {row['mean_prompt_tokens']:.0f} tokens",
             f"{row['generated_tokens_per_second']:.1f}",
@@ -210,16 +210,31 @@ def prompting_section(metrics: dict, model_card: ModelCard, averages: tuple[str,
         ]
         for name, row in metrics["prompting"].items()
     ]
+    seeds = max((row.get("seeds", 1) for row in metrics["prompting"].values()), default=1)
+    source = str(model_card.base_model)
+    weights = " (its GGUF weights dequantised to fp32, as the pipeline loads them)" if source.endswith(".gguf") else ""
     return [
         "### Zero- and few-shot prompting of the base model",
         _table(
             ["model", *averages, "free generations not a label", "cost", "generated tokens/s", "peak RSS MiB"],
             [fine_tuned, *rows],
         ),
-        "Same test split and prompt template; labels read by scoring the label words after the prompt, and a free "
-        "greedy generation of each text checked for being a label word at all. Few-shot demonstrations come from the "
-        "train split, balanced over labels (`evaluate.prompting`); peak RSS of prompting is the evaluate process's.",
+        f"The base model{weights}, on the same test split and prompt template; labels read by scoring the label "
+        "words after the prompt, and a free greedy generation of each text checked for being a label word at all. "
+        f"Few-shot demonstrations are drawn for each test text from the train split, balanced over labels, with "
+        f"{seeds} seed(s) (`evaluate.prompting`): a few-shot value is the mean over the seeds ± their standard "
+        "deviation. Calibrated rows divide the label words' probabilities by theirs after the same prompt with "
+        "the content-free text 'N/A' (contextual calibration, Zhao et al. 2021). Peak RSS of prompting is the "
+        "evaluate process's.",
     ]
+
+
+def with_spread(row: dict, metric: str) -> str:
+    """A prompting row's metric, with its standard deviation over seeds where there were several."""
+    value = row[metric]
+    if row.get("seeds", 1) > 1 and f"{metric}_sd" in row:
+        return f"{value:.4f} ± {row[metric + '_sd']:.4f}"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def runtime_section(compared: dict) -> list[str]:

@@ -162,10 +162,10 @@ def log_assessment(found: Assessment, card: ModelCard, test_file: Path) -> None:
         | {f"test_{k}_ci95_high": v[1] for k, v in metrics["ci95"].items()}
         | {f"baseline_{k}": v for k, v in baseline.items() if isinstance(v, float)}
         | {
-            f"prompting_{name.replace('-', '_')}_{k}": v
+            f"prompting_{name.replace('-', '_').replace(' ', '_')}_{k}": v
             for name, row in metrics.get("prompting", {}).items()
             for k, v in row.items()
-            if isinstance(v, (int, float))
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
     )
     mlflow.log_dict(metrics, "evaluation/test_metrics.json")

@@ -201,7 +201,7 @@ for run in sys.argv[1:]:
     if card is not None:
         print(f"{Path(project).name} {method}: {card.training.global_step} steps, {card.training.processes} processes")
 """
-METHODS = ("full", "freeze", "lora", "adalora", "prefix", "ia3")
+METHODS = ("full", "freeze", "lora", "dora", "adalora", "prefix", "ia3")
 
 
 def task_projects(base: Path, tiny_model: Path, tiny_llama: Path) -> dict[str, Path]:

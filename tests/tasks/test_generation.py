@@ -240,7 +240,7 @@ def decoder_project(project: Path, tiny_llama: Path) -> Path:
             "finetune.learning_rate": 3e-3,
             "finetune.num_train_epochs": 12,
             "finetune.early_stopping_patience": None,
-            "evaluate.prompting": {"shots": [0, 2], "seed": 0},
+            "evaluate.prompting": {"shots": [0, 2], "seeds": [0, 1], "calibrate": True},
         },
     )
     return project
@@ -252,11 +252,13 @@ def test_a_decoder_is_fine_tuned_scored_against_prompting_registered_and_served(
     assert dvc_repro(decoder_project) == ALL_STAGES  # the whole DAG, as a user runs it
     assert "skipped" in json.loads((paths.ONNX / "export.json").read_text())  # PyTorch serves decoders
     metrics = json.loads((paths.EVAL / "metrics.json").read_text())
-    assert set(metrics["prompting"]) == {"zero-shot", "2-shot"}
+    assert set(metrics["prompting"]) == {"zero-shot", "2-shot", "zero-shot calibrated", "2-shot calibrated"}
     for name, row in metrics["prompting"].items():
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["not_a_label_share"] <= 1, name
+        assert row["calibrated"] == name.endswith("calibrated") and row["accuracy_sd"] >= 0, name
     zero, two = metrics["prompting"]["zero-shot"], metrics["prompting"]["2-shot"]
     assert two["mean_prompt_tokens"] > zero["mean_prompt_tokens"]
+    assert (zero["seeds"], two["seeds"]) == (1, 2)  # zero-shot draws nothing: one run
     # The random tiny model knows nothing: only fine-tuning teaches it to answer the label words.
     assert metrics["accuracy"] >= 0.8, metrics["accuracy"]
     assert metrics["accuracy"] > metrics["prompting"]["zero-shot"]["accuracy"]
@@ -421,6 +423,27 @@ def write_chats(path: Path) -> Path:
     return path
 
 
+def test_contextual_calibration_undoes_a_prompts_bias_towards_one_label() -> None:
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 2, size=200)
+    evidence = np.where(gold[:, None] == np.arange(2), 1.0, -1.0) + rng.normal(0, 0.5, (200, 2))
+    bias = np.array([3.0, 0.0])  # the prompt pushes every answer towards label 0
+    scores = evidence + bias  # label-word logits: contextually_calibrated renormalises them
+    content_free = np.tile(bias, (200, 1))  # what the prompt alone says, text-free
+    raw = scores.argmax(axis=1)
+    calibrated = scoring.contextually_calibrated(scores, content_free).argmax(axis=1)
+    assert (raw == 0).mean() > 0.9  # one label for nearly every text, as raw few-shot answered
+    assert (calibrated == gold).mean() > 0.9 > (raw == gold).mean()
+
+
+def test_prompting_runs_of_several_seeds_are_one_row_with_the_mean_and_spread() -> None:
+    rows = [{"accuracy": 0.5, "seconds": 2.0}, {"accuracy": 0.7, "seconds": 3.0}, {"accuracy": 0.6, "seconds": 1.0}]
+    row = scoring.seed_summary(rows, ("accuracy",))
+    assert row["accuracy"] == pytest.approx(0.6) and row["accuracy_sd"] == pytest.approx(0.1)
+    assert row["seconds"] == 6.0  # the cost of all three runs
+    assert scoring.seed_summary(rows[:1], ("accuracy",))["accuracy_sd"] == 0.0
+
+
 def test_responses_are_scored_by_rouge_l_chrf_bleu_and_exact_match() -> None:
     from sacrebleu.metrics import BLEU
 
@@ -468,7 +491,7 @@ def test_free_text_is_fine_tuned_and_compared_with_the_lead_and_prompting(projec
             "finetune.num_train_epochs": 20,
             "finetune.early_stopping_patience": None,
             "finetune.metric_for_best_model": "loss",
-            "evaluate.prompting": {"shots": [0, 2], "seed": 0},
+            "evaluate.prompting": {"shots": [0, 2], "seeds": [0]},
             "promote.metric": "rouge_l",
         },
     )

@@ -20,9 +20,9 @@ from pipeline.errors import PipelineError
 from pipeline.tasks.base import Outcomes, Scoring
 from pipeline.tasks.classification.scoring import SingleLabelScoring
 from pipeline.tasks.generation.encoding import chat_histories
-from pipeline.tasks.generation.generating import generate
+from pipeline.tasks.generation.generating import generate, next_token_scores
 from pipeline.tasks.generation.prediction import GenerativeClassificationPrediction
-from pipeline.tasks.generation.prompting import Demonstration, label_words, prompt_ids
+from pipeline.tasks.generation.prompting import Demonstration, first_tokens, label_words, prompt_ids
 from pipeline.tasks.generation.spec import RESPONSE_STATS, TextGenerationSpec
 
 if TYPE_CHECKING:
@@ -88,33 +88,82 @@ class GenerativeClassificationScoring(GenerativeClassificationPrediction, Single
         test: pd.DataFrame,
         params: PromptingParams,
     ) -> dict[str, dict[str, Any]]:
-        """The untuned pretrained model on the test split, prompted with `shots` demonstrations each
-        (0: the prompt alone), scored like the fine-tuned model: summary metrics, the share of free
-        generations that are no label word, and the cost (seconds, generated tokens/s, prompt tokens)."""
+        """The untuned pretrained model on the test split, prompted with `shots` demonstrations drawn for
+        each text (0: the prompt alone), once per seed of `seeds` (zero-shot once: it draws nothing), scored
+        like the fine-tuned model: the summary metrics' mean over the seeds and their standard deviation, the
+        share of free generations that are no label word, and the cost (seconds, generated tokens/s, prompt
+        tokens). With `calibrate`, each k also gets a calibrated row: the same scores divided by those after
+        the same prompt with a content-free text (contextual calibration, Zhao et al. 2021), which undoes the
+        prompt's bias towards one label (what makes raw few-shot answer one label for most texts)."""
         base, tokenizer = base_model(pretrained)
         texts, true = test[data.TEXT].tolist(), test[data.LABEL].astype(str).tolist()
         words = label_words(card.encoding.prompt, card.labels)
+        firsts = first_tokens(tokenizer, words)
         word_of = dict(zip(card.labels, words))
         pool_texts, pool_answers = train[data.TEXT].tolist(), [word_of[str(v)] for v in train[data.LABEL]]
         batch_size = 16
         out: dict[str, dict[str, Any]] = {}
         for k in params.shots:
-            started = time.perf_counter()
-            shown = demonstrations_for(texts, pool_texts, pool_answers, k, params.seed)
-            prompts, _, _ = self._prompts(tokenizer, card.encoding, card.labels, texts, shown)
-            generated, measured = self._answers(
-                base, tokenizer, prompts, words, card.labels, card.encoding.prompt.max_new_tokens, batch_size
-            )
-            pred = [card.labels[i] for i in generated.first_scores.argmax(axis=1)]
-            out["zero-shot" if k == 0 else f"{k}-shot"] = {
-                "shots": k,
-                **self.summary_scores(true, pred, card.labels),
-                **measured,
-                "seconds": round(time.perf_counter() - started, 1),
-                "mean_prompt_tokens": round(float(np.mean([len(p) for p in prompts])), 1) if prompts else 0.0,
-                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            }
+            runs: dict[str, list[dict[str, Any]]] = {"raw": [], "calibrated": []}
+            for seed in params.seeds if k else params.seeds[:1]:
+                started = time.perf_counter()
+                shown = demonstrations_for(texts, pool_texts, pool_answers, k, seed)
+                prompts, _, _ = self._prompts(tokenizer, card.encoding, card.labels, texts, shown)
+                generated, measured = self._answers(
+                    base, tokenizer, prompts, words, card.labels, card.encoding.prompt.max_new_tokens, batch_size
+                )
+                cost = {
+                    **measured,
+                    "seconds": round(time.perf_counter() - started, 1),
+                    "mean_prompt_tokens": round(float(np.mean([len(p) for p in prompts])), 1) if prompts else 0.0,
+                }
+                pred = [card.labels[i] for i in generated.first_scores.argmax(axis=1)]
+                runs["raw"].append({**self.summary_scores(true, pred, card.labels), **cost})
+                if params.calibrate:
+                    started = time.perf_counter()
+                    empty, _, _ = self._prompts(
+                        tokenizer, card.encoding, card.labels, [CONTENT_FREE] * len(texts), shown
+                    )
+                    free = next_token_scores(base, tokenizer, empty, firsts, batch_size)
+                    calibrated = contextually_calibrated(generated.first_scores, free)
+                    pred = [card.labels[i] for i in calibrated.argmax(axis=1)]
+                    extra = {"seconds": round(cost["seconds"] + time.perf_counter() - started, 1)}
+                    runs["calibrated"].append({**self.summary_scores(true, pred, card.labels), **cost, **extra})
+            name = "zero-shot" if k == 0 else f"{k}-shot"
+            for kind, rows in runs.items():
+                if rows:
+                    key = name if kind == "raw" else f"{name} calibrated"
+                    out[key] = {
+                        "shots": k,
+                        "calibrated": kind == "calibrated",
+                        **seed_summary(rows, self.summary_metrics),
+                    }
+                    out[key]["seeds"] = len(rows)
+                    out[key]["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         return out
+
+
+CONTENT_FREE = "N/A"  # the content-free input of contextual calibration (Zhao et al. 2021)
+
+
+def contextually_calibrated(scores: np.ndarray, content_free: np.ndarray) -> np.ndarray:
+    """Label-word log-probabilities (texts, labels) calibrated by those after the same prompt with the
+    content-free text: log p - log p_cf, each over the label words renormalised first (Zhao et al. 2021's
+    W = diag(p_cf)^-1 with b = 0); the argmax is the calibrated label. Written here: no library has it."""
+
+    def normalised(logp: np.ndarray) -> np.ndarray:
+        return logp - np.logaddexp.reduce(logp, axis=1, keepdims=True)
+
+    return normalised(scores) - normalised(content_free)
+
+
+def seed_summary(rows: list[dict[str, Any]], metrics: tuple[str, ...]) -> dict[str, Any]:
+    """The runs of several seeds as one row: each number's mean, the summary metrics' standard deviation
+    (`<metric>_sd`, 0 for one run), and the seconds of all runs together."""
+    row: dict[str, Any] = {key: float(np.mean([r[key] for r in rows])) for key in rows[0] if key != "seconds"}
+    row |= {f"{m}_sd": float(np.std([r[m] for r in rows], ddof=1)) if len(rows) > 1 else 0.0 for m in metrics}
+    row["seconds"] = round(sum(r["seconds"] for r in rows), 1)
+    return row
 
 
 class TextGenerationScoring(TextGenerationSpec, Scoring):
@@ -164,25 +213,35 @@ class TextGenerationScoring(TextGenerationSpec, Scoring):
         params: PromptingParams,
     ) -> dict[str, dict[str, Any]]:
         """The untuned pretrained model on the test split, with `shots` demonstrations (train texts and
-        their responses) before each text: the summary metrics and the cost."""
+        their responses) drawn for each text, once per seed of `seeds` (zero-shot once): the summary
+        metrics' mean over the seeds and their standard deviation, and the cost."""
         base, tokenizer = base_model(pretrained)
         spec = card.encoding
         texts, true, histories = test[data.TEXT].tolist(), test[data.LABEL].tolist(), chat_histories(test)
         out: dict[str, dict[str, Any]] = {}
         for k in params.shots:
-            started = time.perf_counter()
-            shown = demonstrations_for(texts, train[data.TEXT].tolist(), train[data.LABEL].tolist(), k, params.seed)
-            prompts, _ = prompt_ids(
-                tokenizer, spec.prompt, texts, spec.max_length, spec.prompt.max_new_tokens + 1, shown, histories
-            )
-            generated = generate(base, tokenizer, prompts, spec.prompt.max_new_tokens, 16)
-            seconds = time.perf_counter() - started
+            runs = []
+            for seed in params.seeds if k else params.seeds[:1]:
+                started = time.perf_counter()
+                shown = demonstrations_for(texts, train[data.TEXT].tolist(), train[data.LABEL].tolist(), k, seed)
+                prompts, _ = prompt_ids(
+                    tokenizer, spec.prompt, texts, spec.max_length, spec.prompt.max_new_tokens + 1, shown, histories
+                )
+                generated = generate(base, tokenizer, prompts, spec.prompt.max_new_tokens, 16)
+                seconds = time.perf_counter() - started
+                runs.append(
+                    {
+                        **self.summary_scores(true, generated.texts, []),
+                        "generated_tokens_per_second": generated.tokens / seconds if seconds > 0 else 0.0,
+                        "seconds": round(seconds, 1),
+                        "mean_prompt_tokens": round(float(np.mean([len(p) for p in prompts])), 1) if prompts else 0.0,
+                    }
+                )
             out["zero-shot" if k == 0 else f"{k}-shot"] = {
                 "shots": k,
-                **self.summary_scores(true, generated.texts, []),
-                "generated_tokens_per_second": generated.tokens / seconds if seconds > 0 else 0.0,
-                "seconds": round(seconds, 1),
-                "mean_prompt_tokens": round(float(np.mean([len(p) for p in prompts])), 1) if prompts else 0.0,
+                "calibrated": False,
+                **seed_summary(runs, self.summary_metrics),
+                "seeds": len(runs),
                 "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             }
         return out
