@@ -254,3 +254,15 @@ def changed_stages(root: Path) -> set[str]:
 def dvc_repro(root: Path, dry: bool = False) -> list[str]:
     """Run `dvc repro` and return the stages it ran, in order; `dry`: the stages it would run."""
     return re.findall(r"Running stage '(\w+)'", sh(root, "dvc", "repro", *(["--dry"] if dry else [])))
+
+
+def dotted(tree: dict, prefix: str = "") -> dict[str, object]:
+    """{"ingest": {"format": "csv"}} -> {"ingest.format": "csv"}; a mapping under score_to_label stays whole."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "score_to_label":
+            out |= dotted(value, f"{name}.")
+        else:
+            out[name] = value
+    return out

@@ -12,7 +12,7 @@ import yaml
 from datasets import load_from_disk
 
 from builders import sentiment_rows
-from helpers import REPO, set_params
+from helpers import REPO, dotted, set_params
 from pipeline import paths
 from pipeline.data.encoding import IGNORE_INDEX
 from stages import ingest, split, tokenize
@@ -24,18 +24,6 @@ def recipe(name: str) -> dict:
     match = re.search(rf"<!-- recipe: {re.escape(name)}\b.*?-->\s*```yaml\n(.*?)```", readme, re.S)
     assert match, f"README.md has no recipe {name!r}"
     return yaml.safe_load(match.group(1))
-
-
-def dotted(tree: dict, prefix: str = "") -> dict[str, object]:
-    """{"ingest": {"format": "csv"}} -> {"ingest.format": "csv"}; a mapping under score_to_label stays whole."""
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and key != "score_to_label":
-            out |= dotted(value, f"{name}.")
-        else:
-            out[name] = value
-    return out
 
 
 def test_a_csv_with_star_ratings_becomes_three_classes(project: Path) -> None:
