@@ -8,8 +8,10 @@ Requests are bounded, so a few huge requests cannot occupy the workers: at most
 (default 1,000,000) per request, read from the server's environment when the model loads; more is a 400
 naming the limit. Empty or whitespace-only texts are refused here as in batch prediction (400 naming the
 input). Longer texts are cut to the model's max_length tokens, as in training. A text generation model
-takes sampling params per request ({"inputs": [...], "params": {"temperature": 0.7, "top_p": 0.9, "seed": 1}});
-greedy without them.
+takes sampling params per request ({"inputs": [...], "params": {"temperature": 0.7, "top_p": 0.9, "seed": 1,
+"max_new_tokens": 64}}); greedy, at the trained length, without them. A decoder's request is bounded by the
+tokens it may generate: inputs x max_new_tokens at most `PIPELINE_MAX_REQUEST_NEW_TOKENS` (default 16,384),
+refused with a 400 naming the bound before any token is generated.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pipeline.tasks.generation.generating import Sampling
 
 MAX_TEXTS = "PIPELINE_MAX_REQUEST_TEXTS"
 MAX_CHARS = "PIPELINE_MAX_REQUEST_CHARS"
+MAX_NEW_TOKENS = "PIPELINE_MAX_REQUEST_NEW_TOKENS"
 
 
 def _bad_request(message: str) -> mlflow.exceptions.MlflowException:
@@ -49,6 +52,7 @@ class _ServedModel(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor(self.model_dir, runtime=runtime, export_dir=self.export_dir)
         self.max_texts = int(os.environ.get(MAX_TEXTS, 1000))
         self.max_chars = int(os.environ.get(MAX_CHARS, 1_000_000))
+        self.max_new_tokens = int(os.environ.get(MAX_NEW_TOKENS, 16_384))
 
     def _check(self, texts: list[list[str]]) -> None:
         """`texts`: the strings of each input (one, or a pair)."""
@@ -61,19 +65,30 @@ class _ServedModel(mlflow.pyfunc.PythonModel):
         if empty is not None:
             raise _bad_request(f"input {empty}: empty text")
 
+    def _check_generation(self, inputs: int, sampling: Sampling) -> None:
+        """A decoder generates up to max_new_tokens per input: the request's total is bounded before it runs."""
+        prompt = self.predictor.encoding.prompt
+        if prompt is None:  # an encoder: nothing is generated
+            return
+        limit = sampling.new_tokens(prompt.max_new_tokens)
+        if inputs * limit > self.max_new_tokens:
+            raise _bad_request(
+                f"{inputs} inputs x {limit} new tokens in one request; the limit is {self.max_new_tokens} "
+                f"generated tokens ({MAX_NEW_TOKENS})"
+            )
+
 
 class TextModel(_ServedModel):
     # The type hint is the model's signature: MLflow checks inputs against it (a non-string is refused
     # before predict runs), and `/invocations` accepts {"inputs": ["a text", ...]}.
     def predict(self, model_input: list[str], params: dict[str, Any] | None = None) -> pd.DataFrame:
         self._check([[text] for text in model_input])
-        if not params:
-            return self.predictor.predict(model_input)
         try:
             # A text generation model's signature has these params (evaluate); MLflow may hand numpy scalars.
-            sampling = Sampling(**{k: v.item() if isinstance(v, np.generic) else v for k, v in params.items()})
+            sampling = Sampling(**{k: v.item() if isinstance(v, np.generic) else v for k, v in (params or {}).items()})
         except (TypeError, ValueError) as exc:
             raise _bad_request(f"params: {exc}") from None
+        self._check_generation(len(model_input), sampling)
         return self.predictor.with_sampling(sampling).predict(model_input)
 
 

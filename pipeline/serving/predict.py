@@ -219,6 +219,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sampling.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set of this probability")
     sampling.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens (0: all)")
     sampling.add_argument("--seed", type=int, default=0, help="the same seed and input give the same text")
+    sampling.add_argument(
+        "--max-new-tokens", type=int, default=0, help="tokens a generation may add (0: the model's own, as trained)"
+    )
     args = parser.parse_args(argv)
     if args.chunk_size < 1 or args.batch_size < 1:
         parser.error("--chunk-size and --batch-size must be positive")
@@ -230,7 +233,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     file_format(args.input), file_format(args.output)  # refuse unknown types before loading a model
     transformers.logging.disable_progress_bar()  # one bar (ours), not one per weight file
     try:
-        sampling = Sampling(args.temperature, args.top_p, args.top_k, args.seed)
+        sampling = Sampling(args.temperature, args.top_p, args.top_k, args.seed, args.max_new_tokens)
     except ValueError as exc:
         raise PipelineError(f"--{str(exc).replace('_', '-')}") from None
     predictor = load_predictor(args.model, args.runtime)

@@ -436,6 +436,14 @@ def test_contextual_calibration_undoes_a_prompts_bias_towards_one_label() -> Non
     assert (calibrated == gold).mean() > 0.9 > (raw == gold).mean()
 
 
+def test_a_request_chooses_its_generation_length_within_the_bound() -> None:
+    assert generating.Sampling().new_tokens(8) == 8  # the model's own, as trained
+    assert generating.Sampling(max_new_tokens=3).new_tokens(8) == 3
+    for bad in (-1, 2.5, generating.MAX_NEW_TOKENS + 1):
+        with pytest.raises(ValueError, match="max_new_tokens"):
+            generating.Sampling(max_new_tokens=bad)
+
+
 def test_prompting_runs_of_several_seeds_are_one_row_with_the_mean_and_spread() -> None:
     rows = [{"accuracy": 0.5, "seconds": 2.0}, {"accuracy": 0.7, "seconds": 3.0}, {"accuracy": 0.6, "seconds": 1.0}]
     row = scoring.seed_summary(rows, ("accuracy",))
@@ -531,6 +539,17 @@ def test_free_text_is_fine_tuned_and_compared_with_the_lead_and_prompting(projec
     assert served.predict(texts, params=hot)["generated"].tolist() != ["good film", "bad film"]
     with pytest.raises(mlflow.exceptions.MlflowException, match="top_p"):
         served.predict(texts, params={"top_p": 2.0})
+    # The length is chosen per request too, and a request's total generation is bounded before it runs.
+    short = served.predict(texts, params={"max_new_tokens": 1})["generated"].tolist()
+    assert short == ["good", "bad"]  # the first token of "good film", "bad film"
+    os.environ["PIPELINE_MAX_REQUEST_NEW_TOKENS"] = "3"
+    try:
+        bounded = mlflow.pyfunc.load_model(registry["model_uri"])  # the bound is read where the model loads
+    finally:
+        del os.environ["PIPELINE_MAX_REQUEST_NEW_TOKENS"]
+    assert bounded.predict(texts, params={"max_new_tokens": 1})["generated"].tolist() == short  # 2 x 1 <= 3
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"2 inputs x 2 new tokens .* limit is 3 generated"):
+        bounded.predict(texts, params={"max_new_tokens": 2})
     predict.run(
         ["--model", "models/model", "--input", "in.csv", "--output", "hot.csv", "--text-column", "review"]
         + ["--temperature", "50", "--seed", "7"]

@@ -18,18 +18,22 @@ import torch
 
 from pipeline.tasks.generation.prompting import end_of_turn
 
+MAX_NEW_TOKENS = 1024  # the most a request may ask for, as tokenize.prompt.max_new_tokens' bound
+
 
 @dataclass(frozen=True)
 class Sampling:
     """How a free generation picks its tokens: greedy by default (temperature 0: evaluate's scores are
     reproducible), or sampled at `temperature` from the `top_p` nucleus and the `top_k` likeliest tokens
-    (0: all), seeded by `seed` so the same request gives the same text. Chosen per request (serving's
-    params, `pipeline.serving.predict --temperature ...`), never at training."""
+    (0: all), seeded by `seed` so the same request gives the same text; at most `max_new_tokens` new
+    tokens (0: the model's own). Chosen per request (serving's params, `pipeline-predict --temperature
+    ...`), never at training."""
 
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
     seed: int = 0
+    max_new_tokens: int = 0  # 0: the model's own, tokenize.prompt.max_new_tokens as trained
 
     def __post_init__(self) -> None:
         if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 100):
@@ -40,6 +44,15 @@ class Sampling:
             raise ValueError(f"top_k: a count of tokens, 0 for all (got {self.top_k!r})")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
             raise ValueError(f"seed: a non-negative integer (got {self.seed!r})")
+        if not (isinstance(self.max_new_tokens, int) and 0 <= self.max_new_tokens <= MAX_NEW_TOKENS):
+            raise ValueError(
+                f"max_new_tokens: a count of tokens up to {MAX_NEW_TOKENS}, 0 for the model's own "
+                f"(got {self.max_new_tokens!r})"
+            )
+
+    def new_tokens(self, trained: int) -> int:
+        """How many tokens a generation may add: this request's `max_new_tokens`, or the model's own."""
+        return self.max_new_tokens or trained
 
     @property
     def greedy(self) -> bool:

@@ -67,7 +67,7 @@ class GenerativeClassificationPrediction(GenerativeClassificationSpec, SingleLab
             prompts,
             words,
             predictor.labels,
-            predictor.encoding.prompt.max_new_tokens,
+            predictor.sampling.new_tokens(predictor.encoding.prompt.max_new_tokens),
             predictor.batch_size,
             predictor.sampling,
         )
@@ -128,7 +128,7 @@ class TextGenerationPrediction(TextGenerationSpec, Prediction):
             predictor.model,
             predictor.tokenizer,
             prompts,
-            spec.prompt.max_new_tokens,
+            predictor.sampling.new_tokens(spec.prompt.max_new_tokens),
             predictor.batch_size,
             predictor.sampling,
         )
