@@ -133,13 +133,7 @@ class GenerativeClassificationScoring(GenerativeClassificationPrediction, Single
             for kind, rows in runs.items():
                 if rows:
                     key = name if kind == "raw" else f"{name} calibrated"
-                    out[key] = {
-                        "shots": k,
-                        "calibrated": kind == "calibrated",
-                        **seed_summary(rows, self.summary_metrics),
-                    }
-                    out[key]["seeds"] = len(rows)
-                    out[key]["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+                    out[key] = prompting_row(k, kind == "calibrated", rows, self.summary_metrics)
         return out
 
 
@@ -166,12 +160,24 @@ def seed_summary(rows: list[dict[str, Any]], metrics: tuple[str, ...]) -> dict[s
     return row
 
 
+def prompting_row(shots: int, calibrated: bool, runs: list[dict[str, Any]], metrics: tuple[str, ...]) -> dict[str, Any]:
+    """One row of the prompting baselines: how it was prompted, its runs' `seed_summary`, how many seeds,
+    and the evaluate process's peak RSS so far."""
+    return {
+        "shots": shots,
+        "calibrated": calibrated,
+        **seed_summary(runs, metrics),
+        "seeds": len(runs),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
 class TextGenerationScoring(TextGenerationSpec, Scoring):
     def test_metrics(self, true: list[Any], pred: list[Any], labels: list[str]) -> dict[str, Any]:
         return self.summary_scores(true, pred, labels)
 
     def summary_scores(self, true: list[Any], pred: list[Any], labels: list[str]) -> dict[str, float]:
-        """Means over the examples of ROUGE-L F1, sentence chrF and exact match."""
+        """Means over the examples of ROUGE-L F1, sentence chrF, sentence BLEU and exact match."""
         scores = np.array([response_scores(t, p) for t, p in zip(true, pred)]).reshape(-1, len(RESPONSE_STATS))
         return {name: float(scores[:, i].mean()) if len(scores) else 0.0 for i, name in enumerate(RESPONSE_STATS)}
 
@@ -237,13 +243,7 @@ class TextGenerationScoring(TextGenerationSpec, Scoring):
                         "mean_prompt_tokens": round(float(np.mean([len(p) for p in prompts])), 1) if prompts else 0.0,
                     }
                 )
-            out["zero-shot" if k == 0 else f"{k}-shot"] = {
-                "shots": k,
-                "calibrated": False,
-                **seed_summary(runs, self.summary_metrics),
-                "seeds": len(runs),
-                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            }
+            out["zero-shot" if k == 0 else f"{k}-shot"] = prompting_row(k, False, runs, self.summary_metrics)
         return out
 
 
